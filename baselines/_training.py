@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -318,9 +318,3 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
             "best_epoch": best_epoch, "epochs": epochs, **model_size(model),
             "train_precision": precision_label(feed.amp_dtype)}
 
-
-def iterate_split(split: ImageSplit, batch_size: int, generator: torch.Generator | None = None
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(images uint8, labels)`` batches of ``split`` on the host (see :func:`batch_index`)."""
-    for index in batch_index(len(split), batch_size, generator):
-        yield split.images[index], split.labels[index]

@@ -74,7 +74,8 @@ class FineTuneConfig:
                   ("schedule", _training.SCHEDULES))
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; "
+                                 f"choose one of: {', '.join(allowed)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.epochs < 1:
@@ -182,4 +183,5 @@ class FineTune:
         self.model_ = model
         ext = model.extractor
         return {**out, "feature_dim": model.feature_dim, "backbone_param_count": ext.param_count,
-                "backbone_bytes": ext.param_bytes, "unfrozen_blocks": model.unfrozen_blocks}
+                "backbone_bytes": ext.param_bytes, "unfrozen_blocks": model.unfrozen_blocks,
+                "backbone_weights": ext.weights}  # the resolved weights name (DEFAULT -> IMAGENET1K_...)

@@ -68,7 +68,7 @@ class SmallCNNConfig:
     schedule: str = "none"  # none (constant lr, as the tutorial) | onecycle
     augment: bool = False  # random crop (pad image_size/8, reflect) + horizontal flip
     label_smoothing: float = 0.0
-    amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU
+    amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored on CPU
     channels_last: bool = False
 
     def __post_init__(self):
@@ -100,7 +100,8 @@ class SmallCNN:
                 f"depth {cfg.depth} halves {image_size} px images {cfg.depth} times, to nothing; "
                 f"use depth <= {max(1, image_size.bit_length() - 1)} or larger images."
             )
-        return SmallCNNNet(n_classes, cfg.width, cfg.depth, cfg.kernel_size, cfg.fc1, cfg.fc2, cfg.pooled_size)
+        return SmallCNNNet(n_classes, cfg.width, cfg.depth, cfg.kernel_size, cfg.fc1, cfg.fc2,
+                           cfg.pooled_size)
 
     def run(self, ctx) -> dict:
         cfg = self.config
@@ -112,7 +113,7 @@ class SmallCNN:
         mean, std = data.channel_stats()
         feed = _training.Feed(
             mean=mean, std=std, device=torch.device(ctx.device), batch_size=cfg.batch_size or ctx.batch_size,
-            amp_dtype=_training.amp_dtype(ctx.device, cfg.amp, ctx.precision),
+            amp_dtype=_training.amp_dtype(ctx.device, cfg.amp),  # fp16; the precision axis is the backbone's
             pad_px=_training.default_pad_px(data.image_size) if cfg.augment else 0,
             flip=cfg.augment, channels_last=cfg.channels_last,
         )

@@ -218,13 +218,13 @@ class _RandomProjection:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=f"{self.name} projection", unit="block")
-        buf = None
+        halves = 2 if self._imag else 1
+        # One buffer for all blocks; the last, narrower block uses its leading rows.
+        buf = torch.empty(halves * min(tiles, n_tiles_total) * TILE_COLS, m, dtype=dtype, device=device)
         for t0 in starts:
             nt = min(tiles, n_tiles_total - t0)
-            rows = (2 if self._imag else 1) * nt * TILE_COLS
-            if buf is None or buf.shape[0] != rows:
-                buf = torch.empty(rows, m, dtype=dtype, device=device)
-            RT = gaussian_tiles(self.seed, m, t0, nt, device, dtype, imag=self._imag, out=buf)
+            RT = gaussian_tiles(self.seed, m, t0, nt, device, dtype, imag=self._imag,
+                                out=buf[:halves * nt * TILE_COLS])
             c0 = t0 * TILE_COLS
             cols = slice(c0, min(c0 + nt * TILE_COLS, k))
             width = cols.stop - cols.start

@@ -1,0 +1,207 @@
+"""The report's figures (seaborn, PNG), each from the finished rows only.
+
+Every function takes the rows it needs and the output folder and returns a
+:class:`Figure`; when the rows lack what a plot needs (no epoch rows, one
+point, no sizes...) it returns a figure with ``path=None`` and a ``note`` that
+the report prints instead of the image, rather than failing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.report import BACKPROP, COUNTED_PHASES, GROUP, aggregate
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str = ""
+    path: Path | None = None
+    note: str = ""
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _series(df: pd.DataFrame) -> pd.Series:
+    """One legend entry per method x config x precision (cuts become points along a line)."""
+    parts = df["method"] + ": " + df["config"]
+    multi_precision = df["precision"].replace("", np.nan).dropna().nunique() > 1
+    return parts + np.where(multi_precision & (df["precision"] != ""), " " + df["precision"], "")
+
+
+def _save(fig, out: Path, name: str) -> Path:
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _cut_order(finals: pd.DataFrame) -> dict[str, int]:
+    from benchmarks.backbones import BackboneError, list_cuts
+
+    order = {}
+    for backbone in finals["backbone"].dropna().unique():
+        try:
+            order.update({c: i for i, c in enumerate(list_cuts(backbone))})
+        except BackboneError:
+            pass
+    return order
+
+
+def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, ylabel: str) -> Figure:
+    """``y`` against model size, one line per configuration through its cut layers (mean ± std over seeds)."""
+    fig_info = Figure(name, title)
+    if finals.empty or finals["model_bytes"].notna().sum() == 0 or finals[y].notna().sum() == 0:
+        fig_info.note = f"no finished cell has both model_bytes and {y}."
+        return fig_info
+    plt, sns = _plt()
+    agg = aggregate(finals, [y, "model_bytes"]).dropna(subset=[y, "model_bytes"])
+    agg["series"] = _series(agg)
+    order = _cut_order(finals)
+    agg["cut_index"] = agg["cut"].map(order).fillna(-1)
+    agg = agg.sort_values(["series", "cut_index"])
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    sns.lineplot(data=agg, x=agg["model_bytes"] / 1e6, y=y, hue="series", style="method", markers=True,
+                 dashes=False, sort=False, estimator=None, ax=ax, markersize=8)
+    ax.errorbar(agg["model_bytes"] / 1e6, agg[y], yerr=agg[f"{y}_std"].fillna(0), fmt="none", ecolor="0.4",
+                elinewidth=1, capsize=3)
+    n_cuts = agg["cut"].replace("", np.nan).nunique()
+    if 1 < n_cuts <= 24:
+        for _, r in agg[agg["cut"] != ""].iterrows():
+            ax.annotate(r["cut"].replace("denseblock", "db").replace("denselayer", "l"), (r["model_bytes"] / 1e6, r[y]),
+                        fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("model size kept after training (MB, log scale)")
+    ax.set_ylabel(ylabel)
+    if y == "train_total_s":
+        ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    fig_info.path = _save(fig, out, name)
+    fig_info.caption = (f"{ylabel} against the size of the model kept, mean ± std over seeds; "
+                        + ("each line joins the cut layers of one configuration." if n_cuts > 1
+                           else "one cut layer in these results, so one point per configuration."))
+    return fig_info
+
+
+def pareto(finals: pd.DataFrame, out: Path) -> Figure:
+    """Test accuracy against training time; the Pareto front (no faster cell is at least as accurate)."""
+    fig_info = Figure("pareto_acc_vs_time", "Test accuracy vs training time (Pareto front)")
+    agg = aggregate(finals, ["test_acc", "train_total_s"]).dropna(subset=["test_acc", "train_total_s"]) \
+        if not finals.empty else pd.DataFrame()
+    if agg.empty:
+        fig_info.note = "no finished cell with both test_acc and train_total_s."
+        return fig_info
+    plt, sns = _plt()
+    agg["series"] = _series(agg)
+    pts = agg.sort_values(["train_total_s", "test_acc"], ascending=[True, False])
+    front, best = [], -np.inf
+    for _, r in pts.iterrows():
+        if r["test_acc"] > best:
+            front.append(r)
+            best = r["test_acc"]
+    front = pd.DataFrame(front)
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    sns.scatterplot(data=agg, x="train_total_s", y="test_acc", hue="series", style="method", s=80, ax=ax)
+    ax.errorbar(agg["train_total_s"], agg["test_acc"], xerr=agg["train_total_s_std"].fillna(0),
+                yerr=agg["test_acc_std"].fillna(0), fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
+    ax.step(front["train_total_s"], front["test_acc"], where="post", color="black", lw=1.2, ls="--",
+            label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("training time, counted phases (s, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(fig_info.title)
+    ax.legend(fontsize=7, loc="best")
+    fig_info.path = _save(fig, out, fig_info.name)
+    fig_info.caption = ("Each point is a configuration (mean ± std over seeds); the dashed line is the Pareto "
+                        f"front: {len(front)} configuration(s) that no faster one matches in accuracy.")
+    return fig_info
+
+
+def time_breakdown(finals: pd.DataFrame, out: Path) -> Figure:
+    """Stacked seconds per counted phase, one bar per configuration."""
+    fig_info = Figure("time_breakdown", "Training time per phase")
+    phases = [p for p in COUNTED_PHASES if not finals.empty and finals[p].fillna(0).gt(0).any()]
+    if not phases:
+        fig_info.note = "no counted phase was recorded."
+        return fig_info
+    plt, _ = _plt()
+    agg = aggregate(finals, phases)
+    labels = _series(agg) + np.where(agg["cut"].replace("", np.nan).nunique() > 1, " @ " + agg["cut"], "")
+    data = agg[phases].fillna(0).set_axis(labels.values)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(data) + 1.8))
+    data.rename(columns=lambda c: c[:-2]).plot.barh(stacked=True, ax=ax, width=0.7)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (mean over seeds)")
+    ax.set_ylabel("")
+    ax.set_title(fig_info.title)
+    ax.legend(title="phase", fontsize=8)
+    fig_info.path = _save(fig, out, fig_info.name)
+    fig_info.caption = "Counted phases only (warm-up, evaluation and test prediction are not counted)."
+    return fig_info
+
+
+def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> Figure:
+    """Validation accuracy after each epoch against cumulative training time, gradient-free points alongside."""
+    fig_info = Figure("time_to_accuracy", "Time to accuracy: backprop epochs vs gradient-free fits")
+    curves = epochs.dropna(subset=["train_time_s", "val_acc"]) if not epochs.empty else epochs
+    if curves.empty:
+        fig_info.note = "no per-epoch rows (no backprop method in these results)."
+        return fig_info
+    plt, sns = _plt()
+    curves = curves.copy()
+    curves["series"] = _series(curves)
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    sns.lineplot(data=curves, x="train_time_s", y="val_acc", hue="series", units="seed", estimator=None,
+                 marker="o", ax=ax, sort=True)
+    gf = finals[~finals["method"].isin(BACKPROP)].dropna(subset=["train_total_s", "val_acc"])
+    if not gf.empty:
+        gf = gf.copy()
+        gf["series"] = _series(gf)
+        sns.scatterplot(data=gf, x="train_total_s", y="val_acc", hue="series", marker="*", s=220, ax=ax,
+                        palette="dark", legend=True)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative training time (s, log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(fig_info.title)
+    ax.legend(fontsize=7, loc="best")
+    fig_info.path = _save(fig, out, fig_info.name)
+    fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
+                        "Stars: random features, at their whole training time, with their validation accuracy "
+                        "at the selected alpha.")
+    return fig_info
+
+
+def make_all(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Figure]:
+    out = Path(out)
+    for old in out.glob("*.png"):
+        old.unlink()  # no stale figure from an earlier report
+    return [
+        versus_size(finals, out, "test_acc", "acc_vs_size", "Test accuracy vs model size across cut layers",
+                    "test accuracy"),
+        versus_size(finals, out, "train_total_s", "time_vs_size", "Training time vs model size across cut layers",
+                    "training time (s, log scale)"),
+        pareto(finals, out),
+        time_breakdown(finals, out),
+        time_to_accuracy(finals, epochs, out),
+    ]
+
+
+__all__ = ["Figure", "make_all", "GROUP"]

@@ -1,0 +1,68 @@
+"""End to end through the command line, on real CIFAR-10 JPEGs and real pretrained weights."""
+
+import json
+
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.results import read_rows
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--dataset", "cifar10", "--train-per-class", "10", "--test-per-class", "5", "--image-size", "32",
+        "--batch-size", "64", "--no-progress"]
+
+
+def test_run_writes_results_and_metadata_then_resumes(tmp_path, cifar10_dir, mobilenet_weights, capsys):
+    args = ["run", *TINY, "--data-dir", str(cifar10_dir), "--n-components", "512", "--out", str(tmp_path)]
+    assert main(args) == 0
+    rows = read_rows(tmp_path / "results.csv")
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["row_type"], row["status"], row["method"]) == ("final", "ok", "random-features")
+    assert row["weights"] == mobilenet_weights and row["cut"] == "features.18"
+    assert (row["n_train"], row["n_val"], row["n_test"]) == ("80", "20", "50")
+    assert row["n_components"] == "512" and row["selection"] == "validation split"
+    for col in ("extract_s", "encode_s", "project_s", "fit_s", "predict_s", "train_total_s"):
+        assert float(row[col]) >= 0.0
+    counted = sum(float(row[c]) for c in ("extract_s", "encode_s", "project_s", "fit_s"))
+    assert float(row["train_total_s"]) == pytest.approx(counted, rel=1e-3, abs=1e-3)
+    assert 0.0 <= float(row["test_acc"]) <= 1.0
+    assert int(row["backbone_param_count"]) == 2223872  # MobileNetV2 features, no classifier
+    assert int(row["feature_dim"]) == 1280  # 1280 x 1 x 1 at 32 px
+    meta = json.loads(next((tmp_path / "runs").glob("*/metadata.json")).read_text())
+    assert meta["config"]["cells"][0]["cell_key"] == row["cell_key"]
+    assert "results:" in capsys.readouterr().out
+
+    # The same command again resumes: the finished cell is skipped, nothing is duplicated.
+    assert main(args) == 0
+    assert len(read_rows(tmp_path / "results.csv")) == 1
+
+
+def test_projection_none_is_the_control(tmp_path, cifar10_dir, mobilenet_weights):
+    assert main(["run", *TINY, "--data-dir", str(cifar10_dir), "--projector", "none", "--encoder", "none",
+                 "--out", str(tmp_path)]) == 0
+    row = read_rows(tmp_path / "results.csv")[0]
+    assert row["projection"] == "none" and row["encoder"] == "none"
+    assert row["n_components"] == "0"
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                 "--no-progress"])
+    err = capsys.readouterr()
+    assert code != 0
+    assert str(tmp_path / "nowhere") in err.out + err.err
+
+
+def test_unknown_cut_is_rejected_before_any_work(tmp_path, capsys):
+    code = main(["run", "--cut", "denseblock9", "--out", str(tmp_path), "--no-progress"])
+    assert code == 2
+    assert "gradfree cuts" in capsys.readouterr().err
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_cuts_command(capsys):
+    assert main(["cuts", "--backbone", "densenet169"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[0] == "denseblock1.denselayer1" and out[-1] == "norm5" and "transition3" in out

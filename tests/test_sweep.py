@@ -1,0 +1,229 @@
+"""Suites: grid expansion, normalisation, overrides; the runner's resume, failure and cache on real tiny runs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from benchmarks import sweep
+from benchmarks.cli import main
+from benchmarks.results import read_rows
+from benchmarks.runner import Runner, validate
+from benchmarks.sweep import SuiteError, apply_overrides, expand, load_suite, parse_overrides
+
+
+def _suite(tmp_path, text: str, name: str = "tiny"):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GRID = """
+    description = "test grid"
+    [settings]
+    dataset = "cifar10"
+    image_size = 32
+    seed = [0, 1]
+    precision = ["fp32", "bf16"]
+
+    [[grid]]
+    method = "random-features"
+    projector = "gaussian"
+    k = [128, 256]
+    cut = [ "features.18", "features.14"]
+
+    [[grid]]
+    method = "small_cnn"
+    epochs = 1
+    n_components = 5          # not a small_cnn option: dropped
+    cut = ["features.18", "features.14"]   # small_cnn has no backbone: no extra cells
+"""
+
+
+def test_grid_expands_as_a_cartesian_product_and_dedupes(tmp_path):
+    cells = expand(load_suite(_suite(tmp_path, GRID)))
+    rf = [c for c in cells if c.method == "random-features"]
+    cnn = [c for c in cells if c.method == "small_cnn"]
+    assert len(rf) == 2 * 2 * 2 * 2  # seed x precision x k x cut
+    assert len(cnn) == 2  # seeds only: precision and cut normalised away
+    assert len({c.key() for c in cells}) == len(cells)
+    assert {c.option_dict()["n_components"] for c in rf} == {128, 256}
+    assert all(c.cut is None and c.precision == "fp32" for c in cnn)
+    assert all("n_components" not in c.option_dict() for c in cnn)
+    assert all(c.suite == "tiny" for c in cells)
+    for c in cells:
+        validate(c)
+
+
+def test_default_values_and_resolved_cuts_do_not_make_new_cells(tmp_path):
+    path = _suite(tmp_path, """
+        [[grid]]
+        method = "random-features"
+        cut = ["features.18"]
+        n_components = [10000]
+        [[grid]]
+        method = "random-features"
+        [[grid]]
+        method = "random-features"
+        projection = "none"
+        n_components = [100, 200]   # meaningless without a projection
+    """)
+    cells = expand(load_suite(path))
+    assert len(cells) == 2
+    assert {c.cut for c in cells} == {"features.18"}
+
+
+def test_set_overrides_axes_and_settings(tmp_path):
+    suite = load_suite(_suite(tmp_path, GRID))
+    cells = expand(apply_overrides(suite, parse_overrides(["seed=0,1,2", "precision=fp32", "k=64"])))
+    rf = [c for c in cells if c.method == "random-features"]
+    assert len(rf) == 3 * 1 * 1 * 2
+    assert {c.seed for c in cells} == {0, 1, 2}
+    assert {c.option_dict()["n_components"] for c in rf} == {64}
+    # A key in no table becomes a setting of every cell.
+    cells = expand(apply_overrides(suite, parse_overrides(["train_per_class=7"])))
+    assert {c.train_per_class for c in cells} == {7}
+
+
+@pytest.mark.parametrize("bad", ["colour=red", "seed"])
+def test_unknown_axis_or_malformed_set_is_an_error(tmp_path, bad):
+    with pytest.raises(SuiteError, match="colour|AXIS=VALUE"):
+        parse_overrides([bad])
+
+
+def test_unknown_key_in_a_suite_file_names_the_known_ones(tmp_path):
+    with pytest.raises(SuiteError, match="unknown axis or setting 'backbon'.*backbone"):
+        load_suite(_suite(tmp_path, '[[grid]]\nmethod = "random-features"\nbackbon = "x"\n'))
+    with pytest.raises(SuiteError, match="unknown suite"):
+        load_suite("no-such-suite")
+
+
+def test_bad_option_value_is_caught_at_expansion(tmp_path):
+    with pytest.raises(SuiteError, match="mode"):
+        expand(load_suite(_suite(tmp_path, '[[grid]]\nmethod = "finetune"\nmode = "sideways"\n')))
+
+
+@pytest.mark.parametrize("name", sorted(sweep.suite_paths()))
+def test_every_shipped_suite_expands_to_valid_cells(name):
+    cells = expand(load_suite(name))
+    assert cells
+    for cell in cells:
+        validate(cell)
+    if name == "quick":
+        assert len(cells) == 7
+        assert {c.dataset for c in cells} == {"fashion-mnist"} and {c.image_size for c in cells} == {96}
+
+
+def test_suites_command_lists_names_and_counts(capsys):
+    assert main(["suites"]) == 0
+    out = capsys.readouterr().out
+    for name in ("quick", "seed-stl10", "seed-animals10-cuts", "cifar10-baselines", "precision"):
+        assert name in out
+    assert any(line.startswith("quick") and " 7 " in line for line in out.splitlines())
+
+
+def test_dry_run_lists_cells_with_estimates_and_runs_nothing(tmp_path, capsys):
+    path = _suite(tmp_path, GRID)
+    out_dir = tmp_path / "out"
+    assert main(["run", "--suite", str(path), "--dry-run", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    cells = expand(load_suite(path))
+    assert all(c.key() in out for c in cells)
+    assert "MiB" in out and "to run" in out and f"{len(cells)} cells" in out
+    assert not out_dir.exists()
+
+
+# ----------------------------------------------------------------------------
+# Real tiny runs (CIFAR-10 JPEGs, 32 px, 10 images per class)
+# ----------------------------------------------------------------------------
+
+TINY = """
+    description = "tiny real run"
+    [settings]
+    dataset = "cifar10"
+    image_size = 32
+    train_per_class = 10
+    test_per_class = 5
+    batch_size = 64
+    device = "cpu"
+    seed = 0
+    [[grid]]
+    method = "random-features"
+    n_components = [128, 256]
+    [[grid]]
+    method = "small_cnn"
+    epochs = 1
+    width = 4
+"""
+
+
+
+@pytest.mark.slow
+def test_interrupted_suite_resumes_without_repeating_or_duplicating(tmp_path, cifar10_dir, mobilenet_weights,
+                                                                    monkeypatch):
+    path = _suite(tmp_path, TINY)
+    out = tmp_path / "out"
+    args = ["run", "--suite", str(path), "--data-dir", str(cifar10_dir), "--out", str(out), "--no-progress"]
+    real_run_cell = Runner.run_cell
+    calls = []
+
+    def interrupted(self, cell):
+        calls.append(cell.key())
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the second cell
+        return real_run_cell(self, cell)
+
+    monkeypatch.setattr(Runner, "run_cell", interrupted)
+    assert main(args) == 130
+    first = read_rows(out / "results.csv")
+    assert [r["row_type"] for r in first] == ["final"]
+
+    monkeypatch.setattr(Runner, "run_cell", real_run_cell)
+    ran = []
+    monkeypatch.setattr(Runner, "run_cell", lambda self, cell: ran.append(cell.key()) or real_run_cell(self, cell))
+    assert main(args) == 0
+    assert first[0]["cell_key"] not in ran and len(ran) == 2
+    rows = read_rows(out / "results.csv")
+    finals = [r for r in rows if r["row_type"] == "final"]
+    assert len(finals) == 3 and len({r["cell_key"] for r in finals}) == 3
+    assert rows[0] == first[0]  # the first row is untouched
+    # Both random-features cells share features: the resumed one read them from the disk cache.
+    rf = [r for r in finals if r["method"] == "random-features"]
+    assert any("cached_phases" in r["extra"] for r in rf)
+    assert list((out / "cache").glob("*.pt"))
+
+    # A third run does nothing at all.
+    ran.clear()
+    assert main(args) == 0
+    assert ran == [] and len(read_rows(out / "results.csv")) == len(rows)
+
+
+@pytest.mark.slow
+def test_feature_cache_extracts_once_for_two_k(tmp_path, cifar10_dir, mobilenet_weights):
+    path = _suite(tmp_path, TINY.split("[[grid]]\n    method = \"small_cnn\"")[0])
+    assert main(["run", "--suite", str(path), "--data-dir", str(cifar10_dir), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 0
+    first, second = [r for r in read_rows(tmp_path / "o" / "results.csv") if r["row_type"] == "final"]
+    assert "cached_phases" not in first["extra"]
+    cached = json.loads(second["extra"])["cached_phases"]
+    assert "extract_s" in cached and "predict_s" in cached
+    # The cached cell is charged what the extraction cost, so the two stay comparable.
+    assert float(second["extract_s"]) == pytest.approx(float(first["extract_s"]), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, cifar10_dir, mobilenet_weights, capsys):
+    # 10,000 training images of a class do not exist (5,000 do): that cell fails when its data loads.
+    path = _suite(tmp_path, TINY.replace("train_per_class = 10", "train_per_class = [10, 10000]")
+                  .replace("n_components = [128, 256]", "n_components = 128"))
+    out = tmp_path / "out"
+    code = main(["run", "--suite", str(path), "--data-dir", str(cifar10_dir), "--out", str(out), "--no-progress"])
+    assert code == 1
+    finals = [r for r in read_rows(out / "results.csv") if r["row_type"] in ("final", "failed")]
+    assert len(finals) == 4
+    failed = [r for r in finals if r["status"] == "failed"]
+    assert len(failed) == 2 and all("10000" in r["error"] for r in failed)
+    assert sum(r["status"] == "ok" for r in finals) == 2
+    assert "failed" in capsys.readouterr().out
