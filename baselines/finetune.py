@@ -20,7 +20,8 @@ The epoch with the best validation accuracy is kept and scored on test.
 Presets are named dicts of Config overrides (:data:`PRESETS`), applied by
 :func:`apply_preset` when the method is built; ``seed-paper`` is the seed
 paper's baseline: Adam at lr 1e-6 for 5 epochs of batch 32, no augmentation,
-no schedule, no weight decay.
+no schedule, no weight decay, the whole network up to the cut trained
+(the seeds fine-tuned the cut network end to end, not a linear probe).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ HEADS = ("pool", "flatten")
 #: Named Config overrides. A preset wins over the values it names.
 PRESETS: dict[str, dict] = {
     "seed-paper": {
+        "mode": "unfreeze",
+        "unfreeze_blocks": 10_000,  # every block before the cut
         "optimizer": "adam",
         "lr": 1e-6,
         "epochs": 5,

@@ -98,8 +98,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _method_options(args: argparse.Namespace) -> dict:
-    return {dest: getattr(args, dest) for dest, _, _ in METHOD_OPTIONS.values()
-            if getattr(args, dest, None) is not None}
+    options = {dest: getattr(args, dest) for dest, _, _ in METHOD_OPTIONS.values()
+               if getattr(args, dest, None) is not None}
+    if "lr" in options:  # wrn22's one-cycle calls its peak learning rate lr_max
+        options["lr_max"] = options["lr"]
+    return options
 
 
 def _warn_unused(method: str, options: dict) -> None:
@@ -108,7 +111,9 @@ def _warn_unused(method: str, options: dict) -> None:
     from benchmarks.methods import get_method
 
     fields = {f.name for f in dataclasses.fields(get_method(method).Config)}
-    unused = sorted(set(options) - fields)
+    unused = set(options) - fields - {"lr", "lr_max"}
+    if "lr" in options and not fields & {"lr", "lr_max"}:
+        unused.add("lr")
     if unused:
         flags = [f for f, (d, _, _) in METHOD_OPTIONS.items() if d in unused]
         print(f"note: {method} does not use {', '.join(flags)}; ignored.", file=sys.stderr)

@@ -130,7 +130,7 @@ class RandomFeatures:
             "backbone_bytes": ext.param_bytes,
             # R is regenerated from the seed, never stored: 0 bytes kept; what it would weigh:
             "projection_bytes": 0,
-            "projection_matrix_bytes": feature_dim * n_out * 8 if cfg.projection in ("gaussian", "linear") else 0,
+            "projection_matrix_bytes": int(getattr(projection, "matrix_bytes", 0)),
             "ridge_weight_bytes": ridge_bytes,
             "model_param_count": ext.param_count + ridge_params,
             "trainable_param_count": ridge_params,

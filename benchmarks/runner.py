@@ -26,6 +26,10 @@ from benchmarks.methods import RunContext, get_method, make_config
 from benchmarks.timing import Clock, peak_memory_bytes, reset_peak_memory
 
 
+#: Methods that use the cell's backbone, cut, weights and precision axes.
+BACKBONE_METHODS = ("random-features", "finetune")
+
+
 @dataclass(frozen=True)
 class Cell:
     """One configuration to run; its fields are the result's axes."""
@@ -88,7 +92,7 @@ def validate(cell: Cell) -> None:
     get_method(cell.method)
     if cell.dataset not in DATASET_NAMES[:-1] and not cell.dataset.startswith("imagefolder:"):
         raise DatasetError(f"unknown dataset {cell.dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
-    if cell.method in ("random-features", "finetune"):
+    if cell.method in BACKBONE_METHODS:
         resolve_cut(cell.backbone, cell.cut)
         if cell.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {cell.precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -186,6 +190,9 @@ class Runner:
                   "seed": cell.seed, "image_size": cell.image_size}
         try:
             device = resolve_device(cell.device)
+            if device.type == "cuda":
+                # Once for every method alike (the DAWNBench recipe relies on it).
+                torch.backends.cudnn.benchmark = True
             if cell.threads:
                 torch.set_num_threads(cell.threads)
             common.update(device=str(device), device_name=res.device_name(device),
@@ -194,7 +201,12 @@ class Runner:
             config = make_config(method_cls, cell.option_dict())
             data = self.load_data(cell)
             common.update(data.describe())
-            if cell.method not in ("random-features", "finetune"):
+            if cell.method in BACKBONE_METHODS:
+                from benchmarks.backbones import resolve_cut, resolve_weights
+
+                common.update(cut=resolve_cut(cell.backbone, cell.cut),
+                              weights=resolve_weights(cell.backbone, cell.weights))
+            else:
                 common.update(backbone="", cut="", weights="", precision="")
             torch.manual_seed(cell.seed)
             clock = Clock(device)
@@ -230,7 +242,7 @@ class Runner:
 
 def describe(cell: Cell) -> str:
     parts = [cell.method, cell.dataset]
-    if cell.method in ("random-features", "finetune"):
+    if cell.method in BACKBONE_METHODS:
         parts += [cell.backbone, cell.cut or "(last cut)", cell.precision]
     parts += [f"{k}={v}" for k, v in cell.options]
     return " ".join(str(p) for p in parts) + f" seed={cell.seed}"

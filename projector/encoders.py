@@ -20,9 +20,9 @@ __all__ = [
     "make_encoder",
 ]
 
-# Columns sorted at once when fitting per-feature medians: bounds the temporary
-# copy to n_samples * _MEDIAN_COLS values whatever the number of features.
-_MEDIAN_COLS = 4096
+# Bytes of the float64 block of columns sorted at once when fitting per-feature
+# medians: bounds the temporary whatever the shape of X.
+_MEDIAN_BLOCK_BYTES = 128 << 20
 
 
 # --- shared input checks (also used by projector.projections and projector.opu) ---
@@ -158,10 +158,10 @@ def _column_median(X: torch.Tensor) -> torch.Tensor:
     n, d = X.shape
     out = torch.empty(d, dtype=torch.float32, device=X.device)
     lo, hi = (n - 1) // 2, n // 2
-    for start in range(0, d, _MEDIAN_COLS):
-        cols = X[:, start:start + _MEDIAN_COLS].to(torch.float64)
-        s = cols.sort(dim=0).values
-        out[start:start + _MEDIAN_COLS] = ((s[lo] + s[hi]) / 2).to(torch.float32)
+    step = max(1, _MEDIAN_BLOCK_BYTES // (8 * n))
+    for start in range(0, d, step):
+        s = X[:, start:start + step].to(torch.float64).sort(dim=0).values
+        out[start:start + step] = ((s[lo] + s[hi]) / 2).to(torch.float32)
     return out
 
 

@@ -66,7 +66,7 @@ def _open_real_opu(n_components: int):
     from lightonml import OPU
 
     try:
-        return OPU(n_components=n_components)
+        return OPU(n_components=n_components, disable_pbar=True)  # the caller shows progress
     except Exception as exc:  # no config file, device busy or absent
         warnings.warn(f"lightonopu is installed but no OPU could be opened ({exc}); using the simulator.")
         return None
@@ -120,7 +120,7 @@ class OPUProjection:
             # the device is handed over with R already of the right shape, so not rebuilt.
             device = SimulatedOpuDevice()
             device.build_random_matrix(m, k, seed=self.seed)
-            opu = OPU(n_components=k, opu_device=device, max_n_features=m)
+            opu = OPU(n_components=k, opu_device=device, max_n_features=m, disable_pbar=True)
         opu.fit1d(X_np)
         self.opu_ = opu
         self.simulated_ = isinstance(opu.device, SimulatedOpuDevice)

@@ -31,7 +31,7 @@ from projector.encoders import _check_2d, _check_fitted, _check_n_features
 
 __all__ = ["RidgeClassifier", "auto_alphas"]
 
-_CHUNK_BYTES = 256 << 20  # bound on a temporary centred slice of X
+_CHUNK_BYTES = 128 << 20  # bound on a temporary centred slice of X
 _SOLVERS = ("auto", "primal", "dual")
 
 
@@ -60,9 +60,9 @@ def _iter_rows(parts, mu, dtype):
     for X in parts:
         step = _rows_per_chunk(X.shape[1], 8)
         for r0 in range(0, X.shape[0], step):
-            chunk = X[r0:r0 + step].to(dtype)
+            chunk = X[r0:r0 + step].to(dtype, copy=True)  # a copy: centred in place
             if mu is not None:
-                chunk = chunk - mu.to(dtype)
+                chunk.sub_(mu.to(dtype))
             yield offset + r0, chunk
         offset += X.shape[0]
 
@@ -72,15 +72,19 @@ def _iter_cols(parts, mu, dtype):
     n_total, d = sum(X.shape[0] for X in parts), parts[0].shape[1]
     step = _rows_per_chunk(n_total, 8)
     for c0 in range(0, d, step):
-        chunk = torch.cat([X[:, c0:c0 + step].to(dtype) for X in parts])
+        chunk = torch.cat([X[:, c0:c0 + step].to(dtype) for X in parts])  # a copy
         if mu is not None:
-            chunk = chunk - mu[c0:c0 + step].to(dtype)
+            chunk.sub_(mu[c0:c0 + step].to(dtype))
         yield chunk
 
 
 def _mean(parts) -> torch.Tensor:
+    """Column means (d,) float64, in row chunks: X.sum(0, dtype=float64) would copy X to float64."""
     n = sum(X.shape[0] for X in parts)
-    return sum(X.sum(0, dtype=torch.float64) for X in parts) / n
+    total = torch.zeros(parts[0].shape[1], dtype=torch.float64, device=parts[0].device)
+    for _, chunk in _iter_rows(parts, None, torch.float64):
+        total += chunk.sum(0)
+    return total / n
 
 
 def _gram_primal(parts, mu) -> torch.Tensor:
@@ -123,8 +127,10 @@ def _xt_dot(parts, mu, M) -> torch.Tensor:
 def _x_dot(X, mu, M, dtype=torch.float64) -> torch.Tensor:
     """Xc M: (n, c) in dtype, M: (d, c)."""
     M = M.to(dtype)
-    return torch.cat([Xc @ M for _, Xc in _iter_rows([X], mu, dtype)]) if len(X) else \
-        torch.zeros(0, M.shape[1], dtype=dtype, device=M.device)
+    out = torch.empty(X.shape[0], M.shape[1], dtype=dtype, device=M.device)
+    for r0, Xc in _iter_rows([X], mu, dtype):
+        out[r0:r0 + Xc.shape[0]] = Xc @ M
+    return out
 
 
 def _eigh64(S: torch.Tensor):
@@ -152,7 +158,8 @@ class RidgeClassifier:
     * validation accuracy on (X_val, y_val) when given;
     * else, with several alphas, exact leave-one-out accuracy computed from the
       eigenbasis (the hat matrix of ridge with an unpenalised intercept);
-    * ties go to the larger alpha.
+    * ties go to the larger alpha;
+    * a single alpha without validation data is one Cholesky solve.
 
     Attributes
     ----------
@@ -202,6 +209,12 @@ class RidgeClassifier:
             _check_n_features(self, X_val)
             yv_idx = _label_indices(self.classes_, y_val, X_val.shape[0], X.device)
 
+        if X_val is None and self.alphas is not None and np.size(self.alphas) == 1:
+            # one alpha, nothing to choose: a single Cholesky solve, no eigendecomposition
+            self.alphas_ = self._resolve_alphas(1.0)
+            self.alpha_, self.cv_, self.val_scores_ = float(self.alphas_[0]), None, None
+            return self._set_coef(*self._solve_once([X], Y, self.alpha_), X.device)
+
         solver = self._solver_for(n, d)
         mu = _mean([X]) if self.fit_intercept else None
         y_mean = Y.mean(0) if self.fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=X.device)
@@ -250,8 +263,12 @@ class RidgeClassifier:
                 W = _xt_dot([X], mu, U @ (W0 / (lam + alpha)[:, None]))
             b = y_mean - (mu @ W if mu is not None else 0.0)
             self.solver_ = solver
+        return self._set_coef(W, b, X.device)
+
+    def _set_coef(self, W, b, device) -> "RidgeClassifier":
+        """W: (d, c) float64, b: (c,) -> coef_ (c, d), intercept_ (c,), float32."""
         self.coef_ = W.T.to(torch.float32).contiguous()
-        self.intercept_ = torch.as_tensor(b, dtype=torch.float32, device=X.device).reshape(-1).clone()
+        self.intercept_ = torch.as_tensor(b, dtype=torch.float32, device=device).reshape(-1).clone()
         return self
 
     def _solver_for(self, n: int, d: int) -> str:
@@ -405,7 +422,7 @@ def _accuracy(S, y_idx) -> float:
 
 def _solve_psd(S, rhs, alpha):
     """(S + alpha I)^-1 rhs in float64 by Cholesky; eigh when float32 rounding breaks it."""
-    S = S.to(torch.float64)
+    S = S.to(torch.float64, copy=True)
     S.diagonal().add_(alpha)
     L, info = torch.linalg.cholesky_ex(S)
     if int(info) == 0:
