@@ -1,4 +1,5 @@
-# gradfree: `make run` sets up and runs the embedded default; `make test` sets up and runs the tests.
+# gradfree: `make run` sets up and runs the embedded default; `make test` sets up, runs the tests (the
+# performance ratio gate included) and the accuracy regression check of the quick suite: what CI runs.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -7,14 +8,14 @@ HUB    := $(shell $(PYTHON) -c "import os;print(os.path.join(os.environ.get('TOR
 MOBILENET := $(HUB)/mobilenet_v2-b0353104.pth
 FASHION   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test regression bench bench-baseline report-quick clean
 
 setup: $(VENV)/.installed $(MOBILENET) fashion-mnist
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,fastai,opu]'
+	$(PIP) install -q -e '.[dev,fastai,opu,ray]'
 	# lightonml 1.4.3 pins stale versions of everything: its real needs come with the `opu` extra.
 	$(PIP) install -q --no-deps lightonml==1.4.3
 	touch $@
@@ -36,11 +37,32 @@ fashion-mnist:
 run: setup
 	$(VENV)/bin/gradfree run
 
+# The quick suite's accuracies against the committed reference results (results/quick), cell by cell.
+# Random features + ridge are deterministic given the seed; the backprop baselines vary a little with the
+# CPU, hence a tolerance of 3 points of test accuracy. Slower cells are only reported (time depends on load).
+REGRESSION_OUT ?= .cache/regression-quick
+REGRESSION_TOLERANCE ?= 0.03
+
 test: setup
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory regression
+
+regression: setup
+	rm -rf $(REGRESSION_OUT)
+	$(VENV)/bin/gradfree run --suite quick --out $(REGRESSION_OUT) --no-progress
+	$(VENV)/bin/gradfree compare results/quick $(REGRESSION_OUT) --tolerance $(REGRESSION_TOLERANCE)
 
 bench: setup
 	$(PY) -m pytest -q tests/benchmarks --benchmark-enable
+
+# Re-measure tests/benchmarks/baseline.json (after an intended change of a hot path, or on a new reference machine).
+bench-baseline: setup
+	GRADFREE_UPDATE_BASELINE=1 $(PY) -m pytest -q -rs tests/benchmarks/test_ratio_gate.py
+
+# The committed reference results: the quick suite run on this machine, and its report.
+report-quick: setup
+	$(VENV)/bin/gradfree run --suite quick --out results/quick
+	$(VENV)/bin/gradfree report results/quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -13,7 +13,8 @@ METHOD_OPTIONS = {
     # random-features
     "--encoder": ("encoder", str, "random-features: feature encoder: sign (x>0 -> 1), threshold, none (float features) [sign]"),
     "--projector": ("projection", str, "random-features: gaussian (|XR|^2, complex Gaussian R), structured "
-                    "(Hadamard-based, same statistics), opu (lightonml), linear (Re XR), none (ridge on the encoded features) [gaussian]"),
+                    "(Hadamard-based, same statistics), opu (lightonml), linear (Re XR), none (ridge on the encoded features), "
+                    "kernel (exact |XR|^2 kernel ridge, k = infinity; n_components reported as -1) [gaussian]"),
     "--n-components": ("n_components", int, "random-features: number of random features k [10000]"),
     "--alphas": ("alphas", "floats", "random-features: comma-separated ridge alphas to choose from on the validation split "
                  "[13-value log grid 1e-6..1e6 times the Gram's mean eigenvalue]"),

@@ -25,14 +25,17 @@ from benchmarks.report import load_results, split_rows
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
 
 
+def _axes_key(df: pd.DataFrame) -> list[str]:
+    return ["|".join(str(v) for v in row) for row in df[AXES].itertuples(index=False)]
+
+
 def _match(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(pairs, only in A, only in B); pairs have columns suffixed _a and _b."""
     by_key = a.merge(b, on="cell_key", suffixes=("_a", "_b"))
     rest_a = a[~a["cell_key"].isin(by_key["cell_key"])]
     rest_b = b[~b["cell_key"].isin(by_key["cell_key"])]
-    ka, kb = rest_a[AXES].astype(str), rest_b[AXES].astype(str)
-    ra = rest_a.assign(_axes=ka.agg("|".join, axis=1)).drop_duplicates("_axes", keep="last")
-    rb = rest_b.assign(_axes=kb.agg("|".join, axis=1)).drop_duplicates("_axes", keep="last")
+    ra = rest_a.assign(_axes=_axes_key(rest_a)).drop_duplicates("_axes", keep="last")
+    rb = rest_b.assign(_axes=_axes_key(rest_b)).drop_duplicates("_axes", keep="last")
     by_axes = ra.merge(rb, on="_axes", suffixes=("_a", "_b"))
     pairs = pd.concat([by_key.assign(matched="key"),
                        by_axes.assign(matched="axes", cell_key=by_axes["cell_key_a"])], ignore_index=True)
@@ -42,8 +45,9 @@ def _match(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
 
 
 def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5, metric: str = "test_acc",
-            fail_on_time: bool = False, out=sys.stdout) -> int:
+            fail_on_time: bool = False, out=None) -> int:
     """Print the comparison; return the exit status (0 fine, 1 regression)."""
+    out = out or sys.stdout
     fa, _, faila = split_rows(load_results(a_path))
     fb, _, failb = split_rows(load_results(b_path))
     pairs, only_a, only_b = _match(fa, fb)
@@ -85,11 +89,18 @@ def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5
     if not len(pairs) and not len(newly_failed):
         print("error: no cell in common between A and B.", file=out)
         return 1
+    bad = pairs["acc_regressed"] | (pairs["time_regressed"] if fail_on_time else False)
+    # The plain closing line CI logs are read for.
+    print(f"compare: {int((~bad).sum())} passed, {int(bad.sum()) + len(newly_failed)} failed", file=out)
     return 1 if n_acc or (fail_on_time and n_time) else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    return compare(args.a, args.b, args.tolerance, args.time_tolerance, args.metric, args.fail_on_time)
+    try:
+        return compare(args.a, args.b, args.tolerance, args.time_tolerance, args.metric, args.fail_on_time)
+    except FileNotFoundError as err:
+        print(f"gradfree: error: {err}", file=sys.stderr)
+        return 2
 
 
 def add_commands(sub) -> None:

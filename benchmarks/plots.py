@@ -39,7 +39,8 @@ def _plt():
 
 def _series(df: pd.DataFrame) -> pd.Series:
     """One legend entry per method x config x precision (cuts become points along a line)."""
-    parts = df["method"] + ": " + df["config"]
+    parts = pd.Series([c if c.startswith(m) else f"{m}: {c}" for m, c in zip(df["method"], df["config"])],
+                      index=df.index)
     multi_precision = df["precision"].replace("", np.nan).dropna().nunique() > 1
     return parts + np.where(multi_precision & (df["precision"] != ""), " " + df["precision"], "")
 
@@ -144,7 +145,8 @@ def time_breakdown(finals: pd.DataFrame, out: Path) -> Figure:
         return fig_info
     plt, _ = _plt()
     agg = aggregate(finals, phases)
-    labels = _series(agg) + np.where(agg["cut"].replace("", np.nan).nunique() > 1, " @ " + agg["cut"], "")
+    multi_cut = agg["cut"].replace("", np.nan).nunique() > 1
+    labels = _series(agg) + np.where(multi_cut & (agg["cut"] != ""), " @ " + agg["cut"], "")
     data = agg[phases].fillna(0).set_axis(labels.values)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(data) + 1.8))
     data.rename(columns=lambda c: c[:-2]).plot.barh(stacked=True, ax=ax, width=0.7)

@@ -8,6 +8,16 @@ the validation split, then refitted on train + validation. ``projection="none"``
 is the control: the ridge sees the encoded (or, with ``encoder="none"``, the
 raw float) features directly.
 
+``projection="structured"`` uses Hadamard-based features with the statistics of
+``|X R|^2`` (``projector.structured``). ``projection="kernel"`` is the k = infinity
+end of the method: kernel ridge with the exact kernel of ``|X R|^2`` features
+(``projector.kernel``), no projection at all; its ``n_components`` is reported
+as ``-1`` (infinity; ``0`` already means "no projection"). With
+``streaming=True`` (or ``None`` when the ``(n, k)`` feature matrices would not fit
+comfortably in memory) the ridge is fitted from a Gram accumulated block by block
+(``projector.streaming``): neither R nor the features are ever held, and the
+projection runs inside ``fit_s`` (``project_s`` stays 0).
+
 Counted phases (``train_total_s``): ``extract_s`` (train + validation images),
 ``encode_s``, ``project_s``, ``fit_s``. Not counted: ``warmup_s`` (one
 batch through the backbone), ``eval_s`` (train and validation accuracy) and
@@ -27,11 +37,32 @@ from benchmarks.methods import RunContext
 @dataclass(frozen=True)
 class RandomFeaturesConfig:
     encoder: str = "sign"  # sign | threshold | none
-    projection: str = "gaussian"  # gaussian | structured | opu | linear | none
-    n_components: int = 10_000  # random features k
+    projection: str = "gaussian"  # gaussian | structured | opu | linear | none | kernel (exact, k = infinity)
+    n_components: int = 10_000  # random features k (kernel: ignored, reported as -1 = infinity)
     alphas: tuple[float, ...] | None = None  # None: 13-value log grid scaled to the Gram's mean eigenvalue
     pool_size: int = 0  # >0: average-pool feature maps to pool_size x pool_size before encoding
     block_size: int | None = None  # columns of R per block; None: chosen from free memory
+    streaming: bool | None = None  # ridge from a streamed Gram; None: when (n, k) float32 features would not fit
+
+
+KERNEL_N_COMPONENTS = -1  # n_components reported for projection="kernel": infinitely many features
+_STREAMABLE = ("gaussian", "linear", "structured")
+_STREAM_MEMORY_FRACTION = 0.25  # stream when train + val + test features exceed this share of free memory
+
+
+def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device) -> bool:
+    """Whether the ridge is fitted by streaming for ``n_rows`` (train + validation + test) rows."""
+    if cfg.projection not in _STREAMABLE:
+        if cfg.streaming:
+            raise ValueError(f"streaming=True needs a projection streamed block by block ({', '.join(_STREAMABLE)}), "
+                             f"not {cfg.projection!r}.")
+        return False
+    if cfg.streaming is not None:
+        return bool(cfg.streaming)
+    from projector.projections import available_memory_bytes
+    from projector.streaming import feature_matrix_bytes
+
+    return feature_matrix_bytes(n_rows, cfg.n_components) > _STREAM_MEMORY_FRACTION * available_memory_bytes(device)
 
 
 class RandomFeatures:
@@ -65,8 +96,10 @@ class RandomFeatures:
 
     def run(self, ctx: RunContext) -> dict:
         from projector.encoders import make_encoder
+        from projector.kernel import KernelRidgeClassifier
         from projector.projections import make_projection
         from projector.ridge import RidgeClassifier
+        from projector.streaming import StreamingRidgeClassifier
 
         cfg = self.config
         clock = ctx.clock
@@ -87,34 +120,66 @@ class RandomFeatures:
             e_val = encoder.transform(f_val)
         del f_train, f_val
 
-        proj_kwargs = {"n_components": cfg.n_components, "seed": ctx.seed}
-        if cfg.block_size is not None and cfg.projection in ("gaussian", "linear"):
-            proj_kwargs["block_size"] = cfg.block_size
-        projection = make_projection(cfg.projection, **proj_kwargs)
-        with clock.phase("project_s"):
-            z_train = projection.fit(e_train).transform(e_train)
-            z_val = projection.transform(e_val)
-        del e_train, e_val
-
-        ridge = RidgeClassifier(alphas=cfg.alphas)
         y_train = ctx.data.train.labels.to(ctx.device)
         y_val = ctx.data.val.labels.to(ctx.device)
-        with clock.phase("fit_s"):
-            ridge.fit(z_train, y_train, X_val=z_val, y_val=y_val)
+        n_rows = len(ctx.data.train) + len(ctx.data.val) + len(ctx.data.test)
+        streaming = use_streaming(cfg, n_rows, ctx.device)
+        projection = None
+        if cfg.projection == "kernel":
+            # k = infinity: kernel ridge on the encoded features, no projection
+            ridge = KernelRidgeClassifier(alphas=cfg.alphas)
+            with clock.phase("fit_s"):
+                ridge.fit(e_train, y_train, X_val=e_val, y_val=y_val)
+            with clock.phase("eval_s", counted=False):
+                train_acc = ridge.score(e_train, y_train)
+            del e_train, e_val
+            with clock.phase("predict_s", counted=False):
+                f_test = self._features(ctx, ext, "test")
+                test_acc = ridge.score(encoder.transform(f_test), ctx.data.test.labels.to(ctx.device))
+            n_out = KERNEL_N_COMPONENTS
+        else:
+            proj_kwargs = {"n_components": cfg.n_components, "seed": ctx.seed}
+            if cfg.block_size is not None and cfg.projection in ("gaussian", "linear", "structured"):
+                proj_kwargs["block_size"] = cfg.block_size
+            projection = make_projection(cfg.projection, **proj_kwargs)
+            if streaming:
+                # the projection runs inside the streamed fit: both are charged to fit_s
+                ridge = StreamingRidgeClassifier(projection, alphas=cfg.alphas, progress=ctx.progress)
+                with clock.phase("fit_s"):
+                    ridge.fit(e_train, y_train, X_val=e_val, y_val=y_val)
+                with clock.phase("eval_s", counted=False):
+                    train_acc = ridge.score(e_train, y_train)
+                del e_train, e_val
+                with clock.phase("predict_s", counted=False):
+                    f_test = self._features(ctx, ext, "test")
+                    test_acc = ridge.score(encoder.transform(f_test), ctx.data.test.labels.to(ctx.device))
+                n_out = int(projection.n_components)
+            else:
+                with clock.phase("project_s"):
+                    z_train = projection.fit(e_train).transform(e_train)
+                    z_val = projection.transform(e_val)
+                del e_train, e_val
 
-        with clock.phase("eval_s", counted=False):
-            train_acc = ridge.score(z_train, y_train)
-        del z_train, z_val
+                ridge = RidgeClassifier(alphas=cfg.alphas)
+                with clock.phase("fit_s"):
+                    ridge.fit(z_train, y_train, X_val=z_val, y_val=y_val)
 
-        with clock.phase("predict_s", counted=False):
-            f_test = self._features(ctx, ext, "test")
-            z_test = projection.transform(encoder.transform(f_test))
-            test_acc = ridge.score(z_test, ctx.data.test.labels.to(ctx.device))
+                with clock.phase("eval_s", counted=False):
+                    train_acc = ridge.score(z_train, y_train)
+                del z_train, z_val
+
+                with clock.phase("predict_s", counted=False):
+                    f_test = self._features(ctx, ext, "test")
+                    z_test = projection.transform(encoder.transform(f_test))
+                    test_acc = ridge.score(z_test, ctx.data.test.labels.to(ctx.device))
+                n_out = int(z_test.shape[1])
 
         val_scores = getattr(ridge, "val_scores_", None) or {}
-        ridge_bytes = int(ridge.weight_bytes)
-        n_out = int(z_test.shape[1])
-        ridge_params = int(ridge.coef_.numel() + torch.as_tensor(ridge.intercept_).numel())
+        ridge_bytes = int(ridge.weight_bytes)  # kernel: the kept training rows + dual coefficients
+        if cfg.projection == "kernel":
+            ridge_params = int(ridge.param_count)
+        else:
+            ridge_params = int(ridge.coef_.numel() + torch.as_tensor(ridge.intercept_).numel())
         return {
             "train_acc": train_acc,
             # validation accuracy at the chosen alpha, before the refit on train + validation
@@ -124,13 +189,15 @@ class RandomFeatures:
             "selection": "validation split" if len(val_scores) > 1 else "fixed alpha",
             "encoder": cfg.encoder,
             "projection": cfg.projection,
-            "n_components": n_out if cfg.projection != "none" else 0,
+            "n_components": n_out if cfg.projection != "none" else 0,  # -1: kernel (k = infinity)
+            "streaming": streaming,
+            "grid_solver": getattr(ridge, "grid_solver_", None),
             "feature_dim": feature_dim,
             "backbone_param_count": ext.param_count,
             "backbone_bytes": ext.param_bytes,
             # R is regenerated from the seed, never stored: 0 bytes kept; what it would weigh:
             "projection_bytes": 0,
-            "projection_matrix_bytes": int(getattr(projection, "matrix_bytes", 0)),
+            "projection_matrix_bytes": int(getattr(projection, "matrix_bytes", 0)) if projection is not None else 0,
             "ridge_weight_bytes": ridge_bytes,
             "model_param_count": ext.param_count + ridge_params,
             "trainable_param_count": ridge_params,

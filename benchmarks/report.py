@@ -23,6 +23,7 @@ import argparse
 import base64
 import html
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
             df[col] = ""
     for col in NUMERIC:
         df[col] = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
-    df["config"] = [config_label(r) for r in df.to_dict("records")]
+    df["config"] = _disambiguate(df, [config_label(r) for r in df.to_dict("records")])
     df["cached"] = df["extra"].str.contains("cached_phases", regex=False)
     return df
 
@@ -95,6 +96,31 @@ def config_label(row: dict) -> str:
         label = cfg.get("mode", "finetune")
         return f"{label} ({cfg['preset']})" if cfg.get("preset") else label
     return method
+
+
+def _disambiguate(df: pd.DataFrame, labels: list[str]) -> list[str]:
+    """Append the options that differ between configurations sharing a label (``small_cnn (lr=0.05)``),
+    so that mean ± std only ever runs over seeds."""
+    configs = [_json(c) for c in df["method_config"]]
+    by_label: dict[tuple, set[str]] = {}
+    for method, label, cfg in zip(df["method"], labels, df["method_config"]):
+        if cfg:
+            by_label.setdefault((method, label), set()).add(cfg)
+    out = []
+    for method, label, cfg in zip(df["method"], labels, configs):
+        variants = [_json(c) for c in by_label.get((method, label), ())]
+        if len(variants) > 1 and cfg:
+            keys = sorted(k for k in set().union(*variants) if len({str(v.get(k)) for v in variants}) > 1)
+            label = f"{label} ({', '.join(f'{k}={cfg.get(k)}' for k in keys)})"
+        out.append(label)
+    return out
+
+
+def _json(text: str) -> dict:
+    try:
+        return json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
 
 
 def split_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -123,7 +149,23 @@ def aggregate(finals: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     std = g[columns].std(ddof=1)
     out = out.join(std.add_suffix("_std"))
     out["seeds"] = g["seed"].nunique()
-    return out.reset_index()
+    out = out.reset_index()
+    return out.iloc[sorted(range(len(out)), key=lambda i: _order(out.iloc[i]))].reset_index(drop=True)
+
+
+_METHOD_ORDER = {"random-features": 0, "finetune": 1, "wrn22": 2, "small_cnn": 3}
+
+
+def _order(row) -> tuple:
+    """Methods in a fixed order, then configuration, cut (input side first) and precision."""
+    from benchmarks.backbones import BackboneError, list_cuts
+
+    try:
+        cut = list_cuts(row["backbone"]).index(row["cut"]) if row["cut"] else -1
+    except (BackboneError, ValueError):
+        cut = -1
+    return (_METHOD_ORDER.get(row["method"], 9), row["config"].split(" k=")[0], len(row["config"]), row["config"],
+            cut, row["precision"])
 
 
 def _pm(mean, std, fmt: str) -> str:
@@ -306,7 +348,11 @@ blockquote {{ border-left: 4px solid #8ab; margin: 1em 0; padding: 0.2em 1em; ba
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    path = build_report(args.results, args.out)
+    try:
+        path = build_report(args.results, args.out)
+    except FileNotFoundError as err:
+        print(f"gradfree: error: {err}", file=sys.stderr)
+        return 2
     print(f"report: {path} and {path.with_suffix('.html')}")
     return 0
 

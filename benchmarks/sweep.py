@@ -32,11 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.runner import Cell
+from benchmarks.runner import BACKBONE_METHODS, Cell
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-#: Methods that cut a pretrained backbone: the only ones for which backbone, cut and precision mean something.
-BACKBONE_METHODS = ("random-features", "finetune")
 ALIASES = {"projector": "projection", "k": "n_components", "n_random_features": "n_components"}
 _CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell) if f.name not in ("options", "suite")}
 _NONE_IF_ZERO = ("train_per_class", "test_per_class")

@@ -34,6 +34,7 @@ import torch
 
 from projector.encoders import _check_2d, _check_fitted, _check_n_features
 from projector.opu import OPUProjection
+from projector.structured import StructuredProjection
 
 __all__ = [
     "TILE_COLS",
@@ -41,7 +42,10 @@ __all__ = [
     "GaussianProjection",
     "LinearProjection",
     "NoProjection",
+    "StructuredProjection",
     "PROJECTIONS",
+    "available_memory_bytes",
+    "resolve_compute_mode",
     "make_projection",
 ]
 
@@ -65,6 +69,7 @@ def gaussian_tiles(
     dtype: torch.dtype = torch.float32,
     imag: bool = True,
     out: torch.Tensor | None = None,
+    scale: bool = True,
 ) -> torch.Tensor:
     """Canonical tiles ``[tile_start, tile_start + n_tiles)`` of R, stored transposed.
 
@@ -73,7 +78,12 @@ def gaussian_tiles(
     ``RT[c:].T = Im R[:, cols]`` with ``c = n_tiles * TILE_COLS``; with ``imag=False``
     only the real half ``(c, n_features)``. Values are drawn in float32 and then cast
     to ``dtype``, so every dtype sees the same R up to rounding. ``out`` may be a
-    preallocated buffer of the right shape.
+    preallocated buffer of the right shape. ``scale=False`` leaves out the factor
+    ``1/sqrt(n_features)`` (the projections apply it to their product instead: a pass
+    over ``n x c`` values rather than ``m x c``).
+
+    On CPU the tiles are drawn by a small thread pool, one tile per task: each tile
+    has its own generator, so the values do not depend on the number of threads.
     """
     device = torch.device(device)
     c = n_tiles * TILE_COLS
@@ -82,10 +92,11 @@ def gaussian_tiles(
         out = torch.empty(rows, n_features, dtype=dtype, device=device)
     elif out.shape != (rows, n_features) or out.dtype != dtype:
         raise ValueError(f"out must be {(rows, n_features)} {dtype}, got {tuple(out.shape)} {out.dtype}")
-    direct = dtype == torch.float32  # draw straight into the buffer, no temporary
-    tmp = None if direct else torch.empty(TILE_COLS, n_features, dtype=torch.float32, device=device)
-    gen = torch.Generator(device=device)
-    for i in range(n_tiles):
+
+    def draw(i: int) -> None:
+        direct = dtype == torch.float32  # draw straight into the buffer, no temporary
+        tmp = None if direct else torch.empty(TILE_COLS, n_features, dtype=torch.float32, device=device)
+        gen = torch.Generator(device=device)
         gen.manual_seed(seed * _SEED_STRIDE + tile_start + i)
         parts = [slice(i * TILE_COLS, (i + 1) * TILE_COLS)]
         if imag:
@@ -96,8 +107,32 @@ def gaussian_tiles(
             else:
                 torch.randn(TILE_COLS, n_features, generator=gen, device=device, out=tmp)
                 out[rows_i].copy_(tmp)
-    out.mul_(1.0 / math.sqrt(n_features))
+
+    pool = _generation_pool() if device.type == "cpu" and n_tiles > 1 else None
+    if pool is None:
+        for i in range(n_tiles):
+            draw(i)
+    else:  # torch's CPU normal_ is single-threaded: draw independent tiles side by side
+        list(pool.map(draw, range(n_tiles)))
+    if scale:
+        out.mul_(1.0 / math.sqrt(n_features))
     return out
+
+
+_POOL = None
+
+
+def _generation_pool():
+    """A process-wide pool of torch.get_num_threads() workers drawing CPU tiles (None for one thread)."""
+    global _POOL
+    workers = max(1, min(torch.get_num_threads(), 8))
+    if workers == 1:
+        return None
+    if _POOL is None or _POOL._max_workers != workers:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gradfree-tiles")
+    return _POOL
 
 
 def available_memory_bytes(device: torch.device | str) -> int:
@@ -132,11 +167,61 @@ def available_memory_bytes(device: torch.device | str) -> int:
     return max(int(avail), 0)
 
 
-def _auto_block_tiles(n_features: int, n_rows: int, itemsize: int, device: torch.device, budget: int) -> int:
-    """Tiles per block so that one block of R and its product fit ``budget``."""
-    per_tile = 2 * TILE_COLS * (n_features + n_rows) * itemsize
+def _auto_block_tiles(n_features: int, n_rows: int, bytes_per_value: int, device: torch.device, budget: int) -> int:
+    """Tiles per block so that the block's buffers of R and its product fit ``budget``.
+
+    ``bytes_per_value``: bytes one value of R costs over all of its buffers (the float32
+    draw, the compute copy(ies), both prefetch slots)."""
+    per_tile = 2 * TILE_COLS * (n_features * bytes_per_value + n_rows * 8)
     cap = _MAX_AUTO_TILES.get(device.type, 2)
     return int(max(1, min(cap, budget // max(per_tile, 1))))
+
+
+# How the GEMM X @ R is computed. X is exact in every mode when it holds small integers
+# (a binary uint8 X); R is Gaussian and is only approximated in the low-precision ones.
+_MODES = {
+    # mode: (dtype of X and of R's copy in the GEMM, number of copies of R)
+    "float32": (torch.float32, 1),
+    "float64": (torch.float64, 1),
+    "bfloat16": (torch.bfloat16, 1),  # R rounded to 8 bits of mantissa (~0.4 %)
+    "float16": (torch.float16, 1),  # R rounded to 11 bits (~0.05 %)
+    # R = R_hi + R_lo, both bfloat16 (16 bits of mantissa, ~2e-5), two bf16 GEMMs with
+    # float32 accumulation: near-float32 accuracy at the speed of the bf16 tensor cores.
+    "bf16x2": (torch.bfloat16, 2),
+}
+_DTYPE_MODES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16",
+                torch.float16: "float16"}
+_EXACT_LOW_PRECISION = (torch.uint8, torch.int8, torch.bool)  # values exact in bf16 / fp16
+
+
+def resolve_compute_mode(compute_dtype, X: torch.Tensor) -> str:
+    """The GEMM mode for ``compute_dtype`` (None/"auto", a torch dtype or a mode name) and X.
+
+    Auto: on CUDA a binary/small-integer X (exact in bfloat16) uses ``"bf16x2"``; everything
+    else ``"float32"`` (CPUs without bf16 matrix units gain nothing from bf16)."""
+    if compute_dtype is None or compute_dtype == "auto":
+        if X.device.type == "cuda" and X.dtype in _EXACT_LOW_PRECISION:
+            return "bf16x2"
+        return "float32"
+    if isinstance(compute_dtype, torch.dtype):
+        if compute_dtype not in _DTYPE_MODES:
+            raise ValueError(f"compute_dtype {compute_dtype} is not supported; choose one of "
+                             f"{sorted(_DTYPE_MODES.values())}, 'bf16x2' or None.")
+        return _DTYPE_MODES[compute_dtype]
+    if compute_dtype not in _MODES:
+        raise ValueError(f"compute_dtype {compute_dtype!r} is not understood; choose None (auto), a torch "
+                         f"dtype or one of {sorted(_MODES)}.")
+    return str(compute_dtype)
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with float32 output; low-precision inputs accumulate in float32 (CUDA's mm with
+    out_dtype; on CPU the inputs are upcast, which computes the same sums)."""
+    if a.dtype in (torch.float32, torch.float64):
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return a.float() @ b.float()
 
 
 # --- estimators ---
@@ -153,8 +238,9 @@ class _RandomProjection:
         seed: int = 0,
         block_size: int | None = None,
         row_chunk_size: int | None = None,
-        compute_dtype: torch.dtype | None = None,
+        compute_dtype: torch.dtype | str | None = None,
         progress: bool = False,
+        prefetch: bool | None = None,
     ):
         self.n_components = n_components
         self.seed = seed
@@ -162,6 +248,7 @@ class _RandomProjection:
         self.row_chunk_size = row_chunk_size
         self.compute_dtype = compute_dtype
         self.progress = progress
+        self.prefetch = prefetch
 
     def fit(self, X: torch.Tensor, y=None):
         """X: (n_samples, n_features). Only records n_features: R follows from the seed."""
@@ -197,47 +284,106 @@ class _RandomProjection:
 
     def _blocks(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         device = X.device
-        dtype = self._dtype()
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        mode = resolve_compute_mode(self.compute_dtype, X)
+        cdt, copies = _MODES[mode]
+        itemsize = torch.empty((), dtype=cdt).element_size()
         n, m, k = X.shape[0], self.n_features_in_, self.n_components
         budget = int(_MEM_FRACTION * available_memory_bytes(device))
+        # CUDA: draw the next block on a side stream while this one multiplies.
+        prefetch = device.type == "cuda" and self.prefetch is not False
+        slots = 2 if prefetch else 1
 
         # Convert X once if its compute-dtype copy fits half the budget, else per row chunk.
         x_bytes = n * m * itemsize
         if self.row_chunk_size is not None:
             chunk = max(1, int(self.row_chunk_size))
-        elif X.dtype == dtype or x_bytes <= budget // 2:
+        elif X.dtype == cdt or x_bytes <= budget // 2:
             chunk = max(n, 1)
         else:
             chunk = max(1, (budget // 2) // (m * itemsize))
-        Xc = X.to(dtype) if chunk >= n else X
+        Xc = X.to(cdt) if chunk >= n else X
 
+        draw_f32 = cdt != torch.float32  # draw in float32, then convert / split
+        r_bytes = slots * (copies * itemsize + (4 if draw_f32 else 0))
         if self.block_size is not None:
             tiles = max(1, math.ceil(int(self.block_size) / TILE_COLS))
         else:
-            tiles = _auto_block_tiles(m, min(n, chunk), itemsize, device, budget // 2)
+            tiles = _auto_block_tiles(m, min(n, chunk), r_bytes, device, budget // 2)
         n_tiles_total = math.ceil(k / TILE_COLS)
-        starts = range(0, n_tiles_total, tiles)
+        blocks = [(t0, min(tiles, n_tiles_total - t0)) for t0 in range(0, n_tiles_total, tiles)]
+        halves = 2 if self._imag else 1
+        rows_max = halves * min(tiles, n_tiles_total) * TILE_COLS
+        # One set of buffers per slot for all blocks; a narrower last block uses leading rows.
+        bufs = [(torch.empty(copies * rows_max, m, dtype=cdt, device=device),
+                 torch.empty(rows_max, m, dtype=torch.float32, device=device) if draw_f32 else None)
+                for _ in range(slots)]
+
+        def produce(i: int):
+            """Block i's R, transposed, in the GEMM layout: (copies * halves * c, m)."""
+            t0, nt = blocks[i]
+            rows = halves * nt * TILE_COLS
+            gemm_buf, f32_buf = bufs[i % slots]
+            draw = f32_buf[:rows] if draw_f32 else gemm_buf[:rows]
+            gaussian_tiles(self.seed, m, t0, nt, device, torch.float32, imag=self._imag, out=draw, scale=False)
+            if draw_f32:
+                hi = gemm_buf[:rows]
+                hi.copy_(draw)
+                if copies == 2:  # R_lo = R - R_hi, rounded again
+                    draw.sub_(hi.float())
+                    gemm_buf[rows:2 * rows].copy_(draw)
+            return gemm_buf[:copies * rows]
+
+        progress = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=f"{self.name} projection", unit="block")
-        halves = 2 if self._imag else 1
-        # One buffer for all blocks; the last, narrower block uses its leading rows.
-        buf = torch.empty(halves * min(tiles, n_tiles_total) * TILE_COLS, m, dtype=dtype, device=device)
-        for t0 in starts:
-            nt = min(tiles, n_tiles_total - t0)
-            RT = gaussian_tiles(self.seed, m, t0, nt, device, dtype, imag=self._imag,
-                                out=buf[:halves * nt * TILE_COLS])
-            c0 = t0 * TILE_COLS
-            cols = slice(c0, min(c0 + nt * TILE_COLS, k))
-            width = cols.stop - cols.start
-            Y_block = torch.empty(n, width, dtype=torch.float32, device=device)
-            for r0 in range(0, n, chunk):
-                xr = Xc[r0:r0 + chunk]
-                P = xr.to(dtype) @ RT.T  # (rows_in_chunk, 2c): [X Re R | X Im R]
-                Y_block[r0:r0 + chunk] = self._combine(P, nt * TILE_COLS)[:, :width]
-            yield cols, Y_block
+            progress = tqdm(total=len(blocks), desc=f"{self.name} projection", unit="block")
+        stream = torch.cuda.Stream(device) if prefetch else None
+        if stream is not None:
+            ready = [torch.cuda.Event() for _ in range(slots)]
+            free = [torch.cuda.Event() for _ in range(slots)]
+
+            stream.wait_stream(torch.cuda.current_stream(device))  # buffers and X are ready
+
+            def launch(i):
+                with torch.cuda.stream(stream):
+                    stream.wait_event(free[i % slots])  # the slot's previous block is multiplied
+                    RT = produce(i)
+                    ready[i % slots].record(stream)
+                return RT
+
+            pending = launch(0) if blocks else None
+        try:
+            for i, (t0, nt) in enumerate(blocks):
+                if stream is None:
+                    RT = produce(i)
+                else:
+                    RT = pending
+                    if i + 1 < len(blocks):
+                        pending = launch(i + 1)
+                    torch.cuda.current_stream(device).wait_event(ready[i % slots])
+                c = nt * TILE_COLS
+                c0 = t0 * TILE_COLS
+                cols = slice(c0, min(c0 + c, k))
+                width = cols.stop - cols.start
+                Y_block = torch.empty(n, width, dtype=torch.float32, device=device)
+                h = halves * c
+                for r0 in range(0, n, chunk):
+                    xr = Xc[r0:r0 + chunk].to(cdt)
+                    P = _mm_f32(xr, RT.T)  # (rows_in_chunk, copies * h): [X Re R | X Im R] (hi, lo)
+                    if copies == 2:
+                        P = P[:, :h] + P[:, h:]
+                    Y_block[r0:r0 + chunk] = self._combine(P, c, m)[:, :width]
+                if stream is not None:
+                    free[i % slots].record(torch.cuda.current_stream(device))
+                if progress is not None:
+                    progress.update(1)
+                yield cols, Y_block
+        finally:
+            if stream is not None:  # nothing may still write into the buffers when they are freed
+                torch.cuda.current_stream(device).wait_stream(stream)
+            if progress is not None:
+                progress.close()
 
     def random_block(
         self,
@@ -258,10 +404,8 @@ class _RandomProjection:
         sl = slice(start - t0 * TILE_COLS, stop - t0 * TILE_COLS)
         return RT[:c].T[:, sl], RT[c:].T[:, sl]
 
-    def _dtype(self) -> torch.dtype:
-        return self.compute_dtype or torch.float32
-
-    def _combine(self, P: torch.Tensor, c: int) -> torch.Tensor:
+    def _combine(self, P: torch.Tensor, c: int, m: int) -> torch.Tensor:
+        """P: (rows, halves * c) products with the unscaled R -> features (rows, c) float32."""
         raise NotImplementedError
 
     @property
@@ -298,8 +442,15 @@ class GaussianProjection(_RandomProjection):
         CPU, 4096 on CUDA).
     row_chunk_size : rows of X multiplied at once; None: all rows unless converting a
         uint8 X to the compute dtype would not fit the memory budget.
-    compute_dtype : dtype of R and of the matmul (default float32); the output is float32.
+    compute_dtype : how the GEMM ``X @ R`` runs: None (auto: ``"bf16x2"`` for a uint8/bool
+        X on CUDA, else float32), a torch dtype (float32, float64, bfloat16, float16: R
+        rounded to it) or ``"bf16x2"`` (R split into two bfloat16 halves, ~2e-5 relative
+        error, for the bf16 matrix units; X must be exact in bf16, as binary X is). The
+        output is float32 in every mode.
     progress : show a tqdm bar over blocks (rate and ETA).
+    prefetch : CUDA only: draw block b+1 on a side stream while block b multiplies
+        (None/True); False draws and multiplies in turn. CPU tiles are drawn in parallel
+        by a thread pool (one generator per tile, so the values do not change).
 
     Attributes
     ----------
@@ -308,9 +459,10 @@ class GaussianProjection(_RandomProjection):
 
     name = "gaussian"
 
-    def _combine(self, P, c):
-        re, im = P[:, :c].float(), P[:, c:].float()
-        return re * re + im * im
+    def _combine(self, P, c, m):
+        # R's scale 1/sqrt(m) applied here, after the GEMM: n x c values instead of m x c
+        re, im = P[:, :c], P[:, c:]
+        return torch.addcmul(re * re, im, im).mul_(1.0 / m).float()
 
     @property
     def matrix_bytes(self) -> int:
@@ -331,8 +483,8 @@ class LinearProjection(_RandomProjection):
     name = "linear"
     _imag = False
 
-    def _combine(self, P, c):
-        return P.float()
+    def _combine(self, P, c, m):
+        return P.mul(1.0 / math.sqrt(m)).float()
 
     @property
     def matrix_bytes(self) -> int:
@@ -387,6 +539,7 @@ PROJECTIONS = {
     "linear": LinearProjection,
     "none": NoProjection,
     "opu": OPUProjection,
+    "structured": StructuredProjection,
 }
 
 

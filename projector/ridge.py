@@ -1,4 +1,4 @@
-"""One-vs-all ridge classifier in torch, with the alpha grid solved from one eigendecomposition.
+"""One-vs-all ridge classifier in torch, with the alpha grid solved once per shape.
 
 Semantics follow ``sklearn.linear_model.RidgeClassifier``: labels are binarised to
 {-1, +1} (``LabelBinarizer(neg_label=-1, pos_label=1)``, a single column for two
@@ -7,17 +7,31 @@ classes), X and Y are centred for the intercept, and
 
 How it is solved
 ----------------
-The centred Gram is formed in float32 on X's device, in bounded chunks (never a
-centred copy of X), then eigendecomposed in float64:
+The Gram is formed in float32 on X's device, in bounded chunks (never a centred copy
+of X) -- on CPU by BLAS ``ssyrk``, a symmetric rank-k update at half the flops of a
+general matmul -- and solved in float64:
 
-* ``"primal"`` (n_features <= n_samples): ``G = Xc^T Xc = V diag(lam) V^T``, (d, d);
-* ``"dual"`` (n_samples < n_features): ``K = Xc Xc^T = U diag(lam) U^T``, (n, n);
-  no (d, d) matrix is ever formed.
+* ``"primal"`` (n_features <= n_samples): ``G = Xc^T Xc``, (d, d);
+* ``"dual"`` (n_samples < n_features): ``K = Z Z^T`` over the train and validation rows
+  stacked, centred with the training mean, (N, N); its train block is the centred train
+  kernel, its off-diagonal block the validation cross-kernel, and double-centring it
+  gives the kernel of the refit on train + validation: one Gram serves selection and
+  refit. No (d, d) matrix is ever formed.
 
-Every alpha is then a diagonal rescaling in that eigenbasis, so validation (or
-leave-one-out) predictions for a whole grid cost one eigendecomposition. Products with
-only ``n_classes`` columns are computed in float64; the Gram and the cross-products in
-float32.
+The alpha grid on validation data is solved by one of two *grid solvers*, chosen from
+the grid's size and the device (``grid_solver="auto"``):
+
+* ``"eigh"``: one float64 eigendecomposition, then every alpha is a diagonal rescaling;
+* ``"cholesky"``: one Cholesky factorisation per alpha, first in float32 refined to
+  float64 accuracy by iterative refinement, in float64 when that does not converge.
+
+On 2 CPU cores a float64 ``eigh`` of n = 4,000 costs as much as ~25 float64 Cholesky
+factorisations (LAPACK's tridiagonalisation is memory bound), so a 13-value grid is
+cheaper by Cholesky on CPU; on CUDA ``eigh`` is cheap and wins from ~6 alphas on.
+Leave-one-out selection (no validation data) needs the eigenvectors and uses ``eigh``.
+
+The pure functions under the estimator (``dual_fit``, ``gram``) are shared with the
+exact-kernel ridge (``projector.kernel``) and the streaming fit (``projector.streaming``).
 """
 
 from __future__ import annotations
@@ -29,10 +43,17 @@ import torch
 
 from projector.encoders import _check_2d, _check_fitted, _check_n_features
 
-__all__ = ["RidgeClassifier", "auto_alphas"]
+__all__ = ["RidgeClassifier", "auto_alphas", "dual_fit", "gram", "grid_solver_for"]
 
 _CHUNK_BYTES = 128 << 20  # bound on a temporary centred slice of X
 _SOLVERS = ("auto", "primal", "dual")
+_GRID_SOLVERS = ("auto", "eigh", "cholesky")
+# Cost of one float64 eigh in float64 Cholesky factorisations of the same matrix, measured
+# at n = 4,000 (2 CPU cores: eigh 40-60 s against 1.4-1.6 s; an H100: ~6): the break-even grid size.
+_EIGH_IN_CHOLESKYS = {"cpu": 25, "cuda": 6}
+_REFINE_STEPS = 4  # float32 Cholesky + float64 residual steps before falling back to float64
+_REFINE_TOL = 1e-10  # relative residual accepted as float64-accurate
+_S64_COPY_BYTES = 256 << 20  # keep a float64 copy of the Gram for the residuals up to this size
 
 
 def auto_alphas(mean_eigenvalue: float) -> np.ndarray:
@@ -45,6 +66,15 @@ def auto_alphas(mean_eigenvalue: float) -> np.ndarray:
     """
     scale = float(mean_eigenvalue) if mean_eigenvalue > 0 else 1.0
     return np.logspace(-6, 6, 13) * scale
+
+
+def grid_solver_for(n: int, n_alphas: int, device: torch.device | str, choice: str = "auto") -> str:
+    """``"eigh"`` or ``"cholesky"`` for a grid of ``n_alphas`` on an (n, n) system on ``device``."""
+    if choice not in _GRID_SOLVERS:
+        raise ValueError(f"grid_solver={choice!r} is not one of {_GRID_SOLVERS}.")
+    if choice != "auto":
+        return choice
+    return "eigh" if n_alphas >= _EIGH_IN_CHOLESKYS.get(torch.device(device).type, 25) else "cholesky"
 
 
 # --- chunked products with centred X, never materialising Xc ---
@@ -87,41 +117,71 @@ def _mean(parts) -> torch.Tensor:
     return total / n
 
 
+def _syrk_(C: torch.Tensor, A: torch.Tensor, rows: bool) -> None:
+    """C += A A^T (rows=True) or A^T A, float32. On CPU, BLAS ssyrk into C's lower
+    triangle only (call ``_symmetrize_`` at the end); elsewhere a full addmm."""
+    if C.device.type != "cpu" or C.dtype != torch.float32:
+        C.addmm_(A, A.T) if rows else C.addmm_(A.T, A)
+        return
+    from scipy.linalg import blas
+
+    A = A.contiguous()
+    # Row-major A is column-major A^T: ssyrk(trans=1) on it forms A A^T, trans=0 forms A^T A.
+    # C's row-major lower triangle is its column-major upper one (lower=0).
+    out = blas.ssyrk(1.0, A.numpy().T, beta=1.0, c=C.numpy().T, trans=1 if rows else 0, lower=0, overwrite_c=1)
+    if not np.shares_memory(out, C.numpy()):  # pragma: no cover - scipy copied: keep the result
+        C.copy_(torch.from_numpy(out.T))
+
+
+def _symmetrize_(C: torch.Tensor) -> torch.Tensor:
+    """Copy the lower triangle of C over its upper one (CPU float32, after ``_syrk_``)."""
+    if C.device.type == "cpu" and C.dtype == torch.float32:
+        N = C.shape[0]
+        step = max(1, (32 << 20) // max(4 * N, 1))
+        for r0 in range(0, N, step):
+            r1 = min(r0 + step, N)
+            blk = C[r0:r1, r0:r1]
+            blk.copy_(torch.tril(blk) + torch.tril(blk, -1).T)
+            if r1 < N:
+                C[r0:r1, r1:] = C[r1:, r0:r1].T
+    return C
+
+
+def gram(parts, mu, rows: bool = True) -> torch.Tensor:
+    """Gram of the stacked parts centred with mu (None: uncentred), float32:
+    ``rows=True``: ``Xc Xc^T``, (N, N); ``rows=False``: ``Xc^T Xc``, (d, d)."""
+    device = parts[0].device
+    if rows:
+        N = sum(X.shape[0] for X in parts)
+        K = torch.zeros(N, N, dtype=torch.float32, device=device)
+        for Xc in _iter_cols(parts, mu, torch.float32):
+            _syrk_(K, Xc, rows=True)
+    else:
+        d = parts[0].shape[1]
+        K = torch.zeros(d, d, dtype=torch.float32, device=device)
+        for _, Xc in _iter_rows(parts, mu, torch.float32):
+            _syrk_(K, Xc, rows=False)
+    return _symmetrize_(K)
+
+
 def _gram_primal(parts, mu) -> torch.Tensor:
     """Xc^T Xc: (d, d) float32."""
-    d = parts[0].shape[1]
-    G = torch.zeros(d, d, dtype=torch.float32, device=parts[0].device)
-    for _, Xc in _iter_rows(parts, mu, torch.float32):
-        G.addmm_(Xc.T, Xc)
-    return G
+    return gram(parts, mu, rows=False)
 
 
 def _gram_dual(parts, mu) -> torch.Tensor:
     """Xc Xc^T over the stacked rows: (N, N) float32."""
-    N = sum(X.shape[0] for X in parts)
-    K = torch.zeros(N, N, dtype=torch.float32, device=parts[0].device)
-    for Xc in _iter_cols(parts, mu, torch.float32):
-        K.addmm_(Xc, Xc.T)
-    return K
-
-
-def _cross(A_parts, mu, B_parts) -> torch.Tensor:
-    """A_c B_c^T: (n_a, n_b) float32, both centred with mu."""
-    na = sum(X.shape[0] for X in A_parts)
-    out = None
-    for ab in _iter_cols(A_parts + B_parts, mu, torch.float32):
-        prod = ab[:na] @ ab[na:].T
-        out = prod if out is None else out.add_(prod)
-    return out
+    return gram(parts, mu, rows=True)
 
 
 def _xt_dot(parts, mu, M) -> torch.Tensor:
     """Xc^T M: (d, c) float64, M: (N, c)."""
     M = M.to(torch.float64)
-    out = torch.zeros(parts[0].shape[1], M.shape[1], dtype=torch.float64, device=M.device)
+    # (c, d) += M_rows^T Xc_rows: row-major friendly, ~3x faster than Xc^T M_rows for small c
+    out = torch.zeros(M.shape[1], parts[0].shape[1], dtype=torch.float64, device=M.device)
     for r0, Xc in _iter_rows(parts, mu, torch.float64):
-        out.addmm_(Xc.T, M[r0:r0 + Xc.shape[0]])
-    return out
+        out.addmm_(M[r0:r0 + Xc.shape[0]].T, Xc)
+    return out.T
 
 
 def _x_dot(X, mu, M, dtype=torch.float64) -> torch.Tensor:
@@ -138,10 +198,153 @@ def _eigh64(S: torch.Tensor):
     return lam.clamp_(min=0.0), vecs  # float32 rounding leaves tiny negative eigenvalues
 
 
+# --- solving (S + alpha I) X = B for a grid of alphas, S symmetric PSD ---
+
+class _ShiftedSolver:
+    """Solves ``(S + alpha I) X = B`` for alpha after alpha, S: (n, n) PSD, not modified.
+
+    ``"eigh"``: one float64 eigendecomposition, each alpha a diagonal rescaling.
+    ``"cholesky"``: per alpha a float32 Cholesky with float64 iterative refinement
+    (residuals against S's exact values in float64), else a float64 Cholesky. S may be
+    float32 (the Gram as formed) or float64. Work buffers are allocated once.
+    """
+
+    def __init__(self, S: torch.Tensor, method: str):
+        self.method = method
+        self.S = S
+        self.n_float64 = 0  # alphas that needed a float64 factorisation
+        self._work32 = self._work64 = None
+        # float64 copy of S for the refinement residuals when small, else chunked conversion
+        self._S64 = S if S.dtype == torch.float64 else (
+            S.to(torch.float64) if method == "cholesky" and S.numel() * 8 <= _S64_COPY_BYTES else None)
+        if method == "eigh":
+            self.lam, self.U = _eigh64(S)
+
+    def solve(self, B: torch.Tensor, alpha: float) -> torch.Tensor:
+        """B: (n, c) -> X: (n, c) float64."""
+        B = B.to(torch.float64)
+        if self.method == "eigh":
+            return self.U @ ((self.U.T @ B) / (self.lam + alpha)[:, None])
+        X = self._mixed(B, alpha)
+        if X is None:
+            self.n_float64 += 1
+            if self._work64 is None:
+                self._work64 = torch.empty(self.S.shape, dtype=torch.float64, device=self.S.device)
+            X = _solve_psd(self.S, B, alpha, work=self._work64)
+        return X
+
+    def _mixed(self, B, alpha):
+        if self._work32 is None:
+            self._work32 = torch.empty(self.S.shape, dtype=torch.float32, device=self.S.device)
+        L = _cholesky_shifted(self.S, alpha, self._work32)
+        if L is None:
+            return None
+        X = torch.cholesky_solve(B.float(), L).double()
+        b_norm = float(B.norm()) or 1.0
+        for step in range(_REFINE_STEPS + 1):
+            R = B - ((self._S64 @ X if self._S64 is not None else _matmul64(self.S, X)) + alpha * X)
+            if float(R.norm()) <= _REFINE_TOL * b_norm:
+                return X
+            if step < _REFINE_STEPS:
+                X += torch.cholesky_solve(R.float(), L).double()
+        return None
+
+
+def _cholesky_shifted(S, alpha, work):
+    """Lower Cholesky factor of S + alpha I computed in place in ``work`` (its dtype),
+    or None when the factorisation breaks down (not positive definite in that precision)."""
+    work.copy_(S)
+    work.diagonal().add_(alpha)
+    info = torch.empty((), dtype=torch.int32, device=work.device)
+    L, info = torch.linalg.cholesky_ex(work, out=(work, info))
+    return L if int(info) == 0 else None
+
+
+def _centre_rows_cols(K: torch.Tensor) -> torch.Tensor:
+    """C K C with C = I - 11^T/N (float64 copy)."""
+    K = K.to(torch.float64, copy=True)
+    K -= K.mean(0, keepdim=True)
+    K -= K.mean(1, keepdim=True)
+    return K
+
+
+def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tensor | None,
+             alphas: np.ndarray, grid_solver: str = "auto", refit: bool = True,
+             fit_intercept: bool = True) -> dict:
+    """Kernel ridge (one-vs-all, unpenalised intercept), alpha chosen on validation rows.
+
+    Kz: (N, N) Gram of the features of the train rows then the validation rows, all
+    centred with the *training* mean (uncentred without intercept), float32 or float64;
+    Y: (N, c) binarised labels; yv_idx: (N - n_train,) class indices of the validation
+    rows, None without validation (then the first alpha is used).
+
+    Returns a dict: ``alpha``; ``scores`` (validation accuracy per alpha, or None);
+    ``beta`` (n_used, c) float64 and ``offset`` (c,) such that the decision function of
+    a sample whose Gram row against the n_used fitted rows is ``kz`` (same centring) is
+    ``kz @ beta + offset``; with an intercept ``beta`` sums to zero over rows, so
+    ``W = Z_used^T beta`` for any centring of the features ``Z``; ``n_used`` (n_train,
+    or N after the refit on train + validation); ``grid_solver``; ``n_float64`` (alphas
+    whose mixed-precision Cholesky fell back to float64); ``predictions`` (per alpha,
+    the validation rows' predicted class indices, or None).
+    """
+    N = Kz.shape[0]
+    Y = Y.to(torch.float64)
+    Ytr = Y[:n_train]
+    zero = torch.zeros(Y.shape[1], dtype=torch.float64, device=Y.device)
+    y_mean = Ytr.mean(0) if fit_intercept else zero
+    K_tt = Kz[:n_train, :n_train]
+    has_val = yv_idx is not None and N > n_train
+    method = grid_solver_for(n_train, len(alphas) if has_val else 1, Kz.device, grid_solver)
+    solver = _ShiftedSolver(K_tt, method)
+    scores, betas, preds = None, {}, None
+    if has_val:
+        K_vt = Kz[n_train:, :n_train].to(torch.float64)
+        scores, preds = [], []
+        for a in alphas:
+            beta = solver.solve(Ytr - y_mean, float(a))
+            betas[float(a)] = beta
+            S = K_vt @ beta + y_mean
+            scores.append(_accuracy(S, yv_idx))
+            preds.append(_predicted_index(S))
+        del K_vt
+        best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
+        alpha = float(alphas[best])
+    else:
+        alpha = float(alphas[0])
+    if has_val and refit:
+        del solver, betas
+        y_all = Y.mean(0) if fit_intercept else zero
+        K_all = _centre_rows_cols(Kz) if fit_intercept else Kz.to(torch.float64, copy=True)
+        beta = _solve_psd(K_all, Y - y_all, alpha,
+                          rebuild=lambda: _centre_rows_cols(Kz) if fit_intercept else Kz.to(torch.float64, copy=True))
+        del K_all
+        offset = y_all - _matmul64(Kz, beta).mean(0) if fit_intercept else zero
+        n_used = N
+        n_float64 = None
+    else:
+        beta = betas.get(alpha)
+        if beta is None:
+            beta = solver.solve(Ytr - y_mean, alpha)
+        offset = y_mean - _matmul64(K_tt, beta).mean(0) if fit_intercept else zero  # ~y_mean
+        n_used = n_train
+        n_float64 = solver.n_float64
+    return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
+            "grid_solver": method, "n_float64": n_float64 if n_float64 is not None else -1,
+            "predictions": preds}
+
+
+def _matmul64(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """K @ M in float64 for a float32 or float64 K, in row chunks (no float64 copy of K)."""
+    if K.dtype == torch.float64:
+        return K @ M
+    step = _rows_per_chunk(K.shape[1], 8)
+    return torch.cat([K[r0:r0 + step].to(torch.float64) @ M for r0 in range(0, K.shape[0], step)])
+
+
 # --- the estimator ---
 
 class RidgeClassifier:
-    """Ridge one-vs-all classifier, sklearn semantics, with alpha chosen in one eigendecomposition.
+    """Ridge one-vs-all classifier, sklearn semantics, with the alpha grid solved once per shape.
 
     Parameters
     ----------
@@ -152,6 +355,8 @@ class RidgeClassifier:
     solver : "auto" (primal if n_features <= n_samples else dual), "primal" or "dual".
     refit : with validation data, refit the final model on train + validation at
         ``alpha_`` (one Cholesky solve); False keeps the train-only fit.
+    grid_solver : how a grid is solved on validation data: "auto" (by grid size and
+        device, see the module docstring), "eigh" or "cholesky".
 
     ``fit(X, y, X_val=None, y_val=None)`` chooses alpha by
 
@@ -169,8 +374,11 @@ class RidgeClassifier:
     alpha_ : the alpha of coef_.
     alphas_ : the grid searched (numpy array).
     val_scores_ : {alpha: accuracy} on validation data or leave-one-out; None if not scored.
+    val_predictions_ : {alpha: predicted class indices (n_val,)} of the train-only fit at
+        each alpha, with validation data (else None).
     cv_ : "validation", "loo" or None.
     solver_ : the solver of the final coef_, "primal" or "dual".
+    grid_solver_ : "eigh" or "cholesky" (None when no grid was solved).
     n_features_in_ : number of features.
     """
 
@@ -180,11 +388,13 @@ class RidgeClassifier:
         fit_intercept: bool = True,
         solver: str = "auto",
         refit: bool = True,
+        grid_solver: str = "auto",
     ):
         self.alphas = alphas
         self.fit_intercept = fit_intercept
         self.solver = solver
         self.refit = refit
+        self.grid_solver = grid_solver
 
     # -- fit --
 
@@ -194,6 +404,8 @@ class RidgeClassifier:
         X = _check_2d(X, "RidgeClassifier.fit")
         if self.solver not in _SOLVERS:
             raise ValueError(f"solver={self.solver!r} is not one of {_SOLVERS}.")
+        if self.grid_solver not in _GRID_SOLVERS:
+            raise ValueError(f"grid_solver={self.grid_solver!r} is not one of {_GRID_SOLVERS}.")
         if (X_val is None) != (y_val is None):
             raise ValueError("Pass both X_val and y_val, or neither.")
         n, d = X.shape
@@ -208,13 +420,98 @@ class RidgeClassifier:
             X_val = _check_2d(X_val, "RidgeClassifier.fit (X_val)")
             _check_n_features(self, X_val)
             yv_idx = _label_indices(self.classes_, y_val, X_val.shape[0], X.device)
+        self.grid_solver_ = None
+        self.val_predictions_ = None
 
         if X_val is None and self.alphas is not None and np.size(self.alphas) == 1:
             # one alpha, nothing to choose: a single Cholesky solve, no eigendecomposition
             self.alphas_ = self._resolve_alphas(1.0)
             self.alpha_, self.cv_, self.val_scores_ = float(self.alphas_[0]), None, None
             return self._set_coef(*self._solve_once([X], Y, self.alpha_), X.device)
+        if X_val is not None:
+            return self._fit_validation(X, Y, X_val, _binarize(yv_idx, len(self.classes_)), yv_idx)
+        return self._fit_loo(X, Y, y_idx)
 
+    def _fit_validation(self, X, Y, X_val, Yv, yv_idx) -> "RidgeClassifier":
+        """The grid scored on validation data, then (refit) train + validation at alpha_."""
+        n, d = X.shape
+        n_val = X_val.shape[0]
+        solver = self._solver_for(n, d)
+        mu = _mean([X]) if self.fit_intercept else None
+        y_mean = Y.mean(0) if self.fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=X.device)
+        if solver == "dual":
+            # One Gram of train + validation rows centred with the training mean serves
+            # the train kernel, the validation cross-kernel and the refit.
+            Kz = gram([X, X_val], mu, rows=True)
+            trace = float(Kz[:n, :n].diagonal().sum(dtype=torch.float64))
+            self.alphas_ = alphas = self._resolve_alphas(trace / n)
+            fit = dual_fit(Kz, torch.cat([Y, Yv]), n, yv_idx, alphas, self.grid_solver, self.refit,
+                           fit_intercept=self.fit_intercept)
+            del Kz
+            parts = [X, X_val] if fit["n_used"] > n else [X]
+            W = _xt_dot(parts, mu, fit["beta"])  # beta sums to 0: any centring gives W
+            b = fit["offset"] - (mu @ W if mu is not None else 0.0)
+            self.grid_solver_ = fit["grid_solver"]
+            scores, preds = fit["scores"], fit["predictions"]
+            self.alpha_ = fit["alpha"]
+        else:
+            G = gram([X], mu, rows=False)
+            trace = float(G.diagonal().sum(dtype=torch.float64))
+            self.alphas_ = alphas = self._resolve_alphas(trace / n)
+            Yc = Y - y_mean
+            B = _xt_dot([X], mu, Yc)  # (d, c): Xc^T Yc
+            method = grid_solver_for(d, len(alphas), X.device, self.grid_solver)
+            shifted = _ShiftedSolver(G, method)
+            Zv = None
+            if method == "eigh":  # validation rows in the eigenbasis, once
+                Zv = _x_dot(X_val, mu, shifted.U.to(torch.float32), torch.float32).double()
+                W0 = shifted.U.T @ B
+            scores, weights, preds = [], {}, []
+            for a in alphas:
+                if method == "eigh":
+                    S = Zv @ (W0 / (shifted.lam + a)[:, None]) + y_mean
+                else:
+                    Wa = shifted.solve(B, float(a))
+                    weights[float(a)] = Wa
+                    S = _x_dot(X_val, mu, Wa) + y_mean
+                scores.append(_accuracy(S, yv_idx))
+                preds.append(_predicted_index(S))
+            best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
+            self.alpha_ = alpha = float(alphas[best])
+            self.grid_solver_ = method
+            if self.refit:
+                W, b = self._refit_primal(X, X_val, Y, Yv, G, mu, alpha)
+            else:
+                W = weights.get(alpha)
+                if W is None:
+                    W = shifted.solve(B, alpha)
+                b = y_mean - (mu @ W if mu is not None else 0.0)
+            del G
+        self.cv_ = "validation"
+        self.val_scores_ = {float(a): float(s) for a, s in zip(self.alphas_, scores)}
+        self.val_predictions_ = {float(a): p for a, p in zip(self.alphas_, preds)}
+        self.solver_ = solver
+        return self._set_coef(W, b, X.device)
+
+    def _refit_primal(self, X, X_val, Y, Yv, G_tr, mu, alpha):
+        """Train + validation at alpha, reusing the train Gram: with z = x - mu (train mean),
+        sum_all (x - mu_all)(x - mu_all)^T = G_tr + Zv^T Zv - N delta delta^T, delta = mu_all - mu."""
+        N = X.shape[0] + X_val.shape[0]
+        Y_all = torch.cat([Y, Yv])
+        G = G_tr.to(torch.float64) + gram([X_val], mu, rows=False).to(torch.float64)
+        if self.fit_intercept:
+            mu_all = _mean([X, X_val])
+            delta = mu_all - mu
+            G.sub_(N * torch.outer(delta, delta))
+            y_all = Y_all.mean(0)
+        else:
+            mu_all, y_all = None, torch.zeros(Y.shape[1], dtype=torch.float64, device=X.device)
+        W = _solve_psd(G, _xt_dot([X, X_val], mu_all, Y_all - y_all), alpha)
+        return W, y_all - (mu_all @ W if mu_all is not None else 0.0)
+
+    def _fit_loo(self, X, Y, y_idx) -> "RidgeClassifier":
+        """No validation data: one eigendecomposition, exact leave-one-out over the grid."""
+        n, d = X.shape
         solver = self._solver_for(n, d)
         mu = _mean([X]) if self.fit_intercept else None
         y_mean = Y.mean(0) if self.fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=X.device)
@@ -233,36 +530,23 @@ class RidgeClassifier:
             W0 = U.T @ Yc  # (n, c)
         alphas = self._resolve_alphas(trace / n)
         self.alphas_ = alphas
-
         self.cv_, self.val_scores_ = None, None
-        if X_val is not None:
-            if solver == "primal":
-                Z = _x_dot(X_val, mu, V, torch.float32).double()  # Xv_c V
-            else:
-                Z = _cross([X_val], mu, [X]).double() @ U  # Xv_c Xc^T U
-            accs = [_accuracy(Z @ (W0 / (lam + a)[:, None]) + y_mean, yv_idx) for a in alphas]
-            self.cv_ = "validation"
-        elif len(alphas) > 1:
+        if len(alphas) > 1:
             accs = self._loo_accuracies(X, mu, solver, lam, V if solver == "primal" else U, W0, Yc, y_mean, y_idx, alphas)
             self.cv_ = "loo"
-        if self.cv_ is not None:
+            self.grid_solver_ = "eigh"
             self.val_scores_ = {float(a): float(s) for a, s in zip(alphas, accs)}
             best = max(range(len(alphas)), key=lambda i: (accs[i], alphas[i]))
             alpha = float(alphas[best])
         else:
             alpha = float(alphas[0])
         self.alpha_ = alpha
-
-        if X_val is not None and self.refit:
-            Y_all = torch.cat([Y, _binarize(yv_idx, len(self.classes_))])
-            W, b = self._solve_once([X, X_val], Y_all, alpha)
+        if solver == "primal":
+            W = V @ (W0 / (lam + alpha)[:, None])
         else:
-            if solver == "primal":
-                W = V @ (W0 / (lam + alpha)[:, None])
-            else:
-                W = _xt_dot([X], mu, U @ (W0 / (lam + alpha)[:, None]))
-            b = y_mean - (mu @ W if mu is not None else 0.0)
-            self.solver_ = solver
+            W = _xt_dot([X], mu, U @ (W0 / (lam + alpha)[:, None]))
+        b = y_mean - (mu @ W if mu is not None else 0.0)
+        self.solver_ = solver
         return self._set_coef(W, b, X.device)
 
     def _set_coef(self, W, b, device) -> "RidgeClassifier":
@@ -414,19 +698,33 @@ def _binarize(idx, n_classes) -> torch.Tensor:
     return Y
 
 
+def _predicted_index(S) -> torch.Tensor:
+    """S: (n, c) scores -> predicted class indices (n,); c == 1 is a binary sign decision."""
+    return (S[:, 0] > 0).long() if S.shape[1] == 1 else S.argmax(dim=1)
+
+
 def _accuracy(S, y_idx) -> float:
     """S: (n, c) scores; c == 1 means a binary sign decision."""
     pred = (S[:, 0] > 0).long() if S.shape[1] == 1 else S.argmax(dim=1)
     return float((pred == y_idx).double().mean()) if len(y_idx) else float("nan")
 
 
-def _solve_psd(S, rhs, alpha):
-    """(S + alpha I)^-1 rhs in float64 by Cholesky; eigh when float32 rounding breaks it."""
-    S = S.to(torch.float64, copy=True)
-    S.diagonal().add_(alpha)
-    L, info = torch.linalg.cholesky_ex(S)
-    if int(info) == 0:
-        return torch.cholesky_solve(rhs.to(torch.float64), L)
-    S.diagonal().sub_(alpha)
+def _solve_psd(S, rhs, alpha, work=None, rebuild=None):
+    """(S + alpha I)^-1 rhs in float64 by Cholesky; eigh when float32 rounding breaks it.
+
+    The factorisation runs in ``work`` (float64, S's shape) or a new float64 copy of S;
+    with ``rebuild`` (a function returning S again) it runs in S itself (float64), which
+    is then lost, and ``rebuild()`` provides S for the eigh fallback."""
+    rhs = rhs.to(torch.float64)
+    if rebuild is not None and S.dtype == torch.float64:
+        work = S
+    elif work is None:
+        work = torch.empty(S.shape, dtype=torch.float64, device=S.device)
+    L = _cholesky_shifted(S, alpha, work)
+    if L is not None:
+        return torch.cholesky_solve(rhs, L)
+    if work is S:
+        del L, work
+        S = rebuild()
     lam, vecs = _eigh64(S)
-    return vecs @ ((vecs.T @ rhs.to(torch.float64)) / (lam + alpha)[:, None])
+    return vecs @ ((vecs.T @ rhs) / (lam + alpha)[:, None])

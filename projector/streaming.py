@@ -1,0 +1,320 @@
+"""Ridge on random features without the feature matrix: the Gram is accumulated block by block.
+
+``StreamingRidgeClassifier(projection)`` fits ``RidgeClassifier`` on ``projection``'s
+features ``Y = proj(X)`` without ever holding R or ``Y: (n, k)``:
+
+* **dual** (k > n_train): pass 1 streams ``projection.iter_blocks`` over the train and
+  validation rows, centres each block of columns with its training mean and adds the
+  block's (N, N) Gram (BLAS ``ssyrk``, float32); the grid is solved on it in float64
+  (``ridge.dual_fit``: train kernel, validation cross-kernel and, double-centred, the
+  refit kernel are all blocks of the one Gram). Pass 2 streams the blocks again and
+  forms the primal weights ``W[cols] = Y_block^T beta`` (k x classes), so the model
+  predicts new samples by streaming their features against W.
+  Memory: ``N^2`` float32 + the float64 solve of the grid + one block ``(N, block)``
+  + the projection's buffers (one block of R), whatever k.
+* **primal** (k <= n_train): rows are streamed in chunks whose features
+  ``(rows, k)`` are formed whole; ``Y^T Y`` (k, k) and ``Y^T labels`` are accumulated,
+  shifted by a pilot mean against cancellation. Since k <= n, the memory
+  (``k^2 + rows * k``) is again bounded by ``n^2``. Validation rows are projected a
+  second time to score every alpha at once.
+
+``solver="auto"`` picks dual when k > n_train. The float32 Gram with float64 solve
+reproduces ``RidgeClassifier`` on the materialised features to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from projector.encoders import _check_2d, _check_fitted, _check_n_features
+from projector.ridge import (
+    _GRID_SOLVERS,
+    _SOLVERS,
+    _ShiftedSolver,
+    _accuracy,
+    _binarize,
+    _encode_labels,
+    _label_indices,
+    _solve_psd,
+    _symmetrize_,
+    _syrk_,
+    auto_alphas,
+    dual_fit,
+    grid_solver_for,
+)
+
+__all__ = ["StreamingRidgeClassifier", "feature_matrix_bytes"]
+
+_ROW_CHUNK_BYTES = 256 << 20  # primal: features of one row chunk
+
+
+def feature_matrix_bytes(n_rows: int, n_components: int) -> int:
+    """Bytes of a float32 (n_rows, n_components) feature matrix."""
+    return int(n_rows) * int(n_components) * 4
+
+
+class StreamingRidgeClassifier:
+    """RidgeClassifier on ``projection``'s features, fitted and applied block by block.
+
+    X: (n_samples, n_features) encoded inputs (what the projection takes), never the
+    features themselves.
+
+    Parameters
+    ----------
+    projection : a random projection with ``iter_blocks`` and ``block_size``
+        (GaussianProjection, LinearProjection, StructuredProjection); fitted on X if not yet.
+    alphas, fit_intercept, refit, grid_solver : as for RidgeClassifier.
+    solver : "auto" (dual if n_components > n_samples), "primal" or "dual".
+    block_size : columns per block in the dual passes (None: the projection's own, or
+        1024 on CPU / 8192 on CUDA); every part of the data is streamed with the same.
+    progress : tqdm bars over the passes.
+
+    Attributes
+    ----------
+    coef_ : (n_classes, n_components) float32 ((1, k) for two classes); intercept_ (c,).
+    alpha_, alphas_, val_scores_, cv_, solver_, grid_solver_, classes_ : as for RidgeClassifier.
+    gram_bytes_ : bytes of the accumulated Gram (N^2 * 4 dual, k^2 * 4 primal).
+    """
+
+    def __init__(
+        self,
+        projection,
+        alphas: float | Sequence[float] | None = None,
+        fit_intercept: bool = True,
+        solver: str = "auto",
+        refit: bool = True,
+        grid_solver: str = "auto",
+        block_size: int | None = None,
+        progress: bool = False,
+    ):
+        self.projection = projection
+        self.alphas = alphas
+        self.fit_intercept = fit_intercept
+        self.solver = solver
+        self.refit = refit
+        self.grid_solver = grid_solver
+        self.block_size = block_size
+        self.progress = progress
+
+    # -- fit --
+
+    def fit(self, X, y, X_val=None, y_val=None) -> "StreamingRidgeClassifier":
+        """X: (n_samples, n_features) encoded; y: (n_samples,); optional X_val, y_val."""
+        X = _check_2d(X, "StreamingRidgeClassifier.fit")
+        if self.solver not in _SOLVERS:
+            raise ValueError(f"solver={self.solver!r} is not one of {_SOLVERS}.")
+        if self.grid_solver not in _GRID_SOLVERS:
+            raise ValueError(f"grid_solver={self.grid_solver!r} is not one of {_GRID_SOLVERS}.")
+        if (X_val is None) != (y_val is None):
+            raise ValueError("Pass both X_val and y_val, or neither.")
+        if not hasattr(self.projection, "iter_blocks"):
+            raise TypeError(f"{type(self.projection).__name__} has no iter_blocks: it cannot be streamed.")
+        if not hasattr(self.projection, "n_features_in_"):
+            self.projection.fit(X)
+        self.n_features_in_ = X.shape[1]
+        n = X.shape[0]
+        self.classes_, y_idx = _encode_labels(y, n, X.device)
+        if len(self.classes_) < 2:
+            raise ValueError(f"StreamingRidgeClassifier needs at least 2 classes in y, got {len(self.classes_)}.")
+        Y = _binarize(y_idx, len(self.classes_))
+        parts, yv_idx = [X], None
+        if X_val is not None:
+            X_val = _check_2d(X_val, "StreamingRidgeClassifier.fit (X_val)")
+            _check_n_features(self, X_val)
+            yv_idx = _label_indices(self.classes_, y_val, X_val.shape[0], X.device)
+            parts.append(X_val)
+            Y = torch.cat([Y, _binarize(yv_idx, len(self.classes_))])
+        elif self.alphas is None or np.size(self.alphas) != 1:
+            raise ValueError("StreamingRidgeClassifier chooses alpha on validation data: pass X_val and y_val, "
+                             "or a single alpha.")
+        k = int(self.projection.n_components)
+        self.n_components_ = k
+        solver = self.solver if self.solver != "auto" else ("dual" if k > n else "primal")
+        self.solver_ = solver
+        if solver == "dual":
+            W, b = self._fit_dual(parts, Y, n, yv_idx)
+        else:
+            W, b = self._fit_primal(parts, Y, n, yv_idx)
+        self.coef_ = W.T.to(torch.float32).contiguous()
+        self.intercept_ = torch.as_tensor(b, dtype=torch.float32, device=X.device).reshape(-1).clone()
+        return self
+
+    def _stream(self, device):
+        """A copy of the projection with a fixed block size, so all parts share their column blocks."""
+        proj = self.projection
+        if not hasattr(proj, "block_size"):
+            return proj
+        bs = self.block_size or proj.block_size
+        if bs is None:
+            bs = 8192 if torch.device(device).type == "cuda" else 1024
+        if bs == proj.block_size:
+            return proj
+        proj = copy.copy(proj)
+        proj.block_size = bs
+        return proj
+
+    def _blocks(self, parts, desc):
+        """Yield (cols, [Y_part_block for each part]) in lockstep over the parts."""
+        proj = self._stream(parts[0].device)
+        its = [proj.iter_blocks(P) for P in parts]
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=desc, unit="block", leave=False)
+        for items in zip(*its):
+            cols = items[0][0]
+            if any(c != cols for c, _ in items):  # pragma: no cover - same proj, same block size
+                raise RuntimeError("the parts were streamed in different column blocks")
+            if bar is not None:
+                bar.update(1)
+            yield cols, [b for _, b in items]
+        if bar is not None:
+            bar.close()
+
+    def _fit_dual(self, parts, Y, n, yv_idx):
+        device = parts[0].device
+        N = sum(P.shape[0] for P in parts)
+        k = self.n_components_
+        Kz = torch.zeros(N, N, dtype=torch.float32, device=device)
+        self.gram_bytes_ = Kz.nbytes
+        mu = torch.zeros(k, dtype=torch.float64, device=device)
+        for cols, blocks in self._blocks(parts, "stream pass 1/2 (Gram)"):
+            Zb = torch.cat(blocks)  # (N, width) float32
+            if self.fit_intercept:
+                m_b = blocks[0].mean(0, dtype=torch.float64)
+                mu[cols] = m_b
+                Zb.sub_(m_b.float())
+            _syrk_(Kz, Zb, rows=True)
+            del Zb, blocks
+        _symmetrize_(Kz)
+        self.alphas_ = alphas = self._resolve_alphas(float(Kz[:n, :n].diagonal().sum(dtype=torch.float64)) / n)
+        fit = dual_fit(Kz, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept)
+        del Kz
+        self._record(fit, alphas)
+        beta = fit["beta"]
+        used = parts if fit["n_used"] > n else parts[:1]
+        W = torch.empty(k, beta.shape[1], dtype=torch.float64, device=device)
+        offsets = np.cumsum([0] + [P.shape[0] for P in used])
+        for cols, blocks in self._blocks(used, "stream pass 2/2 (weights)"):
+            # beta sums to zero over rows (with an intercept): Y^T beta = Z^T beta
+            W[cols] = sum((beta[offsets[i]:offsets[i + 1]].T @ Yb.double()).T for i, Yb in enumerate(blocks))
+        b = fit["offset"] - (mu @ W if self.fit_intercept else 0.0)
+        return W, b
+
+    def _row_features(self, X, desc):
+        """Yield (r0, features (rows, k) float32) over row chunks of X."""
+        k = self.n_components_
+        step = max(1, _ROW_CHUNK_BYTES // (4 * k))
+        for r0 in range(0, X.shape[0], step):
+            yield r0, self.projection.transform(X[r0:r0 + step])
+
+    def _fit_primal(self, parts, Y, n, yv_idx):
+        device = parts[0].device
+        k = self.n_components_
+        c = Y.shape[1]
+        # Shifted sums: G = sum (y - p)(y - p)^T, s = sum (y - p), B = sum (y - p) Y^T, per part.
+        G = [torch.zeros(k, k, dtype=torch.float32, device=device) for _ in parts]
+        s = [torch.zeros(k, dtype=torch.float64, device=device) for _ in parts]
+        B = [torch.zeros(k, c, dtype=torch.float64, device=device) for _ in parts]
+        self.gram_bytes_ = sum(g.nbytes for g in G)
+        pilot = None
+        offsets = [0, parts[0].shape[0]]
+        for i, P in enumerate(parts):
+            for r0, F in self._row_features(P, "stream rows"):
+                if pilot is None:
+                    pilot = F.mean(0, dtype=torch.float64) if self.fit_intercept else \
+                        torch.zeros(k, dtype=torch.float64, device=device)
+                F.sub_(pilot.float())
+                _syrk_(G[i], F, rows=False)
+                s[i] += F.sum(0, dtype=torch.float64)
+                rows = slice(offsets[i] + r0, offsets[i] + r0 + F.shape[0])
+                B[i] += (Y[rows].T @ F.double()).T
+            _symmetrize_(G[i])
+        # train: centred Gram and right-hand side
+        y_tr = Y[:n].mean(0) if self.fit_intercept else torch.zeros(c, dtype=torch.float64, device=device)
+        d_tr = s[0] / n if self.fit_intercept else torch.zeros(k, dtype=torch.float64, device=device)
+        mu_tr = pilot + d_tr
+        G_tr = G[0].double().sub_(n * torch.outer(d_tr, d_tr))
+        B_tr = B[0] - n * torch.outer(d_tr, y_tr)  # sum (y - mu)(Y - ymean)^T
+        self.alphas_ = alphas = self._resolve_alphas(float(G_tr.diagonal().sum()) / n)
+        has_val = yv_idx is not None
+        method = grid_solver_for(k, len(alphas) if has_val else 1, device, self.grid_solver)
+        shifted = _ShiftedSolver(G_tr, method)
+        Ws = [shifted.solve(B_tr, float(a)) for a in (alphas if has_val else alphas[:1])]
+        scores = None
+        if has_val:
+            Wcat = torch.cat(Ws, 1)  # (k, n_alphas * c): every alpha in one pass over the validation rows
+            S = torch.cat([(F.double() - mu_tr) @ Wcat for _, F in self._row_features(parts[1], "validation")])
+            scores = [_accuracy(S[:, i * c:(i + 1) * c] + y_tr, yv_idx) for i in range(len(alphas))]
+            best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
+        else:
+            best = 0
+        alpha = float(alphas[best])
+        if has_val and self.refit:
+            N = sum(P.shape[0] for P in parts)
+            y_all = Y.mean(0) if self.fit_intercept else torch.zeros(c, dtype=torch.float64, device=device)
+            d_all = (s[0] + s[1]) / N if self.fit_intercept else torch.zeros(k, dtype=torch.float64, device=device)
+            G_all = G[0].double().add_(G[1].double()).sub_(N * torch.outer(d_all, d_all))
+            B_all = B[0] + B[1] - N * torch.outer(d_all, y_all)
+            W = _solve_psd(G_all, B_all, alpha)
+            b = y_all - (pilot + d_all) @ W
+        else:
+            W = Ws[best]
+            b = y_tr - mu_tr @ W
+        self._record({"alpha": alpha, "scores": scores, "grid_solver": method}, alphas)
+        return W, b
+
+    def _record(self, fit, alphas):
+        self.alpha_ = fit["alpha"]
+        self.grid_solver_ = fit["grid_solver"]
+        self.val_scores_ = None if fit["scores"] is None else {
+            float(a): float(s) for a, s in zip(alphas, fit["scores"])}
+        self.cv_ = "validation" if fit["scores"] is not None else None
+
+    def _resolve_alphas(self, mean_eigenvalue: float) -> np.ndarray:
+        if self.alphas is None:
+            return auto_alphas(mean_eigenvalue)
+        alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
+        if alphas.ndim != 1 or len(alphas) == 0 or not np.all(alphas > 0):
+            raise ValueError(f"alphas must be positive numbers (absolute penalties), got {self.alphas!r}.")
+        return alphas
+
+    # -- predict --
+
+    def decision_function(self, X) -> torch.Tensor:
+        """X: (n_samples, n_features) encoded -> scores (n_samples, n_classes) float32, streamed."""
+        X = _check_2d(X, "StreamingRidgeClassifier.decision_function")
+        _check_fitted(self, "coef_")
+        _check_n_features(self, X)
+        coef = self.coef_.to(X.device)
+        S = self.intercept_.to(X.device).expand(X.shape[0], -1).clone()
+        for cols, (Yb,) in self._blocks([X], "predict"):
+            S.addmm_(Yb, coef[:, cols].T)
+        return S[:, 0] if S.shape[1] == 1 else S
+
+    def predict(self, X):
+        S = self.decision_function(X)
+        idx = (S > 0).long() if S.ndim == 1 else S.argmax(dim=1)
+        if isinstance(self.classes_, torch.Tensor):
+            return self.classes_.to(idx.device)[idx]
+        return self.classes_[idx.cpu().numpy()]
+
+    def score(self, X, y) -> float:
+        S = self.decision_function(X)
+        y_idx = _label_indices(self.classes_, y, X.shape[0], X.device, unknown_ok=True)
+        return _accuracy(S.double() if S.ndim == 2 else S.double()[:, None], y_idx)
+
+    @property
+    def weight_bytes(self) -> int:
+        _check_fitted(self, "coef_")
+        return self.coef_.nbytes + self.intercept_.nbytes
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        return f"StreamingRidgeClassifier({params})"
+

@@ -1,0 +1,33 @@
+"""A tiny CIFAR-10 image-folder copy (a few JPEGs per class) for the suite, report and Ray tests.
+
+Scanning the full 60,000-file folder costs seconds per process (more in every
+Ray worker); these tests only ever read 10 training and 5 test images per class.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def tiny_cifar10(src: Path, dst: Path, train_per_class: int = 10, test_per_class: int = 5) -> Path:
+    """``dst`` with ``train/<class>/`` and ``test/<class>/`` holding the first images of ``src``'s classes."""
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+            out = dst / split / cls.name
+            out.mkdir(parents=True, exist_ok=True)
+            for f in sorted(cls.iterdir())[:n]:
+                shutil.copyfile(f, out / f.name)
+    return dst
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Tiny suites run cells with ``threads = 1`` (steadier on a busy machine), which the runner sets
+    process-wide: put torch's thread count back for the tests that follow."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
