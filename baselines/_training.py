@@ -186,7 +186,9 @@ def make_scheduler(name: str, optimizer, max_lr: float, total_steps: int):
     if name == "none":
         return None
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(1, total_steps),
+        # OneCycleLR divides by the length of its phases: with under 8 steps the warm-up phase would be empty
+        # (a run that short only walks the start of an 8-step cycle).
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(8, total_steps),
                                                    pct_start=0.25)
     raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
 

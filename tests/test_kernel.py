@@ -1,0 +1,146 @@
+"""The exact |XR|^2 kernel and its ridge, and the grid solvers under every dual fit."""
+
+import numpy as np
+import pytest
+import torch
+
+from projector import ridge as R
+from projector.kernel import KernelRidgeClassifier, opu_kernel
+from projector.projections import GaussianProjection
+from projector.ridge import RidgeClassifier
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: one thread avoids OpenMP spin-waits on busy shared cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(n, m, n_classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    X = (torch.rand(n, m, generator=g) > 0.5).to(torch.uint8)
+    X[:, :6] = (y[:, None] == torch.arange(6)[None, :] % n_classes).to(torch.uint8)  # a class signal
+    return X, y
+
+
+def _feature_map(X):
+    """An explicit feature map of the kernel: psi(x) = 2/m [|x|^2, vec(x x^T)], so that
+    psi(x) . psi(y) = 4/m^2 (|x|^2 |y|^2 + (x . y)^2)."""
+    m = X.shape[1]
+    Xf = X.double()
+    return (2.0 / m) * torch.cat([(Xf * Xf).sum(1, keepdim=True), (Xf[:, :, None] * Xf[:, None, :]).flatten(1)], 1)
+
+
+# --- the kernel ---
+
+def test_kernel_is_the_closed_form_and_the_limit_of_gaussian_features():
+    X, _ = _data(6, 30)
+    K = opu_kernel(X)
+    Xf = X.double()
+    n2 = (Xf * Xf).sum(1)
+    expected = 4 / 30**2 * (n2[:, None] * n2[None, :] + (Xf @ Xf.T) ** 2)
+    torch.testing.assert_close(K, expected)
+    torch.testing.assert_close(opu_kernel(X[:2], X), expected[:2])
+    psi = _feature_map(X)
+    torch.testing.assert_close(psi @ psi.T, expected)
+    Y = GaussianProjection(40_000, seed=0).fit_transform(X).double()
+    assert ((Y @ Y.T / 40_000 - K).norm() / K.norm()) < 0.02
+
+
+# --- kernel ridge: the same estimator as ridge on the explicit feature map ---
+
+@pytest.mark.parametrize("refit", [True, False])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_kernel_ridge_is_ridge_on_the_feature_map(fit_intercept, refit):
+    m = 8
+    X, y = _data(50, m)
+    Xv, yv = _data(25, m, seed=1)
+    Xt, _ = _data(30, m, seed=2)
+    kr = KernelRidgeClassifier(fit_intercept=fit_intercept, refit=refit).fit(X, y, Xv, yv)
+    rr = RidgeClassifier(fit_intercept=fit_intercept, refit=refit).fit(
+        _feature_map(X).float(), y, _feature_map(Xv).float(), yv)
+    np.testing.assert_allclose(kr.alphas_, rr.alphas_, rtol=1e-5)
+    assert list(kr.val_scores_.values()) == list(rr.val_scores_.values())
+    a, b = kr.decision_function(Xt), rr.decision_function(_feature_map(Xt).float())
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    assert kr.score(Xt, y[:30]) == rr.score(_feature_map(Xt).float(), y[:30])
+    n_used = 75 if refit else 50
+    assert kr.X_fit_.shape == (n_used, m) and kr.dual_coef_.shape == (n_used, 3)
+    assert kr.weight_bytes == n_used * m + kr.dual_coef_.nbytes + kr.intercept_.nbytes
+
+
+def test_kernel_ridge_two_classes_and_labels():
+    X, y = _data(40, 10, n_classes=2)
+    Xv, yv = _data(20, 10, n_classes=2, seed=1)
+    names = np.array(["cat", "dog"])
+    kr = KernelRidgeClassifier().fit(X, names[y.numpy()], Xv, names[yv.numpy()])
+    assert kr.decision_function(Xv).shape == (20,)
+    assert kr.predict(Xv).dtype.kind == "U"
+
+
+def test_kernel_ridge_errors():
+    X, y = _data(20, 10)
+    with pytest.raises(ValueError, match="validation data"):
+        KernelRidgeClassifier().fit(X, y)
+    KernelRidgeClassifier(alphas=1.0).fit(X, y)  # one alpha needs no validation
+    with pytest.raises(ValueError, match="both X_val and y_val"):
+        KernelRidgeClassifier().fit(X, y, X_val=X)
+    with pytest.raises(ValueError, match="grid_solver"):
+        KernelRidgeClassifier(grid_solver="svd").fit(X, y, X, y)
+
+
+# --- the ridge's grid solvers, Gram and validation predictions ---
+
+@pytest.mark.parametrize("shape", [(60, 15), (25, 70)])  # primal, dual
+@pytest.mark.parametrize("refit", [True, False])
+def test_grid_solvers_agree(shape, refit):
+    n, d = shape
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, d, generator=g) + 2.0
+    y = torch.randint(0, 3, (n,), generator=g)
+    X[:, 0] += y
+    Xv = torch.randn(30, d, generator=g) + 2.0
+    yv = torch.randint(0, 3, (30,), generator=g)
+    fits = [RidgeClassifier(grid_solver=s, refit=refit).fit(X, y, Xv, yv) for s in ("eigh", "cholesky")]
+    assert [f.grid_solver_ for f in fits] == ["eigh", "cholesky"]
+    assert fits[0].val_scores_ == fits[1].val_scores_
+    for a, p in fits[1].val_predictions_.items():
+        assert torch.equal(p, fits[0].val_predictions_[a])
+        assert (p == yv).double().mean().item() == pytest.approx(fits[1].val_scores_[a])
+    torch.testing.assert_close(fits[0].decision_function(Xv), fits[1].decision_function(Xv), rtol=1e-5, atol=1e-5)
+
+
+def test_grid_solver_choice_by_size_and_device():
+    assert R.grid_solver_for(4000, 13, "cpu") == "cholesky"  # eigh ~ 25 Choleskys on CPU
+    assert R.grid_solver_for(4000, 40, "cpu") == "eigh"
+    assert R.grid_solver_for(4000, 13, "cuda") == "eigh"
+    assert R.grid_solver_for(4000, 13, "cpu", "eigh") == "eigh"
+    with pytest.raises(ValueError, match="grid_solver"):
+        R.grid_solver_for(10, 3, "cpu", "qr")
+
+
+def test_mixed_precision_cholesky_falls_back_to_float64_when_ill_conditioned():
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(80, 80, generator=g, dtype=torch.float64))
+    S = (U * torch.logspace(0, -12, 80, dtype=torch.float64)) @ U.T  # condition 1e12
+    B = torch.randn(80, 2, generator=g, dtype=torch.float64)
+    solver = R._ShiftedSolver(S, "cholesky")
+    for alpha in (1e-11, 1e-2):
+        X = solver.solve(B, alpha)
+        ref = torch.linalg.solve(S + alpha * torch.eye(80, dtype=torch.float64), B)
+        torch.testing.assert_close(X, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+    assert solver.n_float64 >= 1  # 1e-11: float32 cannot factor it, float64 did
+
+
+@pytest.mark.parametrize("rows", [True, False])
+def test_gram_by_syrk_is_the_plain_product(rows):
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(37, 23, generator=g)
+    mu = X.double().mean(0)
+    Xc = (X.double() - mu)
+    expected = Xc @ Xc.T if rows else Xc.T @ Xc
+    torch.testing.assert_close(R.gram([X[:20], X[20:]], mu, rows=rows).double(), expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,71 @@
+"""``gradfree perf --quick``: the report runs end to end and writes its files."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmarks import perf
+from benchmarks.cli import build_parser, main
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_perf_subcommand_is_registered():
+    args = build_parser().parse_args(["perf", "--quick", "--sections", "ridge"])
+    assert args.func is perf.cmd_perf and args.quick and args.out == perf.DEFAULT_OUT
+
+
+def test_quick_perf_writes_table_csv_plot_and_metadata(tmp_path, capsys, restore_threads):
+    out = tmp_path / "perf"
+    rc = main(["perf", "--quick", "--no-task", "--threads", "1", "--out", str(out),
+               "--sections", "projection,structured,ridge,streaming"])
+    assert rc == 0
+    df = pd.read_csv(out / "perf.csv")
+    assert set(df["section"]) == {"projection", "structured", "ridge", "streaming"}
+    for metric in ("dense_vs_bare_matmul", "structured_speedup", "ridge_grid_vs_sklearn_fit",
+                   "sklearn_loop_vs_ridge_grid", "ridge_same_predictions"):
+        row = df[df["metric"] == metric].iloc[0]
+        assert row["value"] > 0 and row["target"] == "{} {:g}".format(*perf.TARGETS[metric][:2])
+    assert df.loc[df["metric"] == "ridge_same_predictions", "value"].iloc[0] == 1.0
+    assert (out / "perf.png").stat().st_size > 1000
+    meta = json.loads(next((out / "runs").glob("*/metadata.json")).read_text())
+    assert meta["config"]["mode"] == "quick" and "packages" in meta
+    printed = capsys.readouterr().out
+    assert "dense_vs_bare_matmul" in printed and "wrote" in printed
+
+
+def test_targets_and_peak_memory(tmp_path):
+    rep = perf.Report("cpu", "test")
+    assert rep.add("x", "a", "", 0.85, "dense_vs_bare_matmul")["met"] is True
+    assert rep.add("x", "b", "", 3.5, "ridge_grid_vs_sklearn_fit")["met"] is False
+    assert rep.add("x", "c", "", 1.0, "no_target")["met"] is None
+    with perf.PeakMemory("cpu") as mem:
+        buf = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB touched
+        del buf
+    assert mem.delta_bytes >= 32 << 20 and mem.peak_bytes >= mem.delta_bytes
+    perf.plot_perf(pd.DataFrame(rep.rows), tmp_path / "p.png")
+    assert (tmp_path / "p.png").exists()
+
+
+def test_extraction_pipeline_equals_the_plain_forward(restore_threads):
+    """channels-last, one batch prepared ahead: the same features as the plain NCHW forward."""
+    from benchmarks.backbones import build_backbone, extract_features
+    from benchmarks.data import IMAGENET_MEAN, IMAGENET_STD, to_float
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    ext = build_backbone("mobilenet_v2", "features.6", weights="none")
+    images = torch.randint(0, 256, (10, 3, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.inference_mode():
+        ref = ext(to_float(images, IMAGENET_MEAN, IMAGENET_STD)).flatten(1)
+    feats = extract_features(ext, images, IMAGENET_MEAN, IMAGENET_STD, batch_size=4)  # 3 batches, ragged
+    torch.testing.assert_close(feats, ref, rtol=1e-4, atol=1e-4)
+    pooled = extract_features(ext, images, IMAGENET_MEAN, IMAGENET_STD, batch_size=4, pool_size=1)
+    torch.testing.assert_close(pooled, ref.reshape(10, 32, -1).mean(2), rtol=1e-4, atol=1e-4)
