@@ -280,6 +280,7 @@ def section_structured(rep: Report, sz: Sizes, device) -> None:
 
 def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: bool = True) -> None:
     """Our 13-alpha grid + refit vs one sklearn fit at our alpha and sklearn over the grid."""
+    tag = f" [n={Z.shape[0]} d={Z.shape[1]}]"
     from sklearn.linear_model import RidgeClassifier as SkRidge
 
     from projector.ridge import RidgeClassifier
@@ -291,7 +292,7 @@ def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: boo
     Zn, yn = Z.cpu().numpy(), y.cpu().numpy()
     Zvn, yvn = Zv.cpu().numpy(), yv.cpu().numpy()
     t_one, _ = timed(lambda: SkRidge(alpha=ours.alpha_).fit(Zn, yn), "cpu", 1)
-    rep.add("ridge", f"grid ({ours.grid_solver_}) + refit vs one sklearn fit", shape, t_ours / t_one,
+    rep.add("ridge", f"grid ({ours.grid_solver_}) + refit vs one sklearn fit" + tag, shape, t_ours / t_one,
             "ridge_grid_vs_sklearn_fit", t_ours, "sklearn RidgeClassifier, one fit at our alpha", t_one,
             mem.delta_bytes, note=f"solver={ours.solver_}, alpha={ours.alpha_:.3g}")
     if not sklearn_loop:
@@ -316,10 +317,10 @@ def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: boo
     dt, _ = timed(lambda: SkRidge(alpha=float(ours.alphas_[best])).fit(np.vstack([Zn, Zvn]),
                                                                         np.concatenate([yn, yvn])), "cpu", 1)
     t_loop += dt
-    rep.add("ridge", "sklearn over the grid + refit vs our grid", shape, t_loop / t_ours,
+    rep.add("ridge", "sklearn over the grid + refit vs our grid" + tag, shape, t_loop / t_ours,
             "sklearn_loop_vs_ridge_grid", t_ours, "sklearn: 13 fits + refit", t_loop)
     worst = int(np.argmin(raw))
-    rep.add("ridge", "same validation predictions as sklearn, every alpha", shape, min(same),
+    rep.add("ridge", "same validation predictions as sklearn, every alpha" + tag, shape, min(same),
             "ridge_same_predictions",
             note=f"float32 ties (top-2 scores within {_TIE:g} relative) excused; raw agreement per alpha: "
                  f"{', '.join(f'{s:.4f}' for s in raw)} (lowest at alpha={ours.alphas_[worst]:.3g})")
@@ -470,7 +471,7 @@ def section_task(rep: Report, sz: Sizes, device, data_dir, weights: str, sklearn
             rep.add("task", f"{name} k={k}", shape, acc * 100, "test_acc_points", t_p + t_f, test_acc=acc,
                     note=f"project {t_p:.1f}s, fit {t_f:.1f}s ({ridge.grid_solver_}, {ridge.solver_}), "
                          f"alpha={ridge.alpha_:.3g}, val={ridge.val_scores_[ridge.alpha_]:.4f}")
-            if name == "gaussian" and k == sorted(sz.task_ks)[len(sz.task_ks) // 2]:
+            if name == "gaussian":  # the ridge against scikit-learn on these very features, every k
                 _ridge_case(rep, Z[0], y, Z[1], yv, f"task features: n={n_tr} n_val={n_val} d={k}", device,
                             sklearn_loop)
             del Z

@@ -297,14 +297,27 @@ class _RandomProjection:
         X = _check_2d(X, f"{type(self).__name__}.transform")
         _check_fitted(self)
         _check_n_features(self, X)
-        return self._blocks(X)  # checks above run now, not at the first next()
+        return ((cols, Ys[0]) for cols, Ys in self._blocks([X]))  # checks above run now
 
-    def _blocks(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    def iter_blocks_multi(self, parts: list[torch.Tensor]) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+        """``iter_blocks`` over several inputs at once, each block of R drawn once for all:
+        yields ``(cols, [Y_part[:, cols] for each part])``. parts: tensors (n_i, n_features)
+        on one device."""
+        parts = [_check_2d(P, f"{type(self).__name__}.transform") for P in parts]
+        _check_fitted(self)
+        for P in parts:
+            _check_n_features(self, P)
+        if len({P.device for P in parts}) > 1:
+            raise ValueError("iter_blocks_multi needs all parts on one device.")
+        return self._blocks(parts)
+
+    def _blocks(self, parts: list[torch.Tensor]) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+        X = parts[0]
         device = X.device
         mode = resolve_compute_mode(self.compute_dtype, X)
         cdt, copies = _MODES[mode]
         itemsize = torch.empty((), dtype=cdt).element_size()
-        n, m, k = X.shape[0], self.n_features_in_, self.n_components
+        n, m, k = sum(P.shape[0] for P in parts), self.n_features_in_, self.n_components
         budget = int(_MEM_FRACTION * available_memory_bytes(device))
         # CUDA: draw the next block on a side stream while this one multiplies.
         prefetch = device.type == "cuda" and self.prefetch is not False
@@ -314,11 +327,11 @@ class _RandomProjection:
         x_bytes = n * m * itemsize
         if self.row_chunk_size is not None:
             chunk = max(1, int(self.row_chunk_size))
-        elif X.dtype == cdt or x_bytes <= budget // 2:
+        elif all(P.dtype == cdt for P in parts) or x_bytes <= budget // 2:
             chunk = max(n, 1)
         else:
             chunk = max(1, (budget // 2) // (m * itemsize))
-        Xc = X.to(cdt) if chunk >= n else X
+        Xcs = [P.to(cdt) if chunk >= P.shape[0] else P for P in parts]
 
         draw_f32 = cdt != torch.float32  # draw in float32, then convert / split
         r_bytes = slots * (copies * itemsize + (4 if draw_f32 else 0))
@@ -383,19 +396,22 @@ class _RandomProjection:
                 c0 = t0 * TILE_COLS
                 cols = slice(c0, min(c0 + c, k))
                 width = cols.stop - cols.start
-                Y_block = torch.empty(n, width, dtype=torch.float32, device=device)
                 h = halves * c
-                for r0 in range(0, n, chunk):
-                    xr = Xc[r0:r0 + chunk].to(cdt)
-                    P = _mm_f32(xr, RT.T)  # (rows_in_chunk, copies * h): [X Re R | X Im R] (hi, lo)
-                    if copies == 2:
-                        P = P[:, :h] + P[:, h:]
-                    Y_block[r0:r0 + chunk] = self._combine(P, c, m)[:, :width]
+                Y_blocks = []
+                for Xc in Xcs:
+                    Y_block = torch.empty(Xc.shape[0], width, dtype=torch.float32, device=device)
+                    for r0 in range(0, Xc.shape[0], chunk):
+                        xr = Xc[r0:r0 + chunk].to(cdt)
+                        P = _mm_f32(xr, RT.T)  # (rows_in_chunk, copies * h): [X Re R | X Im R] (hi, lo)
+                        if copies == 2:
+                            P = P[:, :h] + P[:, h:]
+                        Y_block[r0:r0 + chunk] = self._combine(P, c, m)[:, :width]
+                    Y_blocks.append(Y_block)
                 if stream is not None:
                     free[i % slots].record(torch.cuda.current_stream(device))
                 if progress is not None:
                     progress.update(1)
-                yield cols, Y_block
+                yield cols, Y_blocks
         finally:
             if stream is not None:  # nothing may still write into the buffers when they are freed
                 torch.cuda.current_stream(device).wait_stream(stream)

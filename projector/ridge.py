@@ -236,28 +236,57 @@ class _ShiftedSolver:
     def _mixed(self, B, alpha):
         if self._work32 is None:
             self._work32 = torch.empty(self.S.shape, dtype=torch.float32, device=self.S.device)
-        L = _cholesky_shifted(self.S, alpha, self._work32)
-        if L is None:
+        factor = _cholesky_shifted(self.S, alpha, self._work32)
+        if factor is None:
             return None
-        X = torch.cholesky_solve(B.float(), L).double()
+        X = _cholesky_solve(B.float(), factor).double()
         b_norm = float(B.norm()) or 1.0
         for step in range(_REFINE_STEPS + 1):
             R = B - ((self._S64 @ X if self._S64 is not None else _matmul64(self.S, X)) + alpha * X)
             if float(R.norm()) <= _REFINE_TOL * b_norm:
                 return X
             if step < _REFINE_STEPS:
-                X += torch.cholesky_solve(R.float(), L).double()
+                X += _cholesky_solve(R.float(), factor).double()
         return None
 
 
 def _cholesky_shifted(S, alpha, work):
-    """Lower Cholesky factor of S + alpha I computed in place in ``work`` (its dtype),
-    or None when the factorisation breaks down (not positive definite in that precision)."""
+    """Cholesky factor of S + alpha I computed in place in ``work`` (its dtype): ``(F, upper)``
+    with ``S + alpha I = F^T F`` (upper) or ``F F^T`` (lower), or None when the factorisation
+    breaks down (not positive definite in that precision). On CPU LAPACK potrf runs truly in
+    place (torch's cholesky would take a column-major copy: one more (n, n) matrix)."""
     work.copy_(S)
     work.diagonal().add_(alpha)
+    if work.device.type == "cpu" and work.dtype in (torch.float32, torch.float64):
+        from scipy.linalg import lapack
+
+        potrf = lapack.spotrf if work.dtype == torch.float32 else lapack.dpotrf
+        # The row-major buffer seen column-major is its transpose, the same symmetric matrix:
+        # its column-major lower factor L is our row-major upper factor L^T.
+        c, info = potrf(work.numpy().T, lower=1, overwrite_a=1, clean=1)
+        if info != 0:
+            return None
+        if not np.shares_memory(c, work.numpy()):  # pragma: no cover - scipy copied after all
+            work.copy_(torch.from_numpy(np.ascontiguousarray(c.T)))
+        return work, True
     info = torch.empty((), dtype=torch.int32, device=work.device)
     L, info = torch.linalg.cholesky_ex(work, out=(work, info))
-    return L if int(info) == 0 else None
+    return (L, False) if int(info) == 0 else None
+
+
+def _cholesky_solve(B: torch.Tensor, factor) -> torch.Tensor:
+    """Solve with a factor from ``_cholesky_shifted`` (B in the factor's dtype). On CPU by
+    LAPACK potrs on the factor in place: torch's cholesky_solve would copy it column-major."""
+    F, upper = factor
+    if F.device.type == "cpu" and upper and F.dtype in (torch.float32, torch.float64):
+        from scipy.linalg import lapack
+
+        potrs = lapack.spotrs if F.dtype == torch.float32 else lapack.dpotrs
+        x, info = potrs(F.numpy().T, B.to(F.dtype).numpy(), lower=1)
+        if info != 0:  # pragma: no cover - only for invalid arguments
+            raise RuntimeError(f"LAPACK potrs failed (info={info}).")
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return torch.cholesky_solve(B.to(F.dtype), F, upper=upper)
 
 
 def _centre_rows_cols(K: torch.Tensor) -> torch.Tensor:
@@ -719,11 +748,11 @@ def _solve_psd(S, rhs, alpha, work=None, rebuild=None):
         work = S
     elif work is None:
         work = torch.empty(S.shape, dtype=torch.float64, device=S.device)
-    L = _cholesky_shifted(S, alpha, work)
-    if L is not None:
-        return torch.cholesky_solve(rhs, L)
+    factor = _cholesky_shifted(S, alpha, work)
+    if factor is not None:
+        return _cholesky_solve(rhs, factor)
     if work is S:
-        del L, work
+        del factor, work
         S = rebuild()
     lam, vecs = _eigh64(S)
     return vecs @ ((vecs.T @ rhs) / (lam + alpha)[:, None])

@@ -11,7 +11,8 @@ features ``Y = proj(X)`` without ever holding R or ``Y: (n, k)``:
   forms the primal weights ``W[cols] = Y_block^T beta`` (k x classes), so the model
   predicts new samples by streaming their features against W.
   Memory: ``N^2`` float32 + the float64 solve of the grid + one block ``(N, block)``
-  + the projection's buffers (one block of R), whatever k.
+  + the projection's buffers (one block of R, drawn once per block for all parts, and
+  a ~256 MB float copy of a chunk of X's rows), whatever k.
 * **primal** (k <= n_train): rows are streamed in chunks whose features
   ``(rows, k)`` are formed whole; ``Y^T Y`` (k, k) and ``Y^T labels`` are accumulated,
   shifted by a pilot mean against cancellation. Since k <= n, the memory
@@ -49,7 +50,7 @@ from projector.ridge import (
 
 __all__ = ["StreamingRidgeClassifier", "feature_matrix_bytes"]
 
-_ROW_CHUNK_BYTES = 256 << 20  # primal: features of one row chunk
+_ROW_CHUNK_BYTES = 256 << 20  # primal: features of one row chunk; dual: float copy of X's rows
 
 
 def feature_matrix_bytes(n_rows: int, n_components: int) -> int:
@@ -144,35 +145,35 @@ class StreamingRidgeClassifier:
         return self
 
     def _stream(self, device):
-        """A copy of the projection with a fixed block size, so all parts share their column blocks."""
+        """A copy of the projection with a fixed block size (all parts share their column
+        blocks) and bounded row chunks (its float copy of X stays small)."""
         proj = self.projection
         if not hasattr(proj, "block_size"):
             return proj
-        bs = self.block_size or proj.block_size
-        if bs is None:
-            bs = 8192 if torch.device(device).type == "cuda" else 1024
-        if bs == proj.block_size:
-            return proj
         proj = copy.copy(proj)
-        proj.block_size = bs
+        bs = self.block_size or proj.block_size
+        proj.block_size = bs or (8192 if torch.device(device).type == "cuda" else 1024)
+        if hasattr(proj, "row_chunk_size") and proj.row_chunk_size is None:
+            proj.row_chunk_size = max(64, _ROW_CHUNK_BYTES // (4 * self.n_features_in_))
         return proj
 
     def _blocks(self, parts, desc):
-        """Yield (cols, [Y_part_block for each part]) in lockstep over the parts."""
+        """Yield (cols, [Y_part_block for each part]), each block of R drawn once for all parts
+        when the projection can (``iter_blocks_multi``), else in lockstep."""
         proj = self._stream(parts[0].device)
-        its = [proj.iter_blocks(P) for P in parts]
+        if hasattr(proj, "iter_blocks_multi"):
+            it = proj.iter_blocks_multi(parts)
+        else:
+            it = ((items[0][0], [b for _, b in items]) for items in zip(*[proj.iter_blocks(P) for P in parts]))
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(desc=desc, unit="block", leave=False)
-        for items in zip(*its):
-            cols = items[0][0]
-            if any(c != cols for c, _ in items):  # pragma: no cover - same proj, same block size
-                raise RuntimeError("the parts were streamed in different column blocks")
+        for cols, blocks in it:
             if bar is not None:
                 bar.update(1)
-            yield cols, [b for _, b in items]
+            yield cols, blocks
         if bar is not None:
             bar.close()
 
