@@ -158,7 +158,8 @@ class KernelRidgeClassifier:
         else:
             a = torch.zeros(K.shape[0], dtype=torch.float64, device=K.device)
         self.alphas_ = alphas = self._resolve_alphas(float(K[:n, :n].diagonal().sum()) / n)
-        fit = dual_fit(K, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept)
+        fit = dual_fit(K, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept,
+                       overwrite_gram=True)
         n_used = fit["n_used"]
         beta = fit["beta"]
         # f(x) = kz(x) beta + offset, kz centred with the train mean; sum(beta) = 0 leaves
@@ -186,7 +187,7 @@ class KernelRidgeClassifier:
         X = _check_2d(X, "KernelRidgeClassifier.decision_function")
         _check_fitted(self, "dual_coef_")
         _check_n_features(self, X)
-        Xf = self.X_fit_
+        Xf = self.X_fit_.to(torch.float32)  # once, not per chunk
         r_fit = _sq_norms(Xf)
         step = max(1, _rows_per_chunk(Xf.shape[0], 8))
         out = []

@@ -22,8 +22,15 @@ The alpha grid on validation data is solved by one of two *grid solvers*, chosen
 the grid's size and the device (``grid_solver="auto"``):
 
 * ``"eigh"``: one float64 eigendecomposition, then every alpha is a diagonal rescaling;
-* ``"cholesky"``: one Cholesky factorisation per alpha, first in float32 refined to
-  float64 accuracy by iterative refinement, in float64 when that does not converge.
+* ``"cholesky"``: one Cholesky factorisation per alpha, in float32 with iterative
+  refinement on float64 residuals, in float64 when that does not converge; alphas so
+  large that conjugate gradients provably converge in a few products with the Gram
+  (alpha above ~10 ||K||_F) skip the factorisation.
+
+Each solution is accepted on its true float64 residual when its normwise backward error
+is within the precision the Gram was formed in (float32's unit roundoff for the Gram of
+float32 features, 1e-13 for a float64 kernel): solving further would only resolve the
+Gram's own rounding.
 
 On 2 CPU cores a float64 ``eigh`` of n = 4,000 costs as much as ~25 float64 Cholesky
 factorisations (LAPACK's tridiagonalisation is memory bound), so a 13-value grid is
@@ -36,6 +43,7 @@ exact-kernel ridge (``projector.kernel``) and the streaming fit (``projector.str
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -52,8 +60,13 @@ _GRID_SOLVERS = ("auto", "eigh", "cholesky")
 # at n = 4,000 (2 CPU cores: eigh 40-60 s against 1.4-1.6 s; an H100: ~6): the break-even grid size.
 _EIGH_IN_CHOLESKYS = {"cpu": 25, "cuda": 6}
 _REFINE_STEPS = 4  # float32 Cholesky + float64 residual steps before falling back to float64
-_REFINE_TOL = 1e-10  # relative residual accepted as float64-accurate
+# Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) accepted per dtype of the Gram:
+# a float32 Gram is only known to float32's unit roundoff, solving it further is solving its
+# rounding error; a float64 Gram (the exact kernel) is solved to near float64 accuracy.
+_BACKWARD_TOL = {torch.float32: 2.0**-24, torch.float64: 1e-13}
+_CG_MAX_ITERS = 6  # conjugate gradients instead of a factorisation when provably done in this many
 _S64_COPY_BYTES = 256 << 20  # keep a float64 copy of the Gram for the residuals up to this size
+_EIGH_FALLBACK_MAX_N = 2000  # an indefinite (rounded) Gram: eigh up to this n, a jittered Cholesky above
 
 
 def auto_alphas(mean_eigenvalue: float) -> np.ndarray:
@@ -117,6 +130,25 @@ def _mean(parts) -> torch.Tensor:
     return total / n
 
 
+_CONTROLLER = None
+
+
+def _blas_threads():
+    """Context: scipy's BLAS (OpenBLAS) limited to torch's thread count, so that one setting
+    (torch.set_num_threads) governs both libraries; two thread pools spinning against each
+    other on shared cores made OpenBLAS's potrf 10x slower in measurements here."""
+    global _CONTROLLER
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        import contextlib
+
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=torch.get_num_threads(), user_api="blas")
+
+
 def _syrk_(C: torch.Tensor, A: torch.Tensor, rows: bool) -> None:
     """C += A A^T (rows=True) or A^T A, float32. On CPU, BLAS ssyrk into C's lower
     triangle only (call ``_symmetrize_`` at the end); elsewhere a full addmm."""
@@ -128,7 +160,8 @@ def _syrk_(C: torch.Tensor, A: torch.Tensor, rows: bool) -> None:
     A = A.contiguous()
     # Row-major A is column-major A^T: ssyrk(trans=1) on it forms A A^T, trans=0 forms A^T A.
     # C's row-major lower triangle is its column-major upper one (lower=0).
-    out = blas.ssyrk(1.0, A.numpy().T, beta=1.0, c=C.numpy().T, trans=1 if rows else 0, lower=0, overwrite_c=1)
+    with _blas_threads():
+        out = blas.ssyrk(1.0, A.numpy().T, beta=1.0, c=C.numpy().T, trans=1 if rows else 0, lower=0, overwrite_c=1)
     if not np.shares_memory(out, C.numpy()):  # pragma: no cover - scipy copied: keep the result
         C.copy_(torch.from_numpy(out.T))
 
@@ -205,18 +238,26 @@ class _ShiftedSolver:
 
     ``"eigh"``: one float64 eigendecomposition, each alpha a diagonal rescaling.
     ``"cholesky"``: per alpha a float32 Cholesky with float64 iterative refinement
-    (residuals against S's exact values in float64), else a float64 Cholesky. S may be
-    float32 (the Gram as formed) or float64. Work buffers are allocated once.
+    (residuals against S's exact values in float64), else a float64 Cholesky; except for
+    alphas large enough that conjugate gradients provably converge in a few products with
+    S (eigenvalues of S + alpha I within [alpha, alpha + ||S||_F]: at most
+    ``_CG_MAX_ITERS`` iterations), which skip the O(n^3) factorisation. Every solution is
+    accepted on its true float64 residual (normwise backward error at the Gram's precision,
+    ``_BACKWARD_TOL``). S may be float32 (the Gram as formed) or float64. Work buffers are
+    allocated once.
     """
 
     def __init__(self, S: torch.Tensor, method: str):
         self.method = method
         self.S = S
         self.n_float64 = 0  # alphas that needed a float64 factorisation
+        self.n_cg = 0  # alphas solved by conjugate gradients, without a factorisation
         self._work32 = self._work64 = None
         # float64 copy of S for the refinement residuals when small, else chunked conversion
         self._S64 = S if S.dtype == torch.float64 else (
             S.to(torch.float64) if method == "cholesky" and S.numel() * 8 <= _S64_COPY_BYTES else None)
+        self._tol = _BACKWARD_TOL.get(S.dtype, _BACKWARD_TOL[torch.float32])
+        self._s_norm = _frobenius64(S) if method == "cholesky" else 0.0
         if method == "eigh":
             self.lam, self.U = _eigh64(S)
 
@@ -225,25 +266,62 @@ class _ShiftedSolver:
         B = B.to(torch.float64)
         if self.method == "eigh":
             return self.U @ ((self.U.T @ B) / (self.lam + alpha)[:, None])
-        X = self._mixed(B, alpha)
+        X = self._cg(B, alpha)
+        if X is None:
+            X = self._mixed(B, alpha)
+        else:
+            self.n_cg += 1
         if X is None:
             self.n_float64 += 1
+            self._work32 = None  # one (n, n) work buffer at a time
             if self._work64 is None:
                 self._work64 = torch.empty(self.S.shape, dtype=torch.float64, device=self.S.device)
             X = _solve_psd(self.S, B, alpha, work=self._work64)
         return X
 
+    def _matvec(self, X, alpha):
+        return (self._S64 @ X if self._S64 is not None else _matmul64(self.S, X)) + alpha * X
+
+    def _accepted(self, R, X, B, alpha) -> bool:
+        """Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) within tolerance."""
+        a_norm = self._s_norm + alpha * self.S.shape[0] ** 0.5  # ||S + alpha I||_F, bounded
+        return float(R.norm()) <= self._tol * (a_norm * float(X.norm()) + float(B.norm()))
+
+    def _cg(self, B, alpha):
+        """Conjugate gradients (each column its own), only when the condition bound
+        1 + ||S||_F / alpha guarantees convergence in ``_CG_MAX_ITERS`` iterations; None otherwise
+        or when not converged (then the Cholesky path solves it)."""
+        kappa = 1.0 + self._s_norm / alpha
+        rate = (kappa**0.5 - 1.0) / (kappa**0.5 + 1.0)  # error reduction per iteration, at worst
+        if rate > 0 and math.log(rate) * _CG_MAX_ITERS > math.log(self._tol / 2):
+            return None
+        X = torch.zeros_like(B)
+        R, P = B.clone(), B.clone()
+        rs = (R * R).sum(0)
+        for _ in range(_CG_MAX_ITERS + 2):
+            if self._accepted(R, X, B, alpha):
+                break
+            Q = self._matvec(P, alpha)
+            step = rs / (P * Q).sum(0).clamp_min(torch.finfo(torch.float64).tiny)
+            X += step * P
+            R -= step * Q
+            rs_new = (R * R).sum(0)
+            P = R + (rs_new / rs.clamp_min(torch.finfo(torch.float64).tiny)) * P
+            rs = rs_new
+        R = B - self._matvec(X, alpha)  # the true residual, not the recursion's
+        return X if self._accepted(R, X, B, alpha) else None
+
     def _mixed(self, B, alpha):
         if self._work32 is None:
+            self._work64 = None
             self._work32 = torch.empty(self.S.shape, dtype=torch.float32, device=self.S.device)
         factor = _cholesky_shifted(self.S, alpha, self._work32)
         if factor is None:
             return None
         X = _cholesky_solve(B.float(), factor).double()
-        b_norm = float(B.norm()) or 1.0
         for step in range(_REFINE_STEPS + 1):
-            R = B - ((self._S64 @ X if self._S64 is not None else _matmul64(self.S, X)) + alpha * X)
-            if float(R.norm()) <= _REFINE_TOL * b_norm:
+            R = B - self._matvec(X, alpha)
+            if self._accepted(R, X, B, alpha):
                 return X
             if step < _REFINE_STEPS:
                 X += _cholesky_solve(R.float(), factor).double()
@@ -254,7 +332,8 @@ def _cholesky_shifted(S, alpha, work):
     """Cholesky factor of S + alpha I computed in place in ``work`` (its dtype): ``(F, upper)``
     with ``S + alpha I = F^T F`` (upper) or ``F F^T`` (lower), or None when the factorisation
     breaks down (not positive definite in that precision). On CPU LAPACK potrf runs truly in
-    place (torch's cholesky would take a column-major copy: one more (n, n) matrix)."""
+    place (torch's cholesky would take a column-major copy: one more (n, n) matrix) and leaves
+    the other triangle uncleaned: F is for ``_cholesky_solve`` only."""
     work.copy_(S)
     work.diagonal().add_(alpha)
     if work.device.type == "cpu" and work.dtype in (torch.float32, torch.float64):
@@ -262,8 +341,10 @@ def _cholesky_shifted(S, alpha, work):
 
         potrf = lapack.spotrf if work.dtype == torch.float32 else lapack.dpotrf
         # The row-major buffer seen column-major is its transpose, the same symmetric matrix:
-        # its column-major lower factor L is our row-major upper factor L^T.
-        c, info = potrf(work.numpy().T, lower=1, overwrite_a=1, clean=1)
+        # its column-major lower factor L is our row-major upper factor L^T. clean=0: the other
+        # triangle keeps S's values (potrs reads only the factor's), saving a pass over (n, n).
+        with _blas_threads():
+            c, info = potrf(work.numpy().T, lower=1, overwrite_a=1, clean=0)
         if info != 0:
             return None
         if not np.shares_memory(c, work.numpy()):  # pragma: no cover - scipy copied after all
@@ -282,30 +363,43 @@ def _cholesky_solve(B: torch.Tensor, factor) -> torch.Tensor:
         from scipy.linalg import lapack
 
         potrs = lapack.spotrs if F.dtype == torch.float32 else lapack.dpotrs
-        x, info = potrs(F.numpy().T, B.to(F.dtype).numpy(), lower=1)
+        with _blas_threads():
+            x, info = potrs(F.numpy().T, B.to(F.dtype).numpy(), lower=1)
         if info != 0:  # pragma: no cover - only for invalid arguments
             raise RuntimeError(f"LAPACK potrs failed (info={info}).")
         return torch.from_numpy(np.ascontiguousarray(x))
     return torch.cholesky_solve(B.to(F.dtype), F, upper=upper)
 
 
-def _centre_rows_cols(K: torch.Tensor) -> torch.Tensor:
-    """C K C with C = I - 11^T/N (float64 copy)."""
-    K = K.to(torch.float64, copy=True)
-    K -= K.mean(0, keepdim=True)
-    K -= K.mean(1, keepdim=True)
+def _centre_rows_cols_(K: torch.Tensor) -> torch.Tensor:
+    """C K C with C = I - 11^T/N, in place, for a symmetric K: K - 1 m^T - m 1^T + mean(m),
+    m the column means (accumulated in float64)."""
+    m = _col_means64(K)
+    K.sub_(m.to(K.dtype)[None, :]).sub_(m.to(K.dtype)[:, None]).add_(float(m.mean()))
     return K
+
+
+def _col_means64(K: torch.Tensor) -> torch.Tensor:
+    """Column means in float64 over row chunks (``K.mean(0, dtype=float64)`` would first
+    make a float64 copy of all of K)."""
+    step = _rows_per_chunk(K.shape[1], 8)
+    total = torch.zeros(K.shape[1], dtype=torch.float64, device=K.device)
+    for r0 in range(0, K.shape[0], step):
+        total += K[r0:r0 + step].sum(0, dtype=torch.float64)
+    return total / K.shape[0]
 
 
 def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tensor | None,
              alphas: np.ndarray, grid_solver: str = "auto", refit: bool = True,
-             fit_intercept: bool = True) -> dict:
+             fit_intercept: bool = True, overwrite_gram: bool = False) -> dict:
     """Kernel ridge (one-vs-all, unpenalised intercept), alpha chosen on validation rows.
 
     Kz: (N, N) Gram of the features of the train rows then the validation rows, all
     centred with the *training* mean (uncentred without intercept), float32 or float64;
     Y: (N, c) binarised labels; yv_idx: (N - n_train,) class indices of the validation
-    rows, None without validation (then the first alpha is used).
+    rows, None without validation (then the first alpha is used). With
+    ``overwrite_gram=True`` the refit centres and factors a copy of Kz made in Kz's own
+    memory: no second (N, N) matrix (Kz is lost).
 
     Returns a dict: ``alpha``; ``scores`` (validation accuracy per alpha, or None);
     ``beta`` (n_used, c) float64 and ``offset`` (c,) such that the decision function of
@@ -342,13 +436,16 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         alpha = float(alphas[0])
     n_float64 = solver.n_float64
     if has_val and refit:
-        del solver, betas  # their buffers, before the (N, N) float64 refit
+        del solver, betas  # their buffers, before the (N, N) refit
         y_all = Y.mean(0) if fit_intercept else zero
-        K_all = _centre_rows_cols(Kz) if fit_intercept else Kz.to(torch.float64, copy=True)
-        beta = _solve_psd(K_all, Y - y_all, alpha,
-                          rebuild=lambda: _centre_rows_cols(Kz) if fit_intercept else Kz.to(torch.float64, copy=True))
+        # offset = y_all - mean_j (Kz beta)_j = y_all - colmeans(Kz) . beta, read before Kz is centred
+        a = _col_means64(Kz) if fit_intercept else None
+        K_all = Kz if overwrite_gram else Kz.clone()
+        if fit_intercept:
+            _centre_rows_cols_(K_all)  # train + validation centred with their own mean
+        beta = _ShiftedSolver(K_all, "cholesky").solve(Y - y_all, alpha)
         del K_all
-        offset = y_all - _matmul64(Kz, beta).mean(0) if fit_intercept else zero
+        offset = y_all - a @ beta if fit_intercept else zero
         n_used = N
     else:
         beta = betas.get(alpha)
@@ -359,6 +456,13 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
     return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
             "grid_solver": method, "n_float64": n_float64,
             "predictions": preds}
+
+
+def _frobenius64(K: torch.Tensor) -> float:
+    """||K||_F accumulated in float64 over row chunks (no float64 copy of K)."""
+    step = _rows_per_chunk(K.shape[1], 8)
+    return math.sqrt(sum(float(torch.linalg.vector_norm(K[r0:r0 + step], dtype=torch.float64)) ** 2
+                         for r0 in range(0, K.shape[0], step)))
 
 
 def _matmul64(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
@@ -474,7 +578,7 @@ class RidgeClassifier:
             trace = float(Kz[:n, :n].diagonal().sum(dtype=torch.float64))
             self.alphas_ = alphas = self._resolve_alphas(trace / n)
             fit = dual_fit(Kz, torch.cat([Y, Yv]), n, yv_idx, alphas, self.grid_solver, self.refit,
-                           fit_intercept=self.fit_intercept)
+                           fit_intercept=self.fit_intercept, overwrite_gram=True)
             del Kz
             parts = [X, X_val] if fit["n_used"] > n else [X]
             W = _xt_dot(parts, mu, fit["beta"])  # beta sums to 0: any centring gives W
@@ -737,22 +841,27 @@ def _accuracy(S, y_idx) -> float:
     return float((pred == y_idx).double().mean()) if len(y_idx) else float("nan")
 
 
-def _solve_psd(S, rhs, alpha, work=None, rebuild=None):
-    """(S + alpha I)^-1 rhs in float64 by Cholesky; eigh when float32 rounding breaks it.
+def _solve_psd(S, rhs, alpha, work=None):
+    """(S + alpha I)^-1 rhs in float64 by Cholesky.
 
-    The factorisation runs in ``work`` (float64, S's shape) or a new float64 copy of S;
-    with ``rebuild`` (a function returning S again) it runs in S itself (float64), which
-    is then lost, and ``rebuild()`` provides S for the eigh fallback."""
+    The factorisation runs in ``work`` (float64, S's shape) or a new float64 copy of S
+    (S is not modified). When float32 rounding of a Gram leaves S + alpha I indefinite: eigh
+    (negative eigenvalues clamped to 0) for n <= 2,000; above, eigh would take minutes
+    to hours on a CPU, so the Cholesky is retried at alpha + delta, delta from 1e-7 of
+    the mean diagonal up (a perturbation of the size of the Gram's own rounding)."""
     rhs = rhs.to(torch.float64)
-    if rebuild is not None and S.dtype == torch.float64:
-        work = S
-    elif work is None:
+    if work is None:
         work = torch.empty(S.shape, dtype=torch.float64, device=S.device)
     factor = _cholesky_shifted(S, alpha, work)
     if factor is not None:
         return _cholesky_solve(rhs, factor)
-    if work is S:
-        del factor, work
-        S = rebuild()
-    lam, vecs = _eigh64(S)
-    return vecs @ ((vecs.T @ rhs) / (lam + alpha)[:, None])
+    if S.shape[0] <= _EIGH_FALLBACK_MAX_N:
+        del work
+        lam, vecs = _eigh64(S)
+        return vecs @ ((vecs.T @ rhs) / (lam + alpha)[:, None])
+    scale = float(S.diagonal().double().mean())
+    for power in range(-7, 0):
+        factor = _cholesky_shifted(S, alpha + scale * 10.0**power, work)
+        if factor is not None:
+            return _cholesky_solve(rhs, factor)
+    raise np.linalg.LinAlgError(f"the Gram plus alpha={alpha:g} is far from positive definite; check the input.")

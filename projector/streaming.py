@@ -194,7 +194,8 @@ class StreamingRidgeClassifier:
             del Zb, blocks
         _symmetrize_(Kz)
         self.alphas_ = alphas = self._resolve_alphas(float(Kz[:n, :n].diagonal().sum(dtype=torch.float64)) / n)
-        fit = dual_fit(Kz, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept)
+        fit = dual_fit(Kz, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept,
+                       overwrite_gram=True)
         del Kz
         self._record(fit, alphas)
         beta = fit["beta"]

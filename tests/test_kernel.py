@@ -136,6 +136,27 @@ def test_mixed_precision_cholesky_falls_back_to_float64_when_ill_conditioned():
     assert solver.n_float64 >= 1  # 1e-9: float32 cannot factor it (condition 1e9), float64 did
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shifted_solves_reach_the_grams_precision_and_use_cg_only_where_it_provably_converges(dtype):
+    g = torch.Generator().manual_seed(1)
+    A = torch.rand(300, 500, generator=g, dtype=torch.float64)
+    A -= A.mean(0)
+    S64 = A @ A.T  # rank 299: a centred Gram, singular
+    S = S64.to(dtype)
+    B = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    solver = R._ShiftedSolver(S, "cholesky")
+    s_norm = float(torch.linalg.vector_norm(S64))
+    alphas = s_norm * np.logspace(-8, 4, 13)
+    for a in alphas:
+        X = solver.solve(B, float(a))
+        Sa = S.double() + a * torch.eye(300, dtype=torch.float64)  # the system as given, in float64
+        backward = float((B - Sa @ X).norm()) / (float(torch.linalg.matrix_norm(Sa)) * float(X.norm()) + float(B.norm()))
+        assert backward <= R._BACKWARD_TOL[dtype]
+    # CG only where 1 + ||S||_F / alpha makes 6 iterations enough: alpha >= ~ 10 ||S||_F
+    assert 1 <= solver.n_cg <= int((alphas >= s_norm).sum())
+    assert solver.n_cg + solver.n_float64 < len(alphas)  # the small alphas were factored
+
 @pytest.mark.parametrize("rows", [True, False])
 def test_gram_by_syrk_is_the_plain_product(rows):
     g = torch.Generator().manual_seed(0)
