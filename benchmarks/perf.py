@@ -125,9 +125,11 @@ def timed(fn, device, repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def alternate(hot, ref, device, repeats: int) -> tuple[float, float]:
-    """Median seconds of hot and of ref, timed alternately after one warm-up of each."""
-    hot(), ref()
+def alternate(hot, ref, device, repeats: int, warm: bool = True) -> tuple[float, float]:
+    """Median seconds of hot and of ref, timed alternately after one warm-up of each
+    (``warm=False``: the caller has run them)."""
+    if warm:
+        hot(), ref()
     h, r = [], []
     for _ in range(max(1, repeats)):
         h.append(timed(hot, device)[0])
@@ -284,8 +286,10 @@ def section_structured(rep: Report, sz: Sizes, device) -> None:
             note=f"gaussian block peak {mem_g.delta_bytes / 1e6:.0f} MB; structured {s_time / n * 1e3:.2f} ms/row")
 
 
-def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: bool = True) -> None:
-    """Our 13-alpha grid + refit vs one sklearn fit at our alpha and sklearn over the grid."""
+def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: bool = True,
+                repeats: int = 2) -> None:
+    """Our 13-alpha grid + refit vs one sklearn fit at our alpha (medians of ``repeats``
+    alternated runs after a first run of each) and sklearn over the grid (one run)."""
     tag = f" [n={Z.shape[0]} d={Z.shape[1]}]"
     from sklearn.linear_model import RidgeClassifier as SkRidge
 
@@ -293,14 +297,16 @@ def _ridge_case(rep: Report, Z, y, Zv, yv, shape: str, device, sklearn_loop: boo
 
     rep.log(f"ridge: 13-alpha validation grid + refit vs scikit-learn, {shape}")
     ours = RidgeClassifier()
-    with PeakMemory(device) as mem:
-        t_ours, _ = timed(lambda: ours.fit(Z, y, Zv, yv), device, 1)
+    with PeakMemory(device) as mem:  # the first run: memory, and the warm-up
+        ours.fit(Z, y, Zv, yv)
     Zn, yn = Z.cpu().numpy(), y.cpu().numpy()
     Zvn, yvn = Zv.cpu().numpy(), yv.cpu().numpy()
-    t_one, _ = timed(lambda: SkRidge(alpha=ours.alpha_).fit(Zn, yn), "cpu", 1)
+    t_ours, t_one = alternate(lambda: RidgeClassifier().fit(Z, y, Zv, yv),
+                              lambda: SkRidge(alpha=ours.alpha_).fit(Zn, yn), device, repeats, warm=False)
     rep.add("ridge", f"grid ({ours.grid_solver_}) + refit vs one sklearn fit" + tag, shape, t_ours / t_one,
             "ridge_grid_vs_sklearn_fit", t_ours, "sklearn RidgeClassifier, one fit at our alpha", t_one,
-            mem.delta_bytes, note=f"solver={ours.solver_}, alpha={ours.alpha_:.3g}")
+            mem.delta_bytes, note=f"solver={ours.solver_}, alpha={ours.alpha_:.3g}, grid solves {ours.solve_counts_}; "
+                                  f"medians of {repeats} alternated runs")
     if not sklearn_loop:
         return
     same, raw, t_loop = [], [], 0.0
@@ -343,7 +349,7 @@ def section_ridge(rep: Report, sz: Sizes, device) -> None:
     X[:, :40] |= (y[:, None] == torch.arange(40)[None, :] % 10).to(torch.uint8)  # a class signal
     Z = GaussianProjection(d, seed=0).fit_transform(X.to(device))
     _ridge_case(rep, Z[:n], y[:n].to(device), Z[n:], y[n:].to(device),
-                f"n={n} n_val={nv} d={d} (synthetic |XR|^2)", device)
+                f"n={n} n_val={nv} d={d} (synthetic |XR|^2)", device, repeats=sz.repeats)
 
 
 def section_streaming(rep: Report, sz: Sizes, device) -> None:
@@ -483,7 +489,7 @@ def section_task(rep: Report, sz: Sizes, device, data_dir, weights: str, sklearn
                     fit_note = f"{ridge.grid_solver_}, {ridge.solver_}"
                 if name == "gaussian" and seed == 0:  # the ridge against scikit-learn on these features
                     _ridge_case(rep, Z[0], y, Z[1], yv, f"task features: n={n_tr} n_val={n_val} d={k}", device,
-                                sklearn_loop)
+                                sklearn_loop, repeats=sz.repeats)
                 del Z
             results[(name, k)] = float(np.mean(accs))
             rep.add("task", f"{name} k={k}", shape, results[(name, k)] * 100, "test_acc_points", t_seed0,

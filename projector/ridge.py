@@ -32,9 +32,10 @@ is within the precision the Gram was formed in (float32's unit roundoff for the 
 float32 features, 1e-13 for a float64 kernel): solving further would only resolve the
 Gram's own rounding.
 
-On 2 CPU cores a float64 ``eigh`` of n = 4,000 costs as much as ~25 float64 Cholesky
-factorisations (LAPACK's tridiagonalisation is memory bound), so a 13-value grid is
-cheaper by Cholesky on CPU; on CUDA ``eigh`` is cheap and wins from ~6 alphas on.
+On 2 CPU cores a float64 ``eigh`` costs as much as ~12 per-alpha Cholesky solves at
+n = 1,000 and ~21 at n = 4,000 (LAPACK's tridiagonalisation is memory bound), so a
+13-value grid is solved by ``eigh`` up to n ~ 1,200 and by Cholesky above; on CUDA
+``eigh`` is cheap and wins from ~6 alphas on.
 Leave-one-out selection (no validation data) needs the eigenvectors and uses ``eigh``.
 
 The pure functions under the estimator (``dual_fit``, ``gram``) are shared with the
@@ -56,9 +57,12 @@ __all__ = ["RidgeClassifier", "auto_alphas", "dual_fit", "gram", "grid_solver_fo
 _CHUNK_BYTES = 128 << 20  # bound on a temporary centred slice of X
 _SOLVERS = ("auto", "primal", "dual")
 _GRID_SOLVERS = ("auto", "eigh", "cholesky")
-# Cost of one float64 eigh in float64 Cholesky factorisations of the same matrix, measured
-# at n = 4,000 (2 CPU cores: eigh 40-60 s against 1.4-1.6 s; an H100: ~6): the break-even grid size.
-_EIGH_IN_CHOLESKYS = {"cpu": 25, "cuda": 6}
+# Cost of one float64 eigh in per-alpha solves (a float32 Cholesky, a solve and a float64
+# residual) of the same (n, n) matrix: the break-even grid size, ``c * (n / 1000) ** p``.
+# Measured on 2 CPU cores: eigh / spotrf = 11 at n = 500, 17 at 1,000, 23 at 2,000, 27 at
+# 3,000 (LAPACK's tridiagonalisation is memory bound and falls out of cache as n grows),
+# and a solve costs ~1.4 spotrf; on an H100 eigh is ~6 float64 Choleskys whatever n.
+_EIGH_IN_SOLVES = {"cpu": (12.0, 0.4), "cuda": (6.0, 0.0)}
 _REFINE_STEPS = 4  # float32 Cholesky + float64 residual steps before falling back to float64
 # Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) accepted per dtype of the Gram:
 # a float32 Gram is only known to float32's unit roundoff, solving it further is solving its
@@ -87,7 +91,8 @@ def grid_solver_for(n: int, n_alphas: int, device: torch.device | str, choice: s
         raise ValueError(f"grid_solver={choice!r} is not one of {_GRID_SOLVERS}.")
     if choice != "auto":
         return choice
-    return "eigh" if n_alphas >= _EIGH_IN_CHOLESKYS.get(torch.device(device).type, 25) else "cholesky"
+    c, p = _EIGH_IN_SOLVES.get(torch.device(device).type, _EIGH_IN_SOLVES["cpu"])
+    return "eigh" if n_alphas >= c * (max(int(n), 1) / 1000.0) ** p else "cholesky"
 
 
 # --- chunked products with centred X, never materialising Xc ---
@@ -252,6 +257,7 @@ class _ShiftedSolver:
         self.S = S
         self.n_float64 = 0  # alphas that needed a float64 factorisation
         self.n_cg = 0  # alphas solved by conjugate gradients, without a factorisation
+        self.n_solved = 0
         self._work32 = self._work64 = None
         # float64 copy of S for the refinement residuals when small, else chunked conversion
         self._S64 = S if S.dtype == torch.float64 else (
@@ -266,6 +272,7 @@ class _ShiftedSolver:
         B = B.to(torch.float64)
         if self.method == "eigh":
             return self.U @ ((self.U.T @ B) / (self.lam + alpha)[:, None])
+        self.n_solved += 1
         X = self._cg(B, alpha)
         if X is None:
             X = self._mixed(B, alpha)
@@ -278,6 +285,13 @@ class _ShiftedSolver:
                 self._work64 = torch.empty(self.S.shape, dtype=torch.float64, device=self.S.device)
             X = _solve_psd(self.S, B, alpha, work=self._work64)
         return X
+
+    def counts(self) -> dict:
+        """How the alphas solved so far were solved."""
+        if self.method == "eigh":
+            return {"eigh": 1}
+        return {"cg": self.n_cg, "cholesky32": self.n_solved - self.n_cg - self.n_float64,
+                "cholesky64": self.n_float64}
 
     def _matvec(self, X, alpha):
         return (self._S64 @ X if self._S64 is not None else _matmul64(self.S, X)) + alpha * X
@@ -434,6 +448,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         alpha = float(alphas[best])
     else:
         alpha = float(alphas[0])
+    counts = solver.counts()
     n_float64 = solver.n_float64
     if has_val and refit:
         del solver, betas  # their buffers, before the (N, N) refit
@@ -454,7 +469,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         offset = y_mean - _matmul64(K_tt, beta).mean(0) if fit_intercept else zero  # ~y_mean
         n_used = n_train
     return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
-            "grid_solver": method, "n_float64": n_float64,
+            "grid_solver": method, "n_float64": n_float64, "solve_counts": counts,
             "predictions": preds}
 
 
@@ -511,6 +526,8 @@ class RidgeClassifier:
     cv_ : "validation", "loo" or None.
     solver_ : the solver of the final coef_, "primal" or "dual".
     grid_solver_ : "eigh" or "cholesky" (None when no grid was solved).
+    solve_counts_ : how the validation grid's alphas were solved, e.g. ``{"cg": 3,
+        "cholesky32": 10, "cholesky64": 0}`` or ``{"eigh": 1}`` (None without validation).
     n_features_in_ : number of features.
     """
 
@@ -553,6 +570,7 @@ class RidgeClassifier:
             _check_n_features(self, X_val)
             yv_idx = _label_indices(self.classes_, y_val, X_val.shape[0], X.device)
         self.grid_solver_ = None
+        self.solve_counts_ = None
         self.val_predictions_ = None
 
         if X_val is None and self.alphas is not None and np.size(self.alphas) == 1:
@@ -584,6 +602,7 @@ class RidgeClassifier:
             W = _xt_dot(parts, mu, fit["beta"])  # beta sums to 0: any centring gives W
             b = fit["offset"] - (mu @ W if mu is not None else 0.0)
             self.grid_solver_ = fit["grid_solver"]
+            self.solve_counts_ = fit["solve_counts"]
             scores, preds = fit["scores"], fit["predictions"]
             self.alpha_ = fit["alpha"]
         else:
@@ -599,18 +618,22 @@ class RidgeClassifier:
                 Zv = _x_dot(X_val, mu, shifted.U.to(torch.float32), torch.float32).double()
                 W0 = shifted.U.T @ B
             scores, weights, preds = [], {}, []
-            for a in alphas:
-                if method == "eigh":
-                    S = Zv @ (W0 / (shifted.lam + a)[:, None]) + y_mean
-                else:
-                    Wa = shifted.solve(B, float(a))
-                    weights[float(a)] = Wa
-                    S = _x_dot(X_val, mu, Wa) + y_mean
+            if method == "eigh":
+                S_all = [Zv @ (W0 / (shifted.lam + a)[:, None]) for a in alphas]
+            else:
+                weights = {float(a): shifted.solve(B, float(a)) for a in alphas}
+                # every alpha's validation scores in one pass over X_val
+                c = B.shape[1]
+                S_cat = _x_dot(X_val, mu, torch.cat(list(weights.values()), 1))
+                S_all = [S_cat[:, i * c:(i + 1) * c] for i in range(len(alphas))]
+            for S in S_all:
+                S = S + y_mean
                 scores.append(_accuracy(S, yv_idx))
                 preds.append(_predicted_index(S))
             best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
             self.alpha_ = alpha = float(alphas[best])
             self.grid_solver_ = method
+            self.solve_counts_ = shifted.counts()
             if self.refit:
                 W, b = self._refit_primal(X, X_val, Y, Yv, G, mu, alpha)
             else:

@@ -115,7 +115,8 @@ def test_grid_solvers_agree(shape, refit):
 
 
 def test_grid_solver_choice_by_size_and_device():
-    assert R.grid_solver_for(4000, 13, "cpu") == "cholesky"  # eigh ~ 25 Choleskys on CPU
+    assert R.grid_solver_for(4000, 13, "cpu") == "cholesky"  # eigh ~ 21 solves at n = 4,000 on CPU
+    assert R.grid_solver_for(1000, 13, "cpu") == "eigh"  # ~ 12 at n = 1,000
     assert R.grid_solver_for(4000, 40, "cpu") == "eigh"
     assert R.grid_solver_for(4000, 13, "cuda") == "eigh"
     assert R.grid_solver_for(4000, 13, "cpu", "eigh") == "eigh"
