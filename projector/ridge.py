@@ -59,9 +59,12 @@ _SOLVERS = ("auto", "primal", "dual")
 _GRID_SOLVERS = ("auto", "eigh", "cholesky")
 # Cost of one float64 eigh in per-alpha solves (a float32 Cholesky, a solve and a float64
 # residual) of the same (n, n) matrix: the break-even grid size, ``c * (n / 1000) ** p``.
-# Measured on 2 CPU cores: eigh / spotrf = 11 at n = 500, 17 at 1,000, 23 at 2,000, 27 at
-# 3,000 (LAPACK's tridiagonalisation is memory bound and falls out of cache as n grows),
-# and a solve costs ~1.4 spotrf; on an H100 eigh is ~6 float64 Choleskys whatever n.
+# Measured on 2 CPU cores (torch's float64 eigh against scipy's spotrf): 11 at n = 500,
+# 22 at 1,000, 25 at 2,000, 31 at 3,000 (LAPACK's tridiagonalisation is memory bound and
+# falls out of cache as n grows), but a whole solve (copy, factorisation, refinement on
+# float64 residuals) costs 2-3 spotrf at n = 1,000 and ~1.2 at n = 4,000: a 13-alpha
+# grid took 0.47 s by eigh and 0.75 s by Cholesky at n = 1,000. On an H100 eigh is ~6
+# float64 Choleskys whatever n.
 _EIGH_IN_SOLVES = {"cpu": (12.0, 0.4), "cuda": (6.0, 0.0)}
 _REFINE_STEPS = 4  # float32 Cholesky + float64 residual steps before falling back to float64
 # Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) accepted per dtype of the Gram:
@@ -294,7 +297,13 @@ class _ShiftedSolver:
                 "cholesky64": self.n_float64}
 
     def _matvec(self, X, alpha):
-        return (self._S64 @ X if self._S64 is not None else _matmul64(self.S, X)) + alpha * X
+        if self._S64 is None:
+            SX = _matmul64(self.S, X)
+        elif X.device.type == "cpu":  # OpenBLAS's dgemm: ~2x torch's on thin right-hand sides
+            SX = torch.from_numpy(self._S64.numpy() @ X.numpy())
+        else:
+            SX = self._S64 @ X
+        return SX + alpha * X
 
     def _accepted(self, R, X, B, alpha) -> bool:
         """Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) within tolerance."""
@@ -635,7 +644,7 @@ class RidgeClassifier:
             self.grid_solver_ = method
             self.solve_counts_ = shifted.counts()
             if self.refit:
-                W, b = self._refit_primal(X, X_val, Y, Yv, G, mu, alpha)
+                W, b = self._refit_primal(X_val, Y, Yv, G, B, mu, alpha)
             else:
                 W = weights.get(alpha)
                 if W is None:
@@ -648,20 +657,23 @@ class RidgeClassifier:
         self.solver_ = solver
         return self._set_coef(W, b, X.device)
 
-    def _refit_primal(self, X, X_val, Y, Yv, G_tr, mu, alpha):
-        """Train + validation at alpha, reusing the train Gram: with z = x - mu (train mean),
-        sum_all (x - mu_all)(x - mu_all)^T = G_tr + Zv^T Zv - N delta delta^T, delta = mu_all - mu."""
-        N = X.shape[0] + X_val.shape[0]
-        Y_all = torch.cat([Y, Yv])
+    def _refit_primal(self, X_val, Y, Yv, G_tr, B_tr, mu, alpha):
+        """Train + validation at alpha from the training statistics and one pass over the
+        validation rows. With z = x - mu (train mean) and delta = mu_all - mu:
+        sum_all (x - mu_all)(x - mu_all)^T = G_tr + Zv^T Zv - N delta delta^T and, since
+        the train z sum to zero and the centred labels of all rows too,
+        sum_all (x - mu_all)(y - y_all)^T = B_tr + Zv^T (Yv - y_all)."""
+        n, nv = Y.shape[0], X_val.shape[0]
+        N = n + nv
         G = G_tr.to(torch.float64) + gram([X_val], mu, rows=False).to(torch.float64)
         if self.fit_intercept:
-            mu_all = _mean([X, X_val])
+            mu_all = (n * mu + nv * _mean([X_val])) / N
             delta = mu_all - mu
             G.sub_(N * torch.outer(delta, delta))
-            y_all = Y_all.mean(0)
+            y_all = torch.cat([Y, Yv]).mean(0)
         else:
-            mu_all, y_all = None, torch.zeros(Y.shape[1], dtype=torch.float64, device=X.device)
-        W = _solve_psd(G, _xt_dot([X, X_val], mu_all, Y_all - y_all), alpha)
+            mu_all, y_all = None, torch.zeros(Y.shape[1], dtype=torch.float64, device=X_val.device)
+        W = _solve_psd(G, B_tr + _xt_dot([X_val], mu, Yv - y_all), alpha)
         return W, y_all - (mu_all @ W if mu_all is not None else 0.0)
 
     def _fit_loo(self, X, Y, y_idx) -> "RidgeClassifier":
