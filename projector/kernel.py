@@ -29,12 +29,11 @@ import torch
 from projector.encoders import _check_2d, _check_fitted, _check_n_features
 from projector.ridge import (
     _GRID_SOLVERS,
-    _accuracy,
+    _ClassifierBase,
     _binarize,
     _encode_labels,
     _label_indices,
     _rows_per_chunk,
-    auto_alphas,
     dual_fit,
     gram,
 )
@@ -85,7 +84,7 @@ def _centre_with_train(K: torch.Tensor, n_train: int) -> tuple[torch.Tensor, tor
     return K, a
 
 
-class KernelRidgeClassifier:
+class KernelRidgeClassifier(_ClassifierBase):
     """One-vs-all kernel ridge with the exact ``|XR|^2`` kernel (random features with k = infinity).
 
     Same semantics as ``RidgeClassifier`` on the features ``Y = |X R|^2`` in the limit of
@@ -174,14 +173,6 @@ class KernelRidgeClassifier:
         self.cv_ = "validation" if fit["scores"] is not None else None
         return self
 
-    def _resolve_alphas(self, mean_eigenvalue: float) -> np.ndarray:
-        if self.alphas is None:
-            return auto_alphas(mean_eigenvalue)
-        alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
-        if alphas.ndim != 1 or len(alphas) == 0 or not np.all(alphas > 0):
-            raise ValueError(f"alphas must be positive numbers (absolute penalties), got {self.alphas!r}.")
-        return alphas
-
     def decision_function(self, X) -> torch.Tensor:
         """X: (n_samples, n_features) -> scores (n_samples, n_classes) float32, (n_samples,) for two classes."""
         X = _check_2d(X, "KernelRidgeClassifier.decision_function")
@@ -198,18 +189,6 @@ class KernelRidgeClassifier:
         S = torch.cat(out).float() if out else torch.zeros(0, self.dual_coef_.shape[1], device=X.device)
         return S[:, 0] if S.shape[1] == 1 else S
 
-    def predict(self, X):
-        S = self.decision_function(X)
-        idx = (S > 0).long() if S.ndim == 1 else S.argmax(dim=1)
-        if isinstance(self.classes_, torch.Tensor):
-            return self.classes_.to(idx.device)[idx]
-        return self.classes_[idx.cpu().numpy()]
-
-    def score(self, X, y) -> float:
-        S = self.decision_function(X)
-        y_idx = _label_indices(self.classes_, y, X.shape[0], X.device, unknown_ok=True)
-        return _accuracy(S.double() if S.ndim == 2 else S.double()[:, None], y_idx)
-
     @property
     def weight_bytes(self) -> int:
         """Bytes of what predict needs: the kept rows, the dual coefficients and the intercept."""
@@ -222,7 +201,3 @@ class KernelRidgeClassifier:
         """Fitted numbers: dual coefficients and intercept (the kept rows are data, counted in weight_bytes)."""
         _check_fitted(self, "dual_coef_")
         return int(self.dual_coef_.numel() + self.intercept_.numel())
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"KernelRidgeClassifier({params})"

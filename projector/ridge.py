@@ -499,7 +499,42 @@ def _matmul64(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
 
 # --- the estimator ---
 
-class RidgeClassifier:
+class _ClassifierBase:
+    """What the ridge classifiers share (``RidgeClassifier``, ``projector.kernel``'s and
+    ``projector.streaming``'s): the alpha grid, labels from scores, accuracy, repr.
+    Subclasses provide ``decision_function`` and ``classes_``."""
+
+    def _resolve_alphas(self, mean_eigenvalue: float) -> np.ndarray:
+        if self.alphas is None:
+            return auto_alphas(mean_eigenvalue)
+        alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
+        if alphas.ndim != 1 or len(alphas) == 0 or not np.all(alphas > 0):
+            raise ValueError(
+                f"alphas must be positive numbers (absolute penalties), got {self.alphas!r}; "
+                "or None for the automatic grid."
+            )
+        return alphas
+
+    def predict(self, X):
+        """X: (n_samples, n_features) -> labels (n_samples,), of the type of classes_."""
+        S = self.decision_function(X)
+        idx = (S > 0).long() if S.ndim == 1 else S.argmax(dim=1)
+        if isinstance(self.classes_, torch.Tensor):
+            return self.classes_.to(idx.device)[idx]
+        return self.classes_[idx.cpu().numpy()]
+
+    def score(self, X, y) -> float:
+        """Mean accuracy of predict(X) against y."""
+        S = self.decision_function(X)
+        y_idx = _label_indices(self.classes_, y, X.shape[0], X.device, unknown_ok=True)
+        return _accuracy(S.double() if S.ndim == 2 else S.double()[:, None], y_idx)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class RidgeClassifier(_ClassifierBase):
     """Ridge one-vs-all classifier, sklearn semantics, with the alpha grid solved once per shape.
 
     Parameters
@@ -594,7 +629,6 @@ class RidgeClassifier:
     def _fit_validation(self, X, Y, X_val, Yv, yv_idx) -> "RidgeClassifier":
         """The grid scored on validation data, then (refit) train + validation at alpha_."""
         n, d = X.shape
-        n_val = X_val.shape[0]
         solver = self._solver_for(n, d)
         mu = _mean([X]) if self.fit_intercept else None
         y_mean = Y.mean(0) if self.fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=X.device)
@@ -727,17 +761,6 @@ class RidgeClassifier:
             return self.solver
         return "primal" if d <= n else "dual"
 
-    def _resolve_alphas(self, mean_eigenvalue: float) -> np.ndarray:
-        if self.alphas is None:
-            return auto_alphas(mean_eigenvalue)
-        alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
-        if alphas.ndim != 1 or len(alphas) == 0 or not np.all(alphas > 0):
-            raise ValueError(
-                f"alphas must be positive numbers (absolute penalties), got {self.alphas!r}; "
-                "or None for the automatic grid."
-            )
-        return alphas
-
     def _loo_accuracies(self, X, mu, solver, lam, vecs, W0, Yc, y_mean, y_idx, alphas):
         """Exact leave-one-out accuracy for every alpha.
 
@@ -798,29 +821,11 @@ class RidgeClassifier:
             if len(X) else torch.zeros(0, coef.shape[0], device=X.device)
         return S[:, 0] if S.shape[1] == 1 else S
 
-    def predict(self, X):
-        """X: (n_samples, n_features) -> labels (n_samples,), of the type of classes_."""
-        S = self.decision_function(X)
-        idx = (S > 0).long() if S.ndim == 1 else S.argmax(dim=1)
-        if isinstance(self.classes_, torch.Tensor):
-            return self.classes_.to(idx.device)[idx]
-        return self.classes_[idx.cpu().numpy()]
-
-    def score(self, X, y) -> float:
-        """Mean accuracy of predict(X) against y."""
-        S = self.decision_function(X)
-        y_idx = _label_indices(self.classes_, y, X.shape[0], X.device, unknown_ok=True)
-        return _accuracy(S.double() if S.ndim == 2 else S.double()[:, None], y_idx)
-
     @property
     def weight_bytes(self) -> int:
         """Bytes of what predict needs: coef_ plus intercept_ (when fitted)."""
         _check_fitted(self, "coef_")
         return self.coef_.nbytes + (self.intercept_.nbytes if self.fit_intercept else 0)
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"RidgeClassifier({params})"
 
 
 # --- labels and solves ---

@@ -34,6 +34,7 @@ import torch
 from projector.encoders import _check_2d, _check_fitted, _check_n_features
 from projector.ridge import (
     _GRID_SOLVERS,
+    _ClassifierBase,
     _SOLVERS,
     _ShiftedSolver,
     _accuracy,
@@ -43,7 +44,6 @@ from projector.ridge import (
     _solve_psd,
     _symmetrize_,
     _syrk_,
-    auto_alphas,
     dual_fit,
     grid_solver_for,
 )
@@ -58,7 +58,7 @@ def feature_matrix_bytes(n_rows: int, n_components: int) -> int:
     return int(n_rows) * int(n_components) * 4
 
 
-class StreamingRidgeClassifier:
+class StreamingRidgeClassifier(_ClassifierBase):
     """RidgeClassifier on ``projection``'s features, fitted and applied block by block.
 
     X: (n_samples, n_features) encoded inputs (what the projection takes), never the
@@ -278,14 +278,6 @@ class StreamingRidgeClassifier:
             float(a): float(s) for a, s in zip(alphas, fit["scores"])}
         self.cv_ = "validation" if fit["scores"] is not None else None
 
-    def _resolve_alphas(self, mean_eigenvalue: float) -> np.ndarray:
-        if self.alphas is None:
-            return auto_alphas(mean_eigenvalue)
-        alphas = np.atleast_1d(np.asarray(self.alphas, dtype=np.float64))
-        if alphas.ndim != 1 or len(alphas) == 0 or not np.all(alphas > 0):
-            raise ValueError(f"alphas must be positive numbers (absolute penalties), got {self.alphas!r}.")
-        return alphas
-
     # -- predict --
 
     def decision_function(self, X) -> torch.Tensor:
@@ -299,24 +291,8 @@ class StreamingRidgeClassifier:
             S.addmm_(Yb, coef[:, cols].T)
         return S[:, 0] if S.shape[1] == 1 else S
 
-    def predict(self, X):
-        S = self.decision_function(X)
-        idx = (S > 0).long() if S.ndim == 1 else S.argmax(dim=1)
-        if isinstance(self.classes_, torch.Tensor):
-            return self.classes_.to(idx.device)[idx]
-        return self.classes_[idx.cpu().numpy()]
-
-    def score(self, X, y) -> float:
-        S = self.decision_function(X)
-        y_idx = _label_indices(self.classes_, y, X.shape[0], X.device, unknown_ok=True)
-        return _accuracy(S.double() if S.ndim == 2 else S.double()[:, None], y_idx)
-
     @property
     def weight_bytes(self) -> int:
         _check_fitted(self, "coef_")
         return self.coef_.nbytes + self.intercept_.nbytes
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"StreamingRidgeClassifier({params})"
 
