@@ -46,6 +46,7 @@ from typing import Iterator
 
 import torch
 
+from projector._blocks import BlockProjection
 from projector.encoders import _check_2d, _check_fitted, _check_n_features
 from projector.opu import OPUProjection
 from projector.structured import StructuredProjection
@@ -243,7 +244,7 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # --- estimators ---
 
-class _RandomProjection:
+class _RandomProjection(BlockProjection):
     """Shared fit / transform / iter_blocks of the projections built on R."""
 
     name = ""
@@ -266,26 +267,6 @@ class _RandomProjection:
         self.compute_dtype = compute_dtype
         self.progress = progress
         self.prefetch = prefetch
-
-    def fit(self, X: torch.Tensor, y=None):
-        """X: (n_samples, n_features). Only records n_features: R follows from the seed."""
-        X = _check_2d(X, f"{type(self).__name__}.fit")
-        if int(self.n_components) < 1:
-            raise ValueError(f"n_components must be a positive integer, got {self.n_components!r}.")
-        if X.shape[1] < 1:
-            raise ValueError("X has no features (shape {}); nothing to project.".format(tuple(X.shape)))
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def fit_transform(self, X: torch.Tensor, y=None) -> torch.Tensor:
-        return self.fit(X).transform(X)
-
-    def transform(self, X: torch.Tensor) -> torch.Tensor:
-        """X: (n_samples, n_features) -> Y: (n_samples, n_components) float32."""
-        Y = torch.empty(X.shape[0], self.n_components, dtype=torch.float32, device=X.device)
-        for cols, Y_block in self.iter_blocks(X):
-            Y[:, cols] = Y_block
-        return Y
 
     def iter_blocks(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Stream the features: yields ``(cols, Y[:, cols])`` block by block.

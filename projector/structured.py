@@ -36,6 +36,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from projector._blocks import BlockProjection
 from projector.encoders import _check_2d, _check_fitted, _check_n_features
 
 __all__ = ["StructuredProjection", "fwht", "hadamard", "padded_dim"]
@@ -105,7 +106,7 @@ def _transform_params(seed: int, n_features: int, t: int, n_hd: int) -> dict:
     return {"pos": pos, "signs": signs, "scale": scale.astype(np.float32)}
 
 
-class StructuredProjection:
+class StructuredProjection(BlockProjection):
     """Structured complex random features with the statistics of ``|X R|^2``, in O(n k log m).
 
     X: (n_samples, n_features), binary uint8 or float -> Y: (n_samples, n_components) float32,
@@ -149,27 +150,12 @@ class StructuredProjection:
 
     def fit(self, X: torch.Tensor, y=None) -> "StructuredProjection":
         """X: (n_samples, n_features). Records the shapes only: the parameters follow from the seed."""
-        X = _check_2d(X, "StructuredProjection.fit")
-        if int(self.n_components) < 1:
-            raise ValueError(f"n_components must be a positive integer, got {self.n_components!r}.")
-        if X.shape[1] < 1:
-            raise ValueError(f"X has no features (shape {tuple(X.shape)}); nothing to project.")
         if int(self.n_hd) < 1:
             raise ValueError(f"n_hd must be >= 1, got {self.n_hd!r}.")
-        self.n_features_in_ = X.shape[1]
+        super().fit(X)
         self.padded_dim_ = padded_dim(self.n_features_in_)
         self.n_transforms_ = math.ceil(2 * int(self.n_components) / self.padded_dim_)
         return self
-
-    def fit_transform(self, X: torch.Tensor, y=None) -> torch.Tensor:
-        return self.fit(X).transform(X)
-
-    def transform(self, X: torch.Tensor) -> torch.Tensor:
-        """X: (n_samples, n_features) -> Y: (n_samples, n_components) float32."""
-        Y = torch.empty(X.shape[0], self.n_components, dtype=torch.float32, device=X.device)
-        for cols, Y_block in self.iter_blocks(X):
-            Y[:, cols] = Y_block
-        return Y
 
     def iter_blocks(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yields ``(cols, Y[:, cols])``, ``Y_block: (n_samples, width)`` float32, block by block."""
