@@ -54,6 +54,17 @@ def mobilenet_weights() -> str:
     pytest.skip("no pretrained MobileNetV2 weights in the torch hub cache (run `make setup`)")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: on busy shared cores OpenMP's spin-waits make each small op ~100x slower
+    with 2 threads than with 1 (see tests/benchmarks/test_ratio_gate.py). Use per module:
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -10,13 +10,7 @@ from projector.projections import GaussianProjection
 from projector.ridge import RidgeClassifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids OpenMP spin-waits on busy shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n, m, n_classes=3, seed=0):
@@ -135,7 +129,6 @@ def test_mixed_precision_cholesky_falls_back_to_float64_when_ill_conditioned():
         ref = torch.linalg.solve(S + alpha * torch.eye(80, dtype=torch.float64), B)
         torch.testing.assert_close(X, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     assert solver.n_float64 >= 1  # 1e-9: float32 cannot factor it (condition 1e9), float64 did
-
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -7,17 +7,13 @@ import torch
 
 from projector.opu import INSTALL_HINT, OPUProjection
 from projector.projections import GaussianProjection
-
-
-def _binary(n, m, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, m, generator=g) > 0.5).to(torch.uint8)
+from tiny_data import binary
 
 
 def test_missing_lightonml_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightonml", None)  # import lightonml -> ImportError
     with pytest.raises(ImportError) as info:
-        OPUProjection(10).fit(_binary(3, 8))
+        OPUProjection(10).fit(binary(3, 8))
     assert INSTALL_HINT in str(info.value)
     assert "pip install --no-deps lightonml==1.4.3" in str(info.value)
 
@@ -39,7 +35,7 @@ def lightonml_opu():
 
 
 def test_wrapper_equals_lightonml_transform(lightonml_opu):
-    X = _binary(12, 40)
+    X = binary(12, 40)
     k = 300
     proj = OPUProjection(k, seed=0, simulated=True)
     Y = proj.fit_transform(X)
@@ -59,7 +55,7 @@ def test_wrapper_equals_lightonml_transform(lightonml_opu):
 
 
 def test_wrapper_seed_changes_matrix(lightonml_opu):
-    X = _binary(4, 20)
+    X = binary(4, 20)
     Y0 = OPUProjection(50, seed=0, simulated=True).fit_transform(X)
     Y1 = OPUProjection(50, seed=1, simulated=True).fit_transform(X)
     assert not torch.allclose(Y0, Y1, rtol=0.1)
@@ -69,7 +65,7 @@ def test_parity_in_distribution_with_gaussian_projection(lightonml_opu):
     """Scale factor 1: the simulator's R has Re, Im ~ N(0, 1/m) like ours, so features
     agree in mean (2 |x|^2 / m), variance (mean^2, exponential law) and kernel."""
     m, k = 64, 20_000
-    X = _binary(8, m, seed=1)
+    X = binary(8, m, seed=1)
     Y_opu = OPUProjection(k, seed=0, simulated=True).fit_transform(X).double()
     Y_ours = GaussianProjection(k, seed=0).fit_transform(X).double()
 

@@ -13,18 +13,14 @@ from projector.projections import (
     LinearProjection,
     make_projection,
 )
+from tiny_data import binary
 
 K = 1000  # not a multiple of TILE_COLS, on purpose
 
 
-def _binary(n, m, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, m, generator=g) > 0.5).to(torch.uint8)
-
-
 @pytest.fixture
 def X():
-    return _binary(7, 50)
+    return binary(7, 50)
 
 
 # --- registry ---
@@ -178,7 +174,7 @@ def test_gaussian_tiles_layout():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_block_invariant_and_on_device():
-    X = _binary(7, 50).cuda()
+    X = binary(7, 50).cuda()
     ref = GaussianProjection(K, seed=3, block_size=TILE_COLS).fit_transform(X)
     assert ref.device.type == "cuda"
     for bs in (100, 700, None):

@@ -12,13 +12,7 @@ from projector.streaming import StreamingRidgeClassifier
 from projector.structured import StructuredProjection
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids OpenMP spin-waits on busy shared cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n, m=30, seed=0):

@@ -7,28 +7,17 @@ from sklearn.exceptions import NotFittedError
 import projector.projections as P
 from projector.projections import PROJECTIONS, GaussianProjection, make_projection, resolve_compute_mode
 from projector.structured import StructuredProjection, fwht, hadamard, padded_dim
+from tiny_data import binary
 
 K = 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: on busy shared cores OpenMP's spin-waits make each small op ~100x slower with
-    # 2 threads than with 1 (see tests/benchmarks/test_ratio_gate.py).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _binary(n, m, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, m, generator=g) > 0.5).to(torch.uint8)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
 def X():
-    return _binary(7, 50)
+    return binary(7, 50)
 
 
 def _closed_form_kernel(x, m):
@@ -196,7 +185,7 @@ def test_tiles_drawn_by_the_thread_pool_are_the_serial_ones(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_prefetch_and_bf16x2_match_float32():
-    X = _binary(64, 300).cuda()
+    X = binary(64, 300).cuda()
     ref = GaussianProjection(K, seed=3, compute_dtype=torch.float32, prefetch=False).fit_transform(X)
     for bs in (256, 512, None):
         Y = GaussianProjection(K, seed=3, block_size=bs).fit_transform(X)  # auto: bf16x2, prefetched
@@ -208,7 +197,7 @@ def test_cuda_prefetch_and_bf16x2_match_float32():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
-    X = _binary(7, 50)
+    X = binary(7, 50)
     ref = StructuredProjection(K, seed=3).fit_transform(X)
     Y = StructuredProjection(K, seed=3).fit_transform(X.cuda())
     assert Y.device.type == "cuda"

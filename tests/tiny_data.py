@@ -1,4 +1,5 @@
-"""A tiny CIFAR-10 image-folder copy (a few JPEGs per class) for the suite, report and Ray tests.
+"""Small test data: random binary inputs, and a tiny CIFAR-10 image-folder copy (a few JPEGs
+per class) for the suite, report and Ray tests.
 
 Scanning the full 60,000-file folder costs seconds per process (more in every
 Ray worker); these tests only ever read 10 training and 5 test images per class.
@@ -31,3 +32,9 @@ def restore_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+def binary(n: int, m: int, seed: int = 0) -> torch.Tensor:
+    """Random 0/1 uint8 (n, m), seeded: what the projections take after sign encoding."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, m, generator=g) > 0.5).to(torch.uint8)
