@@ -156,7 +156,10 @@ def _file_source(classes, paths: list[Path], labels, origin: str) -> _Source:
 def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
     """An ImageFolder tree: root/<class>/<file>. Non-image files are an error."""
     if not root.is_dir():
-        raise DatasetError(f"image folder {root} does not exist.")
+        raise DatasetError(
+            f"image folder {root} does not exist: point it at a folder of <class name>/<image files> "
+            "(imagefolder:PATH takes train/ and test/ below PATH, or one such folder split by gradfree)."
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(
@@ -356,7 +359,10 @@ def load_dataset(
     """
     data_dir = Path(data_dir).expanduser() if data_dir else None
     if data_dir is not None and not data_dir.exists():
-        raise DatasetError(f"--data-dir {data_dir} does not exist.")
+        raise DatasetError(
+            f"--data-dir {data_dir} does not exist: fix the path, or leave --data-dir out to use "
+            "torchvision's copy under the default data folder (downloaded when online)."
+        )
     if name == "cifar10":
         train, test = _cifar10(data_dir)
     elif name == "stl10":
