@@ -255,7 +255,9 @@ class _ShiftedSolver:
     allocated once.
     """
 
-    def __init__(self, S: torch.Tensor, method: str):
+    def __init__(self, S: torch.Tensor, method: str, float64_copy: bool = True):
+        """``float64_copy=False``: no float64 copy of a float32 S for the residuals (they are
+        then converted in row chunks), for a single solve where the copy would not pay."""
         self.method = method
         self.S = S
         self.n_float64 = 0  # alphas that needed a float64 factorisation
@@ -264,7 +266,8 @@ class _ShiftedSolver:
         self._work32 = self._work64 = None
         # float64 copy of S for the refinement residuals when small, else chunked conversion
         self._S64 = S if S.dtype == torch.float64 else (
-            S.to(torch.float64) if method == "cholesky" and S.numel() * 8 <= _S64_COPY_BYTES else None)
+            S.to(torch.float64) if method == "cholesky" and float64_copy and S.numel() * 8 <= _S64_COPY_BYTES
+            else None)
         self._tol = _BACKWARD_TOL.get(S.dtype, _BACKWARD_TOL[torch.float32])
         self._s_norm = _frobenius64(S) if method == "cholesky" else 0.0
         if method == "eigh":
@@ -467,7 +470,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         K_all = Kz if overwrite_gram else Kz.clone()
         if fit_intercept:
             _centre_rows_cols_(K_all)  # train + validation centred with their own mean
-        beta = _ShiftedSolver(K_all, "cholesky").solve(Y - y_all, alpha)
+        beta = _ShiftedSolver(K_all, "cholesky", float64_copy=False).solve(Y - y_all, alpha)
         del K_all
         offset = y_all - a @ beta if fit_intercept else zero
         n_used = N
