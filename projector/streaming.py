@@ -247,7 +247,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
         has_val = yv_idx is not None
         method = grid_solver_for(k, len(alphas) if has_val else 1, device, self.grid_solver)
         shifted = _ShiftedSolver(G_tr, method)
-        Ws = [shifted.solve(B_tr, float(a)) for a in (alphas if has_val else alphas[:1])]
+        Ws = shifted.solve_all(B_tr, alphas if has_val else alphas[:1])
         scores = None
         if has_val:
             Wcat = torch.cat(Ws, 1)  # (k, n_alphas * c): every alpha in one pass over the validation rows

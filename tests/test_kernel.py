@@ -160,3 +160,44 @@ def test_gram_by_syrk_is_the_plain_product(rows):
     Xc = (X.double() - mu)
     expected = Xc @ Xc.T if rows else Xc.T @ Xc
     torch.testing.assert_close(R.gram([X[:20], X[20:]], mu, rows=rows).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("float64_copy", [True, False])
+def test_grid_solved_in_batches_reaches_the_same_precision_with_few_products(float64_copy):
+    """solve_all: the CG alphas iterate together and the float32 Cholesky solutions are
+    checked by one product with S for all; every solution still meets the backward error."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.rand(300, 500, generator=g, dtype=torch.float64)
+    A -= A.mean(0)
+    S = (A @ A.T).to(torch.float32)
+    B = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    s_norm = float(torch.linalg.vector_norm(S.double()))
+    alphas = s_norm * np.logspace(-12, 4, 17)  # from float64-only to CG-only
+    solver = R._ShiftedSolver(S, "cholesky", float64_copy=float64_copy)
+    products = []
+    matvec = solver._matvec
+    solver._matvec = lambda X, a: (products.append(X.shape[1]), matvec(X, a))[1]
+    Xs = solver.solve_all(B, alphas)
+    for a, X in zip(alphas, Xs):
+        Sa = S.double() + a * torch.eye(300, dtype=torch.float64)
+        backward = float((B - Sa @ X).norm()) / (float(torch.linalg.matrix_norm(Sa)) * float(X.norm()) + float(B.norm()))
+        assert backward <= 2.0**-24
+    counts = solver.counts()
+    assert counts["cg"] >= 2 and counts["cholesky32"] >= 2 and sum(counts.values()) == len(alphas)
+    # CG: one product per iteration for all its alphas; the float32 Cholesky solutions: one check for all
+    assert counts["cg"] * 3 in products and counts["cholesky32"] * 3 in products
+    assert len(products) <= R._CG_MAX_ITERS + 3
+
+
+def test_grid_solved_in_batches_falls_back_per_alpha():
+    """An alpha that float32 cannot factor goes to float64 without holding up the others."""
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(80, 80, generator=g, dtype=torch.float64))
+    S = (U * torch.logspace(0, -12, 80, dtype=torch.float64)) @ U.T  # condition 1e12
+    B = torch.randn(80, 2, generator=g, dtype=torch.float64)
+    alphas = [1e-9, 1e-2, 1e3]
+    solver = R._ShiftedSolver(S, "cholesky")
+    for alpha, X in zip(alphas, solver.solve_all(B, alphas)):
+        ref = torch.linalg.solve(S + alpha * torch.eye(80, dtype=torch.float64), B)
+        torch.testing.assert_close(X, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+    assert solver.counts() == {"cg": 1, "cholesky32": 1, "cholesky64": 1}  # 1e-9: condition 1e9, beyond float32
