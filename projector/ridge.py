@@ -111,12 +111,17 @@ def _rows_per_chunk(d: int, itemsize: int) -> int:
 
 
 def _iter_rows(parts, mu, dtype):
-    """Yield (row_offset, Xc_chunk: (r, d) in dtype) over the stacked parts."""
-    offset = 0
+    """Yield (row_offset, Xc_chunk: (r, d) in dtype) over the stacked parts. The chunks share
+    one buffer, valid until the next one is yielded (no fresh allocation per chunk)."""
+    offset, buf = 0, None
     for X in parts:
         step = _rows_per_chunk(X.shape[1], 8)
         for r0 in range(0, X.shape[0], step):
-            chunk = X[r0:r0 + step].to(dtype, copy=True)  # a copy: centred in place
+            src = X[r0:r0 + step]
+            if buf is None:
+                buf = torch.empty(min(step, X.shape[0]), X.shape[1], dtype=dtype, device=X.device)
+            chunk = buf[:src.shape[0]] if src.shape[0] <= buf.shape[0] else torch.empty_like(src, dtype=dtype)
+            chunk.copy_(src)  # a copy: centred in place
             if mu is not None:
                 chunk.sub_(mu.to(dtype))
             yield offset + r0, chunk
@@ -124,13 +129,20 @@ def _iter_rows(parts, mu, dtype):
 
 
 def _iter_cols(parts, mu, dtype):
-    """Yield Xc[:, cols] of the stacked parts, (N, c) in dtype, over column chunks."""
+    """Yield Xc[:, cols] of the stacked parts, (N, c) in dtype, over column chunks; the chunks
+    share one buffer, valid until the next one is yielded."""
     n_total, d = sum(X.shape[0] for X in parts), parts[0].shape[1]
-    step = _rows_per_chunk(n_total, 8)
+    step = min(_rows_per_chunk(n_total, 8), d)
+    flat = torch.empty(n_total * step, dtype=dtype, device=parts[0].device)
     for c0 in range(0, d, step):
-        chunk = torch.cat([X[:, c0:c0 + step].to(dtype) for X in parts])  # a copy
+        w = min(step, d - c0)
+        chunk = flat[:n_total * w].view(n_total, w)  # contiguous for BLAS
+        r0 = 0
+        for X in parts:
+            chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w])
+            r0 += X.shape[0]
         if mu is not None:
-            chunk.sub_(mu[c0:c0 + step].to(dtype))
+            chunk.sub_(mu[c0:c0 + w].to(dtype))
         yield chunk
 
 
