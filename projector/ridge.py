@@ -37,9 +37,9 @@ that fails its check is refined or solved again in float64. On CPU this loop run
 numpy arrays, so that OpenBLAS does every product and factorisation with no torch
 (OpenMP) operation in between: the two thread pools contending for 2 cores cost ~20 %.
 
-On 2 CPU cores a float64 ``eigh`` costs as much as ~12 per-alpha Cholesky solves at
-n = 1,000 and ~21 at n = 4,000 (LAPACK's tridiagonalisation is memory bound), so a
-13-value grid is solved by ``eigh`` up to n ~ 1,200 and by Cholesky above; on CUDA
+On 2 CPU cores a float64 ``eigh`` costs as much as ~25 batched per-alpha solves at
+n = 1,000 and ~54 at n = 2,000 (LAPACK's tridiagonalisation is memory bound), so a
+13-value grid is solved by ``eigh`` up to n ~ 500 and by Cholesky above; on CUDA
 ``eigh`` is cheap and wins from ~6 alphas on.
 Leave-one-out selection (no validation data) needs the eigenvectors and uses ``eigh``.
 
@@ -62,15 +62,14 @@ __all__ = ["RidgeClassifier", "auto_alphas", "dual_fit", "gram", "grid_solver_fo
 _CHUNK_BYTES = 128 << 20  # bound on a temporary centred slice of X
 _SOLVERS = ("auto", "primal", "dual")
 _GRID_SOLVERS = ("auto", "eigh", "cholesky")
-# Cost of one float64 eigh in per-alpha solves (a float32 Cholesky, a solve and a float64
-# residual) of the same (n, n) matrix: the break-even grid size, ``c * (n / 1000) ** p``.
-# Measured on 2 CPU cores (torch's float64 eigh against scipy's spotrf): 11 at n = 500,
-# 22 at 1,000, 25 at 2,000, 31 at 3,000 (LAPACK's tridiagonalisation is memory bound and
-# falls out of cache as n grows), but a whole solve (copy, factorisation, refinement on
-# float64 residuals) costs 2-3 spotrf at n = 1,000 and ~1.2 at n = 4,000: a 13-alpha
-# grid took 0.47 s by eigh and 0.75 s by Cholesky at n = 1,000. On an H100 eigh is ~6
-# float64 Choleskys whatever n.
-_EIGH_IN_SOLVES = {"cpu": (12.0, 0.4), "cuda": (6.0, 0.0)}
+# Cost of one float64 eigh in per-alpha solves of the same (n, n) matrix, i.e. the
+# break-even grid size, ``c * (n / 1000) ** p``. Measured on 2 CPU cores with the batched
+# grid solves (torch's float64 eigh against ``_ShiftedSolver.solve_all`` over the default
+# 13-value grid, ~9 of whose alphas are factored): eigh/grid time 1.1 at n = 500, 1.7 at
+# 750, 1.9 at 1,000, 4.2 at 2,000, i.e. eigh is worth ~14, 22, 25 and 54 alphas
+# (LAPACK's tridiagonalisation is memory bound and falls out of cache as n grows). On an
+# H100 eigh is ~6 float64 Choleskys whatever n.
+_EIGH_IN_SOLVES = {"cpu": (25.0, 1.0), "cuda": (6.0, 0.0)}
 _REFINE_STEPS = 4  # float32 Cholesky + float64 residual steps before falling back to float64
 # Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) accepted per dtype of the Gram:
 # a float32 Gram is only known to float32's unit roundoff, solving it further is solving its
@@ -355,19 +354,20 @@ class _ShiftedSolver:
             if not isinstance(alpha, float):
                 alpha = torch.as_tensor(alpha, dtype=torch.float64, device=X.device)
             return (_matmul64(self.S, X) if self._S64 is None else self._S64 @ X) + alpha * X
-        if self._S64 is not None:  # X^T S: OpenBLAS's dgemm streams S once, ~1.4x faster than S X
-            return (X.T @ self._S64).T + alpha * X
-        S = self.S.numpy()  # float32: converted in row chunks through one reused buffer
-        step = min(S.shape[0], _rows_per_chunk(S.shape[1], 8) // 8)
-        if self._chunk64 is None:
-            self._chunk64 = np.empty((step, S.shape[1]), dtype=np.float64)
-        out = np.empty(X.shape, dtype=np.float64)
-        for r0 in range(0, S.shape[0], step):
-            r1 = min(r0 + step, S.shape[0])
-            buf = self._chunk64[:r1 - r0]
-            np.copyto(buf, S[r0:r1])
-            np.matmul(buf, X, out=out[r0:r1])
-        return out + alpha * X
+        with _blas_threads():
+            if self._S64 is not None:
+                return _dgemm(self._S64, X) + alpha * X
+            S = self.S.numpy()  # float32: converted in row chunks through one reused buffer
+            step = min(S.shape[0], _rows_per_chunk(S.shape[1], 8) // 8)
+            if self._chunk64 is None:
+                self._chunk64 = np.empty((step, S.shape[1]), dtype=np.float64)
+            out = np.empty(X.shape, dtype=np.float64)
+            for r0 in range(0, S.shape[0], step):
+                r1 = min(r0 + step, S.shape[0])
+                buf = self._chunk64[:r1 - r0]
+                np.copyto(buf, S[r0:r1])
+                out[r0:r1] = _dgemm(buf, X)
+            return out + alpha * X
 
     def _accepted(self, R, X, B, alpha) -> bool:
         """Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) within tolerance."""
@@ -489,6 +489,19 @@ def _cholesky_solve(B, factor):
             raise RuntimeError(f"LAPACK potrs failed (info={info}).")
         return x if isinstance(B, np.ndarray) else torch.from_numpy(np.ascontiguousarray(x))
     return torch.cholesky_solve(B.to(F.dtype), F, upper=upper)
+
+
+def _dgemm(A: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """A @ X in float64 by scipy's BLAS. numpy and scipy each ship their own OpenBLAS, each
+    with its own thread pool: mixing numpy's matmul with scipy's LAPACK in one loop leaves
+    one library's idle workers spinning on the cores the other needs (a 2.5 ms product took
+    ~40 ms right after a scipy potrf). The CPU solves therefore use scipy's BLAS only."""
+    from scipy.linalg import blas
+
+    # Row-major A is column-major A^T: trans_a=1 gives A back, without a copy.
+    a, ta = (A.T, 1) if A.flags.c_contiguous else (A, 0)
+    b, tb = (X.T, 1) if X.flags.c_contiguous else (X, 0)
+    return blas.dgemm(1.0, a, b, trans_a=ta, trans_b=tb)
 
 
 def _as_float64(A):

@@ -109,9 +109,10 @@ def test_grid_solvers_agree(shape, refit):
 
 
 def test_grid_solver_choice_by_size_and_device():
-    assert R.grid_solver_for(4000, 13, "cpu") == "cholesky"  # eigh ~ 21 solves at n = 4,000 on CPU
-    assert R.grid_solver_for(1000, 13, "cpu") == "eigh"  # ~ 12 at n = 1,000
-    assert R.grid_solver_for(4000, 40, "cpu") == "eigh"
+    assert R.grid_solver_for(4000, 13, "cpu") == "cholesky"  # eigh ~ 100 batched solves at n = 4,000 on CPU
+    assert R.grid_solver_for(1000, 13, "cpu") == "cholesky"  # ~ 25 at n = 1,000
+    assert R.grid_solver_for(400, 13, "cpu") == "eigh"  # ~ 10 at n = 400
+    assert R.grid_solver_for(1000, 30, "cpu") == "eigh"
     assert R.grid_solver_for(4000, 13, "cuda") == "eigh"
     assert R.grid_solver_for(4000, 13, "cpu", "eigh") == "eigh"
     with pytest.raises(ValueError, match="grid_solver"):
@@ -163,9 +164,11 @@ def test_gram_by_syrk_is_the_plain_product(rows):
 
 
 @pytest.mark.parametrize("float64_copy", [True, False])
-def test_grid_solved_in_batches_reaches_the_same_precision_with_few_products(float64_copy):
+@pytest.mark.parametrize("arrays", ["numpy", "torch"])
+def test_grid_solved_in_batches_reaches_the_same_precision_with_few_products(float64_copy, arrays):
     """solve_all: the CG alphas iterate together and the float32 Cholesky solutions are
-    checked by one product with S for all; every solution still meets the backward error."""
+    checked by one product with S for all; every solution still meets the backward error.
+    ``arrays="torch"`` runs the device-generic (CUDA) loop on CPU tensors."""
     g = torch.Generator().manual_seed(2)
     A = torch.rand(300, 500, generator=g, dtype=torch.float64)
     A -= A.mean(0)
@@ -174,6 +177,9 @@ def test_grid_solved_in_batches_reaches_the_same_precision_with_few_products(flo
     s_norm = float(torch.linalg.vector_norm(S.double()))
     alphas = s_norm * np.logspace(-12, 4, 17)  # from float64-only to CG-only
     solver = R._ShiftedSolver(S, "cholesky", float64_copy=float64_copy)
+    if arrays == "torch":  # what a CUDA Gram gets: the same loop on tensors
+        solver._np = False
+        solver._S64 = None if solver._S64 is None else torch.from_numpy(solver._S64)
     products = []
     matvec = solver._matvec
     solver._matvec = lambda X, a: (products.append(X.shape[1]), matvec(X, a))[1]
