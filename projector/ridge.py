@@ -285,10 +285,15 @@ class _ShiftedSolver:
         # the two thread pools on shared cores made the same loop ~20 % slower (OpenBLAS's idle
         # workers spin while torch's threads want the cores, and the other way round).
         self._np = S.device.type == "cpu"
-        # float64 copy of S for the refinement residuals when small, else chunked conversion
-        self._S64 = S if S.dtype == torch.float64 else (
-            S.to(torch.float64) if method == "cholesky" and float64_copy and S.numel() * 8 <= _S64_COPY_BYTES
-            else None)
+        # S in float64 and contiguous (BLAS needs one leading dimension; a view such as the
+        # train block of a larger Gram would otherwise be copied by every product) for the
+        # residuals: S itself, else a copy when small, else chunked conversion
+        if S.dtype == torch.float64 and (S.is_contiguous() or not self._np):
+            self._S64 = S
+        elif method == "cholesky" and float64_copy and S.numel() * 8 <= _S64_COPY_BYTES:
+            self._S64 = S.to(torch.float64, memory_format=torch.contiguous_format, copy=True)
+        else:
+            self._S64 = None
         if self._np:
             self._S64 = None if self._S64 is None else self._S64.numpy()
         self._tol = _BACKWARD_TOL.get(S.dtype, _BACKWARD_TOL[torch.float32])
@@ -319,13 +324,18 @@ class _ShiftedSolver:
                 out[i] = X
             self.n_cg += sum(X is not None for X in out)
             todo = [i for i, X in enumerate(out) if X is None]
-            first = {i: self._factor_solve(Bx, alphas[i]) for i in todo}
+            # A float32 Gram's float32 Cholesky solutions usually pass unrefined: factor and solve
+            # every alpha, then one check for all. A float64 Gram (the exact kernel) is solved to
+            # near float64 accuracy, which an unrefined float32 solution never reaches: its alphas
+            # go straight to the refining path (no factorisation wasted on a first try).
+            quick = self._tol >= _BACKWARD_TOL[torch.float32]
+            first = {i: self._factor_solve(Bx, alphas[i]) for i in todo} if quick else {}
             first = {i: X for i, X in first.items() if X is not None}
             if first:
                 checked = self._accepted_all(Bx, list(first.values()), [alphas[i] for i in first])
                 for (i, X), ok in zip(first.items(), checked):
                     out[i] = X if ok else None
-            for i in first:  # rare: factored in float32 but not accepted, refined on float64 residuals
+            for i in (first if quick else todo):  # refinement on float64 residuals
                 if out[i] is None:
                     out[i] = self._mixed(Bx, alphas[i])
         self.n_solved += len(alphas)

@@ -203,7 +203,24 @@ def test_grid_solved_in_batches_falls_back_per_alpha():
     B = torch.randn(80, 2, generator=g, dtype=torch.float64)
     alphas = [1e-9, 1e-2, 1e3]
     solver = R._ShiftedSolver(S, "cholesky")
+    factored = []
+    mixed = solver._mixed
+    solver._mixed = lambda B, a: (factored.append(a), mixed(B, a))[1]
+    solver._factor_solve = lambda B, a: pytest.fail("a float64 Gram needs refinement: no unrefined first try")
     for alpha, X in zip(alphas, solver.solve_all(B, alphas)):
         ref = torch.linalg.solve(S + alpha * torch.eye(80, dtype=torch.float64), B)
         torch.testing.assert_close(X, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     assert solver.counts() == {"cg": 1, "cholesky32": 1, "cholesky64": 1}  # 1e-9: condition 1e9, beyond float32
+    assert factored == [1e-9, 1e-2]  # one factorisation attempt each, then float64 for 1e-9
+
+
+def test_residual_products_read_a_contiguous_float64_gram():
+    """The train block of a larger float64 Gram is a strided view: BLAS would copy it at every
+    residual product, so the solver keeps one contiguous float64 copy (when small)."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.rand(50, 80, generator=g, dtype=torch.float64)
+    K = A @ A.T
+    solver = R._ShiftedSolver(K[:40, :40], "cholesky")
+    assert solver._S64.flags.c_contiguous and solver._S64.shape == (40, 40)
+    assert np.array_equal(solver._S64, K[:40, :40].numpy())
+    assert np.shares_memory(R._ShiftedSolver(K, "cholesky")._S64, K.numpy())  # contiguous: no copy
