@@ -34,8 +34,9 @@ Gram's own rounding. The grid is solved in batches: the conjugate-gradient alpha
 together, one product with the Gram per iteration for all of them, and the float32
 Cholesky solutions of all other alphas are checked by one float64 product; only an alpha
 that fails its check is refined or solved again in float64. On CPU this loop runs on
-numpy arrays, so that OpenBLAS does every product and factorisation with no torch
-(OpenMP) operation in between: the two thread pools contending for 2 cores cost ~20 %.
+numpy arrays with scipy's BLAS and LAPACK for every product and factorisation: no torch
+(OpenMP) operation and no numpy matmul (numpy ships a second OpenBLAS) in between. Thread
+pools of different libraries contending for 2 cores made the loop 20 % to 2x slower.
 
 On 2 CPU cores a float64 ``eigh`` costs as much as ~25 batched per-alpha solves at
 n = 1,000 and ~54 at n = 2,000 (LAPACK's tridiagonalisation is memory bound), so a
@@ -280,10 +281,10 @@ class _ShiftedSolver:
         self.n_cg = 0  # alphas solved by conjugate gradients, without a factorisation
         self.n_solved = 0
         self._work32 = self._work64 = self._chunk64 = None
-        # On CPU the per-alpha loop runs on numpy arrays: every product and factorisation is
-        # then OpenBLAS's, with no torch (OpenMP) operation between two BLAS calls. Interleaving
-        # the two thread pools on shared cores made the same loop ~20 % slower (OpenBLAS's idle
-        # workers spin while torch's threads want the cores, and the other way round).
+        # On CPU the per-alpha loop runs on numpy arrays and scipy's BLAS/LAPACK only, with no
+        # torch (OpenMP) operation between two BLAS calls: interleaving thread pools on shared
+        # cores made the same loop ~20 % slower (one library's idle workers spin while the
+        # other's threads want the cores). See also ``_dgemm``.
         self._np = S.device.type == "cpu"
         # S in float64 and contiguous (BLAS needs one leading dimension; a view such as the
         # train block of a larger Gram would otherwise be copied by every product) for the
