@@ -427,20 +427,22 @@ class _ShiftedSolver:
         ok = accepted(B_all - self._matvec(X, a))  # the true residual, not the recursion's
         return [X[:, g] * 1.0 if good else None for g, good in zip(groups, ok)]
 
-    def _factor_solve(self, B, alpha):
-        """A float32 Cholesky solve (None when the factorisation breaks down)."""
+    def _factor32(self, alpha):
+        """Float32 Cholesky factor of S + alpha I in the one float32 work buffer (None when the
+        factorisation breaks down)."""
         if self._work32 is None:
             self._work64 = None
             self._work32 = torch.empty(self.S.shape, dtype=torch.float32, device=self.S.device)
-        factor = _cholesky_shifted(self.S, alpha, self._work32)
+        return _cholesky_shifted(self.S, alpha, self._work32)
+
+    def _factor_solve(self, B, alpha):
+        """A float32 Cholesky solve (None when the factorisation breaks down)."""
+        factor = self._factor32(alpha)
         return None if factor is None else _as_float64(_cholesky_solve(B, factor))
 
     def _mixed(self, B, alpha):
         """Float32 Cholesky with refinement on float64 residuals; None when it does not converge."""
-        if self._work32 is None:
-            self._work64 = None
-            self._work32 = torch.empty(self.S.shape, dtype=torch.float32, device=self.S.device)
-        factor = _cholesky_shifted(self.S, alpha, self._work32)
+        factor = self._factor32(alpha)
         if factor is None:
             return None
         X = _as_float64(_cholesky_solve(B, factor))
