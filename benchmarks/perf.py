@@ -631,8 +631,10 @@ def plot_perf(df, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = df[df["target"].astype(str) != ""]
-    fig, ax = plt.subplots(figsize=(11, 0.45 * max(len(rows), 1) + 1.2))
+    import textwrap
+
+    rows = df[df["target"].fillna("").astype(str) != ""]
+    fig, ax = plt.subplots(figsize=(12, 0.55 * max(len(rows), 1) + 1.2))
     labels, values, colors, texts = [], [], [], []
     for _, r in rows.iterrows():
         cmp, thr = TARGETS[r["metric"]][:2]
@@ -641,9 +643,9 @@ def plot_perf(df, path: Path) -> None:
             score = v / thr if thr > 0 else (1.0 + v if v >= 0 else 1.0 / (1.0 - v))
         else:
             score = thr / v if v > 0 else 10.0
-        labels.append(f"{r['section']}: {r['case']}"[:70])
+        labels.append("\n".join(textwrap.wrap(f"{r['section']}: {r['case']}", 60)))
         values.append(min(score, 10.0))
-        colors.append("tab:green" if r["met"] else "tab:red")
+        colors.append("tab:green" if str(r["met"]) == "True" else "tab:red")  # a bool, or read from perf.csv
         texts.append(f"{v:.3g} ({r['target']})")
     ax.barh(range(len(values)), values, color=colors)
     for i, (v, t) in enumerate(zip(values, texts)):
