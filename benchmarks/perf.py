@@ -186,10 +186,12 @@ class PeakMemory:
 
 
 class Report:
-    """Rows of the report, printed as they come (the progress) and kept for the table."""
+    """Rows of the report, printed as they come (the progress) and kept for the table; with
+    ``path``, also rewritten there atomically after every row, so that an interrupted run
+    keeps what it measured."""
 
-    def __init__(self, device, mode: str):
-        self.device, self.mode, self.rows = str(device), mode, []
+    def __init__(self, device, mode: str, path: Path | None = None):
+        self.device, self.mode, self.rows, self.path = str(device), mode, [], path
         self.t0 = time.perf_counter()
 
     def log(self, msg: str) -> None:
@@ -206,6 +208,12 @@ class Report:
                "ref_time_s": ref_time_s, "peak_memory_bytes": peak_bytes, "test_acc": test_acc,
                "device": self.device, "mode": self.mode, "note": note}
         self.rows.append(row)
+        if self.path is not None:
+            import pandas as pd
+
+            from benchmarks.results import atomic_write_text
+
+            atomic_write_text(self.path, pd.DataFrame(self.rows).to_csv(index=False))
         shown = f"{value:.4g}" if isinstance(value, float) else value
         self.log(f"{section}/{case}: {metric or 'value'} = {shown} {row['target']} "
                  f"{'' if met is None else ('met' if met else 'NOT met')} {note}")
@@ -576,31 +584,40 @@ def _run_perf(args: argparse.Namespace) -> int:
     sz = QUICK if args.quick else FULL if args.full else Sizes()
     if args.no_task:
         sz = replace(sz, task=False)
-    sections = set(args.sections.split(",")) if args.sections else \
-        {"projection", "structured", "ridge", "streaming", "extraction", "task"}
+    sections = _sections(args.sections)
     out = Path(args.out)
     run_id = uuid.uuid4().hex[:12]
     write_metadata(out, run_id, {"arguments": vars(args), "mode": mode, "sizes": asdict(sz), "device": str(device)})
+    rows_so_far = out / "runs" / run_id / "perf.csv"
     weights = args.weights
     try:
         resolve_weights("mobilenet_v2", weights)
     except Exception:  # noqa: BLE001 - no pretrained weights here: random ones, said in the rows
         weights = "none"
-    rep = Report(device, mode)
+    rep = Report(device, mode, path=rows_so_far)
     rep.log(f"gradfree perf ({mode}) on {device}, {torch.get_num_threads()} threads; writing {out}")
-    task_done = False
-    if "task" in sections and sz.task:
-        task_done = section_task(rep, sz, device, args.data_dir, weights, sklearn_loop=True)
-    if "projection" in sections:
-        section_projection(rep, sz, device)
-    if "structured" in sections:
-        section_structured(rep, sz, device)
-    if "ridge" in sections and not task_done:
-        section_ridge(rep, sz, device)
-    if "streaming" in sections:
-        section_streaming(rep, sz, device)
-    if "extraction" in sections:
-        section_extraction(rep, sz, device, weights)
+    try:
+        task_done = False
+        if "task" in sections and sz.task:
+            task_done = section_task(rep, sz, device, args.data_dir, weights, sklearn_loop=True)
+        if "projection" in sections:
+            section_projection(rep, sz, device)
+        if "structured" in sections:
+            section_structured(rep, sz, device)
+        if "ridge" in sections and not task_done:
+            section_ridge(rep, sz, device)
+        if "streaming" in sections:
+            section_streaming(rep, sz, device)
+        if "extraction" in sections:
+            section_extraction(rep, sz, device, weights)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the {len(rep.rows)} rows measured so far are in {rows_so_far}; "
+              f"{out / 'perf.csv'} is left as it was.", file=sys.stderr)
+        return 130
+    if not rep.rows:
+        print(f"gradfree perf: nothing was measured (sections {sorted(sections)}, task "
+              f"{'on' if sz.task else 'off'}); {out / 'perf.csv'} is left as it was.", file=sys.stderr)
+        return 2
     import pandas as pd
 
     df = pd.DataFrame(rep.rows)
@@ -610,6 +627,21 @@ def _run_perf(args: argparse.Namespace) -> int:
     print_table(df)
     print(f"wrote {out / 'perf.csv'}, {out / 'perf.png'}, {out / 'runs' / run_id / 'metadata.json'}")
     return 0
+
+
+SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction")
+
+
+def _sections(arg: str | None) -> set[str]:
+    """--sections as a set, every name checked before anything runs or is written."""
+    if not arg:
+        return set(SECTIONS)
+    asked = [name.strip() for name in arg.split(",") if name.strip()]
+    unknown = [name for name in asked if name not in SECTIONS]
+    if unknown or not asked:
+        raise ValueError(f"--sections {arg!r}: unknown section(s) {', '.join(unknown) or '(none given)'}; "
+                         f"give a comma-separated subset of {', '.join(SECTIONS)}.")
+    return set(asked)
 
 
 def print_table(df) -> None:
@@ -665,13 +697,15 @@ def add_commands(sub) -> None:
         "perf", help="performance report: every hot path as a ratio to a same-shape reference, in one process",
         description="Measure the projection, structured projection, exact kernel, ridge, streaming fit and "
                     "feature extraction against same-shape references timed in the same run; print a table and "
-                    "write OUT/perf.csv, OUT/perf.png and OUT/runs/<id>/metadata.json.")
+                    "write OUT/perf.csv, OUT/perf.png and OUT/runs/<id>/metadata.json. Rows are also written to "
+                    "OUT/runs/<id>/perf.csv as they are measured: an interrupted run keeps them, and OUT/perf.csv is "
+                    "replaced only by a finished one.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="tiny shapes, < 1 minute (a smoke test)")
     g.add_argument("--full", action="store_true",
                    help="the seeds' shapes where memory allows (m = 81,536 projection, the STL-10 streaming shape)")
     p.add_argument("--sections", default=None,
-                   help="comma-separated subset of: task, projection, structured, ridge, streaming, extraction [all]")
+                   help=f"comma-separated subset of: {', '.join(SECTIONS)} [all]")
     p.add_argument("--no-task", action="store_true", help="skip the CIFAR-10 accuracy section")
     p.add_argument("--data-dir", default=None,
                    help="CIFAR-10 image folders (train/<class>, test/<class>) for the task section "

@@ -69,3 +69,29 @@ def test_extraction_pipeline_equals_the_plain_forward(restore_threads):
     torch.testing.assert_close(feats, ref, rtol=1e-4, atol=1e-4)
     pooled = extract_features(ext, images, IMAGENET_MEAN, IMAGENET_STD, batch_size=4, pool_size=1)
     torch.testing.assert_close(pooled, ref.reshape(10, 32, -1).mean(2), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_section_is_an_error_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "perf"
+    assert main(["perf", "--quick", "--sections", "ridge,ridgex", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ridgex" in err and "streaming" in err  # the bad name and the valid ones
+    assert not out.exists()
+
+
+def test_interrupted_perf_keeps_its_rows_and_the_previous_report(tmp_path, capsys, monkeypatch, restore_threads):
+    out = tmp_path / "perf"
+    assert main(["perf", "--quick", "--no-task", "--threads", "1", "--out", str(out), "--sections", "ridge"]) == 0
+    before = (out / "perf.csv").read_text()
+
+    def ctrl_c(*args, **kwargs):  # the user stops the run once the ridge rows are in
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(perf, "section_streaming", ctrl_c)
+    assert main(["perf", "--quick", "--no-task", "--threads", "1", "--out", str(out),
+                 "--sections", "ridge,streaming"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert (out / "perf.csv").read_text() == before
+    partial = [pd.read_csv(p) for p in (out / "runs").glob("*/perf.csv")]
+    assert len(partial) == 2  # the finished run's rows and the interrupted one's
+    assert all(set(df["section"]) == {"ridge"} and len(df) == 3 for df in partial)
