@@ -130,6 +130,7 @@ class RandomFeatures:
             if cfg.block_size is not None and cfg.projection in ("gaussian", "linear", "structured"):
                 proj_kwargs["block_size"] = cfg.block_size
             projection = make_projection(cfg.projection, **proj_kwargs)
+        n_out = None
         if cfg.projection == "kernel" or streaming:
             # Fitted on the encoded features: k = infinity (kernel ridge, no projection), or
             # the projection run inside the streamed fit (both charged to fit_s).
@@ -139,33 +140,25 @@ class RandomFeatures:
             else:
                 ridge = StreamingRidgeClassifier(projection, alphas=cfg.alphas, progress=ctx.progress)
                 n_out = int(projection.n_components)
-            with clock.phase("fit_s"):
-                ridge.fit(e_train, y_train, X_val=e_val, y_val=y_val)
-            with clock.phase("eval_s", counted=False):
-                train_acc = ridge.score(e_train, y_train)
-            del e_train, e_val
-            with clock.phase("predict_s", counted=False):
-                f_test = self._features(ctx, ext, "test")
-                test_acc = ridge.score(encoder.transform(f_test), ctx.data.test.labels.to(ctx.device))
+            x_train, x_val, features_of = e_train, e_val, (lambda e: e)
         else:
             with clock.phase("project_s"):
-                z_train = projection.fit(e_train).transform(e_train)
-                z_val = projection.transform(e_val)
-            del e_train, e_val
+                x_train = projection.fit(e_train).transform(e_train)
+                x_val = projection.transform(e_val)
+            ridge, features_of = RidgeClassifier(alphas=cfg.alphas), projection.transform
+        del e_train, e_val
 
-            ridge = RidgeClassifier(alphas=cfg.alphas)
-            with clock.phase("fit_s"):
-                ridge.fit(z_train, y_train, X_val=z_val, y_val=y_val)
-
-            with clock.phase("eval_s", counted=False):
-                train_acc = ridge.score(z_train, y_train)
-            del z_train, z_val
-
-            with clock.phase("predict_s", counted=False):
-                f_test = self._features(ctx, ext, "test")
-                z_test = projection.transform(encoder.transform(f_test))
-                test_acc = ridge.score(z_test, ctx.data.test.labels.to(ctx.device))
-            n_out = int(z_test.shape[1])
+        with clock.phase("fit_s"):
+            ridge.fit(x_train, y_train, X_val=x_val, y_val=y_val)
+        with clock.phase("eval_s", counted=False):
+            train_acc = ridge.score(x_train, y_train)
+        del x_train, x_val
+        with clock.phase("predict_s", counted=False):
+            f_test = self._features(ctx, ext, "test")
+            x_test = features_of(encoder.transform(f_test))
+            test_acc = ridge.score(x_test, ctx.data.test.labels.to(ctx.device))
+        if n_out is None:
+            n_out = int(x_test.shape[1])
 
         val_scores = getattr(ridge, "val_scores_", None) or {}
         ridge_bytes = int(ridge.weight_bytes)  # kernel: the kept training rows + dual coefficients
