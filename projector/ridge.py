@@ -113,15 +113,14 @@ def _rows_per_chunk(d: int, itemsize: int) -> int:
 def _iter_rows(parts, mu, dtype):
     """Yield (row_offset, Xc_chunk: (r, d) in dtype) over the stacked parts. The chunks share
     one buffer, valid until the next one is yielded (no fresh allocation per chunk)."""
-    offset, buf = 0, None
+    d = parts[0].shape[1]
+    step = _rows_per_chunk(d, 8)
+    buf = torch.empty(min(step, max(X.shape[0] for X in parts)), d, dtype=dtype, device=parts[0].device)
+    offset = 0
     for X in parts:
-        step = _rows_per_chunk(X.shape[1], 8)
         for r0 in range(0, X.shape[0], step):
-            src = X[r0:r0 + step]
-            if buf is None:
-                buf = torch.empty(min(step, X.shape[0]), X.shape[1], dtype=dtype, device=X.device)
-            chunk = buf[:src.shape[0]] if src.shape[0] <= buf.shape[0] else torch.empty_like(src, dtype=dtype)
-            chunk.copy_(src)  # a copy: centred in place
+            chunk = buf[:min(step, X.shape[0] - r0)]
+            chunk.copy_(X[r0:r0 + step])  # a copy: centred in place
             if mu is not None:
                 chunk.sub_(mu.to(dtype))
             yield offset + r0, chunk
@@ -365,20 +364,19 @@ class _ShiftedSolver:
             if not isinstance(alpha, float):
                 alpha = torch.as_tensor(alpha, dtype=torch.float64, device=X.device)
             return (_matmul64(self.S, X) if self._S64 is None else self._S64 @ X) + alpha * X
-        with _blas_threads():
-            if self._S64 is not None:
-                return _dgemm(self._S64, X) + alpha * X
-            S = self.S.numpy()  # float32: converted in row chunks through one reused buffer
-            step = min(S.shape[0], _rows_per_chunk(S.shape[1], 8) // 8)
-            if self._chunk64 is None:
-                self._chunk64 = np.empty((step, S.shape[1]), dtype=np.float64)
-            out = np.empty(X.shape, dtype=np.float64)
-            for r0 in range(0, S.shape[0], step):
-                r1 = min(r0 + step, S.shape[0])
-                buf = self._chunk64[:r1 - r0]
-                np.copyto(buf, S[r0:r1])
-                out[r0:r1] = _dgemm(buf, X)
-            return out + alpha * X
+        if self._S64 is not None:  # (called within solve_all's BLAS thread limit)
+            return _dgemm(self._S64, X) + alpha * X
+        S = self.S.numpy()  # float32: converted in row chunks through one reused buffer
+        step = min(S.shape[0], _rows_per_chunk(S.shape[1], 8) // 8)
+        if self._chunk64 is None:
+            self._chunk64 = np.empty((step, S.shape[1]), dtype=np.float64)
+        out = np.empty(X.shape, dtype=np.float64)
+        for r0 in range(0, S.shape[0], step):
+            r1 = min(r0 + step, S.shape[0])
+            buf = self._chunk64[:r1 - r0]
+            np.copyto(buf, S[r0:r1])
+            out[r0:r1] = _dgemm(buf, X)
+        return out + alpha * X
 
     def _accepted(self, R, X, B, alpha) -> bool:
         """Normwise backward error ||R|| / (||S + alpha I|| ||X|| + ||B||) within tolerance."""
