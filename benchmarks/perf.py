@@ -27,8 +27,9 @@ neighbours' load shifts both alike:
   blocks: a lower bound of its total). The ridge rows are also measured on these
   features at every k.
 
-Peak memory is read, not estimated: the CUDA allocator's peak, or on CPU the peak RSS
-sampled every 2 ms during the case, less the RSS when it started.
+Peak memory is read, not estimated, by :class:`benchmarks.timing.PeakMemory` (the runner's
+probe): the CUDA allocator's peak, or on CPU the kernel's peak RSS of the process (its
+high-water mark, reset when the case starts), less the level when the case started.
 
 Writes ``OUT/perf.csv`` (one row per figure), ``OUT/perf.png`` and
 ``OUT/runs/<run id>/metadata.json``; prints the table. ``--quick`` is a < 1 minute
@@ -40,10 +41,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -51,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.timing import PeakMemory
 
 DEFAULT_OUT = "results/perf"
 _TIE = 1e-5  # relative score gap below which sklearn's float32 argmax is a tie
@@ -140,49 +141,6 @@ def alternate(hot, ref, device, repeats: int, warm: bool = True) -> tuple[float,
         h.append(timed(hot, device)[0])
         r.append(timed(ref, device)[0])
     return statistics.median(h), statistics.median(r)
-
-
-def _rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class PeakMemory:
-    """Peak memory during a ``with`` block: CUDA allocator peak, or sampled peak RSS on CPU,
-    as ``peak_bytes`` (absolute) and ``delta_bytes`` (above the level at entry)."""
-
-    def __init__(self, device):
-        self.device = torch.device(device)
-        self.peak_bytes = self.delta_bytes = 0
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            return self
-        self._base = self._peak = _rss_bytes()
-        self._stop = threading.Event()
-
-        def sample():
-            while not self._stop.wait(0.002):
-                self._peak = max(self._peak, _rss_bytes())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_bytes = max(self._peak, _rss_bytes())
-        self.delta_bytes = max(0, self.peak_bytes - self._base)
-        return False
 
 
 class Report:

@@ -9,11 +9,18 @@ Phases are accumulated by name and become result columns. A phase opened with
 ``counted=False`` (evaluation, warm-up) is measured and reported but is left
 out of ``train_total_s``; a counted phase nested inside an uncounted one is not
 counted either, so evaluation can never leak into training time.
+
+It also owns the memory probe, :class:`PeakMemory`, which ``gradfree perf``
+and the runner share: the runner brackets each cell with
+:func:`reset_peak_memory` / :func:`peak_memory_bytes`, so a cell reports what
+*it* added at its peak, not the process's peak of everything run before it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -124,18 +131,194 @@ class Clock:
         return cols
 
 
-def peak_memory_bytes(device: torch.device | str | None = None) -> int:
-    """Peak memory of this process so far: CUDA allocator peak on GPU, max RSS on CPU."""
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
+# --- peak memory ---------------------------------------------------------------------------------
 
-    # ru_maxrss is in kilobytes on Linux.
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+def _status_bytes(*keys: str) -> dict[str, int]:
+    """Fields of /proc/self/status (VmRSS, VmHWM, ...) in bytes; missing ones are absent."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in keys:
+                out[key] = int(value.split()[0]) * 1024  # the kernel writes kB
+    return out
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _process_peak_rss_bytes() -> int:
+    """The process's peak RSS since it started, or since the high-water mark was last reset."""
+    try:
+        return _status_bytes("VmHWM")["VmHWM"]
+    except (OSError, KeyError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kB on Linux
+
+
+# The kernel's RSS high-water mark may still be a little above RSS after a reset if pages were
+# freed between the reset and the read; beyond this, the reset did not happen.
+_HWM_SLACK_BYTES = 8 << 20
+
+
+def _reset_rss_high_water_mark() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write "5" to /proc/self/clear_refs).
+
+    Returns whether it worked, checked by reading VmHWM back: some kernels and sandboxes
+    accept the write and ignore it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        status = _status_bytes("VmHWM", "VmRSS")
+        return status["VmHWM"] <= status["VmRSS"] + _HWM_SLACK_BYTES
+    except (OSError, KeyError):
+        return False
+
+
+# Probes now open, by what they read: resetting the kernel's or the allocator's peak for a new
+# probe first folds it into the open ones, so nested probes (a perf case inside a cell) stay right.
+_OPEN: list["PeakMemory"] = []
+
+
+class PeakMemory:
+    """Peak memory between ``start()`` and ``stop()`` (or over a ``with`` block).
+
+    What is read, by ``method``:
+
+    * ``cuda-allocator`` (CUDA devices): PyTorch's caching-allocator peak of allocated bytes,
+      ``torch.cuda.max_memory_allocated``: tensors only, not the allocator's reserved cache
+      nor the CUDA context;
+    * ``rss-high-water-mark`` (CPU, Linux): the kernel's peak resident set size of the whole
+      process, ``VmHWM`` in /proc/self/status, reset at ``start()`` through
+      /proc/self/clear_refs: exact, every page counted, however short the peak;
+    * ``rss-sampled`` (CPU elsewhere, or ``sampling=True``): RSS read every 2 ms by a thread;
+      a peak shorter than that can be missed.
+
+    ``peak_bytes`` is the absolute peak during the window (the process's RSS, or allocated CUDA
+    bytes); ``base_bytes`` the level at ``start()``; ``delta_bytes = max(0, peak - base)``, what
+    the window added at its peak. Memory freed inside the window before its peak is not
+    subtracted, and on CPU the whole process counts (other threads included).
+    """
+
+    SAMPLE_S = 0.002
+
+    def __init__(self, device: torch.device | str | None = None, sampling: bool = False):
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.sampling = sampling
+        self.method = ""
+        self.base_bytes = self.peak_bytes = self.delta_bytes = 0
+        self._peak = 0
+        self._stop: threading.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # one reader per method: (current level, peak since the last reset)
+    def _kernel_peak(self) -> int:
+        if self.method == "cuda-allocator":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return _status_bytes("VmHWM")["VmHWM"]
+
+    def _shares_peak_with(self, other: "PeakMemory") -> bool:
+        return other.method == self.method and (self.method != "cuda-allocator" or other.device == self.device)
+
+    def _fold_open_probes(self) -> None:
+        """Before a reset of the shared peak: the open probes keep what it has seen so far."""
+        for probe in _OPEN:
+            if probe is not self and self._shares_peak_with(probe):
+                probe._peak = max(probe._peak, probe._kernel_peak())
+
+    def start(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            self.method = "cuda-allocator"
+            torch.cuda.synchronize(self.device)
+            self._fold_open_probes()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base_bytes = self._peak = int(torch.cuda.memory_allocated(self.device))
+        else:
+            self.method = "rss-high-water-mark"
+            self._fold_open_probes()
+            if self.sampling or not _reset_rss_high_water_mark():
+                self.method = "rss-sampled"
+                self._start_sampler()
+            self.base_bytes = self._peak = _rss_bytes()
+        _OPEN.append(self)
+        return self
+
+    def _start_sampler(self) -> None:
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(self.SAMPLE_S):
+                self._peak = max(self._peak, _rss_bytes())
+
+        self._thread = threading.Thread(target=sample, name="gradfree-peak-rss", daemon=True)
+        self._thread.start()
+
+    def read(self) -> int:
+        """``delta_bytes`` so far (``peak_bytes`` updated too); the window stays open."""
+        if self not in _OPEN:
+            return self.delta_bytes
+        if self.method == "cuda-allocator":
+            torch.cuda.synchronize(self.device)
+            self._peak = max(self._peak, self._kernel_peak())
+        elif self.method == "rss-high-water-mark":
+            self._peak = max(self._peak, self._kernel_peak())
+        else:
+            self._peak = max(self._peak, _rss_bytes())
+        self.peak_bytes = self._peak
+        self.delta_bytes = max(0, self.peak_bytes - self.base_bytes)
+        return self.delta_bytes
+
+    def stop(self) -> "PeakMemory":
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.read()
+        if self in _OPEN:
+            _OPEN.remove(self)
+        return self
+
+    def __enter__(self) -> "PeakMemory":
+        return self.start()
+
+    def __exit__(self, *exc) -> bool:
+        self.stop()
+        return False
+
+
+# The runner's per-cell probe, one per device.
+_CELL_PROBES: dict[str, PeakMemory] = {}
 
 
 def reset_peak_memory(device: torch.device | str | None = None) -> None:
+    """Start a fresh peak-memory measurement on ``device`` (the runner: at the start of each cell)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
+    old = _CELL_PROBES.pop(str(device), None)
+    if old is not None:
+        old.stop()
+    _CELL_PROBES[str(device)] = PeakMemory(device).start()
+
+
+def peak_memory_bytes(device: torch.device | str | None = None) -> int:
+    """Bytes added at the peak since the last :func:`reset_peak_memory` on ``device``.
+
+    That is ``PeakMemory.delta_bytes``: on CPU the peak RSS of the process since the reset
+    less its RSS at the reset (data loaded before the reset is not counted; what the cell
+    builds, weights and features included, is); on CUDA the allocator's peak of allocated
+    bytes less those allocated at the reset. The measurement stays open: a later call can
+    only return as much or more. Without a reset on ``device`` it is the process's peak
+    since it started (RSS, or allocated CUDA bytes).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    probe = _CELL_PROBES.get(str(device))
+    if probe is not None:
+        return probe.read()
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    return _process_peak_rss_bytes()

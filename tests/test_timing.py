@@ -1,8 +1,10 @@
+import threading
 import time
 
+import numpy as np
 import pytest
 
-from benchmarks.timing import Clock
+from benchmarks.timing import Clock, PeakMemory, peak_memory_bytes, reset_peak_memory
 
 
 def test_phases_accumulate_and_count():
@@ -53,3 +55,54 @@ def test_phase_names_need_units():
     with pytest.raises(ValueError, match="_s"):
         with Clock().phase("fit"):
             pass
+
+
+# --- peak memory: real allocations, every page touched (np.ones writes them) ---
+
+MB = 1 << 20
+
+
+def test_a_cell_reports_its_own_peak_not_the_process_peak():
+    """A 1 GB peak before the cell must not be charged to a cell that needs 50 MB."""
+    earlier = np.ones(1024 * MB, dtype=np.uint8)
+    del earlier
+    reset_peak_memory("cpu")
+    cell = np.ones(50 * MB, dtype=np.uint8)
+    peak = peak_memory_bytes("cpu")
+    del cell
+    assert 40 * MB <= peak < 400 * MB
+    assert peak_memory_bytes("cpu") >= peak  # the window stays open until the next reset
+    reset_peak_memory("cpu")
+    assert peak_memory_bytes("cpu") < 40 * MB  # the next cell starts afresh
+
+
+def test_probe_sees_a_peak_freed_before_it_ends():
+    with PeakMemory("cpu") as mem:
+        buf = np.ones(64 * MB, dtype=np.uint8)
+        del buf
+    if mem.method != "rss-high-water-mark":
+        pytest.skip("no resettable RSS high-water mark here (/proc/self/clear_refs)")
+    assert mem.delta_bytes >= 60 * MB
+    assert mem.peak_bytes >= mem.base_bytes + mem.delta_bytes
+
+
+def test_nested_probes_each_keep_their_own_peak():
+    with PeakMemory("cpu") as outer:
+        buf = np.ones(100 * MB, dtype=np.uint8)
+        del buf
+        with PeakMemory("cpu") as inner:  # resets the high-water mark the outer probe reads
+            small = np.ones(20 * MB, dtype=np.uint8)
+        del small
+    if outer.method != "rss-high-water-mark":
+        pytest.skip("no resettable RSS high-water mark here (/proc/self/clear_refs)")
+    assert outer.delta_bytes >= 95 * MB
+    assert 15 * MB <= inner.delta_bytes < 80 * MB
+
+
+def test_sampling_fallback_measures_what_is_alive_at_its_end():
+    with PeakMemory("cpu", sampling=True) as mem:
+        buf = np.ones(64 * MB, dtype=np.uint8)
+    assert mem.method == "rss-sampled"
+    assert mem.delta_bytes >= 60 * MB
+    del buf
+    assert not any(t.name == "gradfree-peak-rss" and t.is_alive() for t in threading.enumerate())
