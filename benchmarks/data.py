@@ -4,7 +4,9 @@ Every dataset becomes a :class:`DataBundle`: three :class:`ImageSplit` (train,
 validation, test) of decoded ``uint8`` images ``(n, 3, H, W)`` resized to one
 square size, with ``int64`` labels. Images are decoded once and kept as
 ``uint8`` (a quarter of float32 memory); methods convert batches to float and
-normalise on the device with :func:`to_float`.
+normalise on the device with :func:`to_float`. Files of any PIL mode are decoded
+to 8-bit RGB by :func:`to_rgb`, each scaled from its own range (16-bit grey by 255/65535,
+not clipped to white) and transparent pixels composited onto white.
 
 Subsets are deterministic and stratified: ``train_per_class`` images of each
 class are drawn from the training set with a fixed data seed, and the
@@ -126,6 +128,7 @@ class _Source:
     labels: np.ndarray  # (n,) int64
     get: object  # callable(i) -> PIL.Image
     origin: str
+    where: object = None  # callable(i) -> str naming image i in messages (its file), or None
 
 
 def _array_source(classes, data: np.ndarray, labels, origin: str) -> _Source:
@@ -134,6 +137,52 @@ def _array_source(classes, data: np.ndarray, labels, origin: str) -> _Source:
     data = np.asarray(data)
     return _Source(list(classes), np.asarray(labels, dtype=np.int64),
                    lambda i: Image.fromarray(data[i]), origin)
+
+
+# Transparent pixels are composited onto this background, so that what is hidden under
+# alpha = 0 (often black, sometimes anything) does not leak into the features.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+def _scale_16_to_8(x: np.ndarray) -> np.ndarray:
+    """0..65535 -> 0..255, rounded to the nearest (65535 -> 255, 32896 -> 128)."""
+    x = np.clip(x.astype(np.int64), 0, 65535)
+    return ((x * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb(img):
+    """Any PIL image as 8-bit ``RGB``, every mode scaled to its own range.
+
+    * ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (16-bit grey: PNG, TIFF): scaled by 255/65535.
+      PIL's own ``convert("RGB")`` clips them at 255, which turns almost every pixel white.
+    * ``I`` (32-bit integers: 16-bit PGM, integer TIFF): as 8-bit when every value is in
+      0..255, else clipped to 0..65535 and scaled as 16-bit.
+    * ``F`` (floats): as [0, 1] when every value is, else as 0..255; clipped, NaN as 0.
+    * ``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, and ``P``, ``L`` or ``RGB`` with a
+      transparent colour: composited onto :data:`ALPHA_BACKGROUND` (white).
+    * ``CMYK``, ``YCbCr``, ``HSV``, ``1``, ``L``, ``P``: PIL's conversion (Adobe's inverted
+      CMYK JPEGs are undone by PIL when it reads them).
+    """
+    from PIL import Image
+
+    mode = img.mode
+    keyed = mode in ("P", "L", "RGB") and "transparency" in img.info  # a transparent colour (PNG tRNS)
+    if mode == "RGB" and not keyed:
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        x = np.asarray(img)
+        grey = x.astype(np.uint8) if mode == "I" and x.size and 0 <= x.min() and x.max() <= 255 \
+            else _scale_16_to_8(x)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        x = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if x.size and x.min() >= 0.0 and x.max() <= 1.0:
+            x = x * 255.0
+        return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed:
+        background = Image.new("RGBA", img.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
 
 
 def _file_source(classes, paths: list[Path], labels, origin: str) -> _Source:
@@ -150,7 +199,8 @@ def _file_source(classes, paths: list[Path], labels, origin: str) -> _Source:
                 "Remove or convert that file: every file under a class folder must be an image."
             ) from err
 
-    return _Source(list(classes), np.asarray(labels, dtype=np.int64), get, origin)
+    return _Source(list(classes), np.asarray(labels, dtype=np.int64), get, origin,
+                   where=lambda i: str(paths[i]))
 
 
 def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -334,7 +384,12 @@ def _decode(source: _Source, index: np.ndarray, image_size: int, desc: str, prog
 
     images = torch.empty((len(index), 3, image_size, image_size), dtype=torch.uint8)
     for j, i in enumerate(tqdm(index, desc=desc, unit="img", disable=not progress, leave=False)):
-        img = source.get(int(i)).convert("RGB")
+        try:
+            img = to_rgb(source.get(int(i)))
+        except ValueError as err:  # a mode PIL cannot convert to RGB (e.g. LAB)
+            where = source.where(int(i)) if source.where else f"image {int(i)} of {source.origin}"
+            raise DatasetError(f"cannot convert {where} to RGB ({err}); convert it to an 8-bit RGB or "
+                               "grey image, or remove it.") from err
         if img.size != (image_size, image_size):
             img = img.resize((image_size, image_size), Image.BILINEAR)
         images[j] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)

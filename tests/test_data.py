@@ -1,3 +1,6 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +109,92 @@ def test_offline_download_failure_is_clear(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "download_and_extract_archive", offline)
     with pytest.raises(DatasetError, match="--data-dir"):
         load_dataset("cifar10")
+
+
+# --- decoding every image mode through the imagefolder loader: real files written by PIL ---
+
+
+def _png16_rgb(path, rgb16):
+    """A 16-bit-per-channel RGB PNG (PIL cannot write one): signature, IHDR, IDAT, IEND."""
+    arr = np.broadcast_to(np.asarray(rgb16, dtype=">u2"), (4, 4, 3))
+    raw = b"".join(b"\x00" + row.tobytes() for row in arr)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_grey_pngs_are_scaled_not_white(tmp_path):
+    root = tmp_path / "imgs"
+    levels = {"dark": [1000, 2000, 3000, 4000, 5000], "bright": [40000, 45000, 50000, 55000, 65535]}
+    for name, values in levels.items():
+        (root / name).mkdir(parents=True)
+        for i, v in enumerate(values):
+            Image.fromarray(np.full((8, 8), v, dtype=np.uint16)).save(root / name / f"{i}.png")
+    assert Image.open(root / "dark" / "0.png").mode == "I;16"  # what PIL reads back: 16-bit grey
+    b = load_dataset(f"imagefolder:{root}", image_size=8, val_fraction=0.25, progress=False)
+    got = {}
+    for split in (b.train, b.val, b.test):
+        assert torch.equal(split.images[:, 0], split.images[:, 2])  # grey
+        for x, y in zip(split.images, split.labels):
+            assert int(x.min()) == int(x.max())  # uniform, as written
+            got.setdefault(b.classes[int(y)], []).append(int(x[0, 0, 0]))
+    for name, values in levels.items():
+        assert sorted(got[name]) == [round(v * 255 / 65535) for v in values]
+
+
+def test_16bit_ramp_keeps_its_gradient(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "ramp").mkdir(parents=True)
+    ramp = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (4, 1))  # (4, 256)
+    for i in range(5):
+        Image.fromarray(ramp).save(root / "ramp" / f"{i}.png")
+    b = load_dataset(f"imagefolder:{root}", image_size=256, val_fraction=0.0, progress=False)
+    row = b.test.images[0, 0, 0].numpy().astype(int)  # resized 4 -> 256 rows, columns untouched
+    assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row) >= 0) and len(set(row)) > 250
+
+
+def test_every_mode_decodes_to_its_colour(tmp_path):
+    """16-bit big-endian TIFF, 32-bit integer TIFF, 16-bit PGM, 16-bit RGB PNG, float TIFF,
+    grey + alpha, palette with a transparent colour, CMYK: each a uniform file of known colour."""
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (4, 4), (9, 9, 9)).save(root / split / name / "zz_plain.png")
+    a = root / "test" / "a"
+    Image.frombytes("I;16B", (4, 4), np.full((4, 4), 32896, dtype=">u2").tobytes()).save(a / "01_i16b.tif")
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.int32)).save(a / "02_int32.tif")
+    Image.fromarray(np.full((4, 4), 100, dtype=np.int32)).save(a / "03_int32_8bit_values.tif")
+    Image.fromarray(np.full((4, 4), 16448, dtype=np.uint16)).save(a / "04_16bit.pgm")
+    _png16_rgb(a / "05_rgb16.png", (65535, 32896, 2570))
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(a / "06_float.tif")
+    la = np.zeros((4, 4, 2), dtype=np.uint8)
+    la[..., 0], la[:2, :, 1] = 30, 255  # grey 30: top half opaque, bottom half transparent
+    Image.fromarray(la, "LA").save(a / "07_la.png")
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([200, 0, 0, 0, 0, 200] + [0] * 762)
+    pal.save(a / "08_palette.png", transparency=1)  # colour 1 (blue) is transparent
+    Image.new("CMYK", (4, 4), (255, 0, 0, 0)).save(a / "09_cmyk.tif")  # pure cyan
+    expected = [
+        [(128, 128, 128)],  # 32896 / 257
+        [(255, 255, 255)],  # 32-bit, beyond 8-bit values: as 16-bit
+        [(100, 100, 100)],  # 32-bit with 8-bit values: as 8-bit
+        [(64, 64, 64)],  # 16448 / 257
+        [(255, 128, 10)],
+        [(128, 128, 128)],  # 0.5 of [0, 1]
+        [(30, 30, 30), (255, 255, 255)],  # opaque top, white (the background) bottom
+        [(255, 255, 255)],  # transparent palette colour: the background, not blue
+        [(0, 255, 255)],
+        [(9, 9, 9)],
+    ]
+    modes = [Image.open(p).mode for p in sorted(a.iterdir())]
+    assert modes == ["I;16B", "I", "I", "I", "RGB", "F", "LA", "P", "CMYK", "RGB"]
+    b = load_dataset(f"imagefolder:{root}", image_size=4, val_fraction=0.0, progress=False)
+    images = b.test.images[b.test.labels == 0]
+    assert len(images) == len(expected)
+    for img, colours, path in zip(images, expected, sorted(a.iterdir())):
+        top, bottom = tuple(img[:, 0, 0].tolist()), tuple(img[:, -1, 0].tolist())
+        assert (top, bottom) == (colours[0], colours[-1]), path.name
