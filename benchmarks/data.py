@@ -10,8 +10,12 @@ not clipped to white) and transparent pixels composited onto white.
 
 Subsets are deterministic and stratified: ``train_per_class`` images of each
 class are drawn from the training set with a fixed data seed, and the
-validation split is carved out of them (``val_fraction`` per class). The test
-set is only ever used for the final score.
+validation split is carved out of them (``val_fraction`` per class, in [0, 1);
+0 leaves the validation split empty). The test set is only ever used for the final
+score. For the named datasets a class short of ``train_per_class`` or
+``test_per_class`` images is an error naming the class; for ``imagefolder:PATH`` (a
+user's own folder) the sizes are upper bounds: such a class gives all its images and
+one notice says so (``clamp_per_class`` of :func:`load_dataset` overrides either).
 
 Names: ``cifar10``, ``stl10``, ``animals10``, ``fashion-mnist`` and
 ``imagefolder:PATH``. See :func:`load_dataset`.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +97,8 @@ class DataBundle:
         h = hashlib.sha1()
         for s in (self.train, self.val, self.test):
             h.update(s.labels.numpy().tobytes())
+            if len(s) == 0:  # an empty split (val_fraction 0): no pixels to sample
+                continue
             flat = s.images.reshape(len(s), -1)
             h.update(flat[:, :: max(1, flat.shape[1] // 64)].numpy().tobytes())
         return h.hexdigest()[:12]
@@ -362,20 +369,49 @@ def _imagefolder(path: Path):
 # ----------------------------------------------------------------------------
 
 
-def _stratified(labels: np.ndarray, per_class: int | None, rng: np.random.Generator) -> list[np.ndarray]:
-    """Per class: a seeded permutation of its indices, cut to ``per_class``."""
+def _stratified(labels: np.ndarray, per_class: int | None, rng: np.random.Generator, classes: list[str],
+                split: str, clamp: bool, short: list[str]) -> list[np.ndarray]:
+    """Per class: a seeded permutation of its indices, cut to ``per_class``.
+
+    A class with fewer images than ``per_class`` is an error, or with ``clamp`` keeps all of
+    them and is listed in ``short`` (as ``'name' (n)``) for the caller's notice.
+    """
+    option = "--train-per-class" if split == "training" else "--test-per-class"
     out = []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        if per_class is not None:
-            if per_class > len(idx):
+        if per_class is not None and per_class > len(idx):
+            if not clamp:
                 raise DatasetError(
-                    f"asked for {per_class} images of class {c} but the split has only {len(idx)}; "
-                    "lower --train-per-class / --test-per-class."
+                    f"asked for {per_class} {split} images of class {classes[c]!r} but it has only "
+                    f"{len(idx)}; lower {option} to at most {len(idx)}."
                 )
-            idx = idx[:per_class]
-        out.append(idx)
+            short.append(f"{classes[c]!r} ({len(idx)})")
+        out.append(idx if per_class is None else idx[:per_class])
     return out
+
+
+def _check_sizes(train_per_class, test_per_class, val_fraction) -> None:
+    """The loader's arguments, checked before any file is read."""
+    for option, value in (("--train-per-class", train_per_class), ("--test-per-class", test_per_class)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < 1):
+            raise DatasetError(f"{option} {value!r}: expected a whole number of images per class, "
+                               "at least 1 (or all of them: leave it out / 0 on the command line).")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 <= val_fraction < 1.0:
+        raise DatasetError(f"--val-fraction {val_fraction!r}: expected a fraction in [0, 1) of each "
+                           "class's training images (0: no validation split).")
+
+
+# Notices already printed in this process: a suite loads the same folder for every cell.
+_NOTICES: set[str] = set()
+
+
+def _notice_once(message: str) -> None:
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(message, file=sys.stderr, flush=True)
 
 
 def _decode(source: _Source, index: np.ndarray, image_size: int, desc: str, progress: bool) -> ImageSplit:
@@ -405,13 +441,25 @@ def load_dataset(
     val_fraction: float = 0.2,
     data_seed: int = 0,
     progress: bool = True,
+    clamp_per_class: bool | None = None,
 ) -> DataBundle:
     """Load ``name`` as a :class:`DataBundle` of decoded, resized uint8 images.
 
-    ``train_per_class`` images per class are drawn from the training set
-    (all when ``None``); ``val_fraction`` of each class's draw becomes the
-    validation split. ``test_per_class`` likewise for the test set.
+    ``train_per_class`` images per class are drawn from the training set (all when
+    ``None``); ``val_fraction`` (in [0, 1); 0: an empty validation split) of each class's
+    draw becomes the validation split. ``test_per_class`` likewise for the test set.
+    Sizes must be ``None`` or at least 1, else :class:`DatasetError`.
+
+    ``clamp_per_class``: what a class with fewer images than asked does. ``False``: a
+    :class:`DatasetError` naming the class. ``True``: it gives all its images (the classes
+    then differ in size) and one notice on stderr lists such classes. ``None`` (default):
+    ``True`` for ``imagefolder:PATH`` (a user's own folder: the sizes are upper bounds, so
+    the defaults of 500 / 200 work on a folder of 100 images per class), ``False`` for the
+    named datasets, whose sizes are known.
     """
+    _check_sizes(train_per_class, test_per_class, val_fraction)
+    if clamp_per_class is None:
+        clamp_per_class = name.startswith("imagefolder:")
     data_dir = Path(data_dir).expanduser() if data_dir else None
     if data_dir is not None and not data_dir.exists():
         raise DatasetError(
@@ -430,21 +478,25 @@ def load_dataset(
         train, test = _imagefolder(Path(name.split(":", 1)[1]).expanduser())
     else:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
     rng = np.random.default_rng(data_seed)
-    tr_idx, va_idx = [], []
-    for idx in _stratified(train.labels, train_per_class, rng):
+    tr_idx, va_idx, short_train, short_test = [], [], [], []
+    for idx in _stratified(train.labels, train_per_class, rng, train.classes, "training", clamp_per_class,
+                           short_train):
         n_val = int(round(val_fraction * len(idx)))
         if val_fraction > 0 and (n_val == 0 or n_val == len(idx)):
+            label = train.classes[int(train.labels[idx[0]])]
             raise DatasetError(
-                f"a validation fraction of {val_fraction} of {len(idx)} images per class leaves "
-                "an empty split; use more images per class or another --val-fraction."
+                f"a validation fraction of {val_fraction} of the {len(idx)} training images of class "
+                f"{label!r} leaves an empty split; use more images per class or another --val-fraction."
             )
         va_idx.append(idx[:n_val])
         tr_idx.append(idx[n_val:])
-    te_idx = _stratified(test.labels, test_per_class, rng)
+    te_idx = _stratified(test.labels, test_per_class, rng, test.classes, "test", clamp_per_class, short_test)
+    for split, asked, short in (("training", train_per_class, short_train), ("test", test_per_class, short_test)):
+        if short:
+            _notice_once(f"{name}: {len(short)} class(es) have fewer {split} images than the {asked} per class "
+                         f"asked; using all of theirs: {', '.join(short)}.")
     splits = {}
     for split, source, idx in (("train", train, tr_idx), ("val", train, va_idx), ("test", test, te_idx)):
         idx = np.sort(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
@@ -458,7 +510,8 @@ def load_dataset(
         image_size=image_size,
         source=train.origin,
         info={"data_seed": data_seed, "val_fraction": val_fraction,
-              "train_per_class": train_per_class, "test_per_class": test_per_class},
+              "train_per_class": train_per_class, "test_per_class": test_per_class,
+              "clamped_classes": {"train": short_train, "test": short_test}},
     )
 
 

@@ -84,10 +84,64 @@ def test_corrupt_image_is_named(tmp_path):
         load_dataset(f"imagefolder:{root}", image_size=8, progress=False)
 
 
-def test_too_many_per_class(tmp_path):
+def test_too_many_per_class_names_the_class(tmp_path):
     root = _make_folder(tmp_path / "imgs", n=5)
-    with pytest.raises(DatasetError, match="--train-per-class"):
-        load_dataset(f"imagefolder:{root}", train_per_class=50, progress=False)
+    with pytest.raises(DatasetError, match=r"training images of class 'cat' but it has only 4.*--train-per-class"):
+        load_dataset(f"imagefolder:{root}", train_per_class=50, clamp_per_class=False, progress=False)
+
+
+def test_named_dataset_short_of_images_names_the_class(cifar10_dir):
+    with pytest.raises(DatasetError, match=r"test images of class 'airplane' but it has only 1000.*--test-per-class"):
+        load_dataset("cifar10", cifar10_dir, image_size=8, train_per_class=5, test_per_class=1001, progress=False)
+
+
+def test_small_user_folder_works_with_the_default_sizes(tmp_path, capsys):
+    """100 images per class, the defaults asking for 500 / 200: every image is used, one notice."""
+    root = tmp_path / "imgs"
+    for c, name in enumerate(("cat", "dog")):
+        (root / name).mkdir(parents=True)
+        for i in range(100 if name == "cat" else 30):
+            Image.new("RGB", (4, 4), (c * 100, i, 0)).save(root / name / f"{i:03d}.png")
+    kw = dict(image_size=4, train_per_class=500, test_per_class=200, val_fraction=0.2, progress=False)
+    b = load_dataset(f"imagefolder:{root}", **kw)
+    # 80/20 split by name: cat 80 train (16 of them validation) / 20 test, dog 24 (5) / 6
+    assert torch.bincount(b.train.labels).tolist() == [64, 19]
+    assert torch.bincount(b.val.labels).tolist() == [16, 5]
+    assert torch.bincount(b.test.labels).tolist() == [20, 6]
+    err = capsys.readouterr().err
+    assert "'cat' (80)" in err and "'dog' (24)" in err and "'cat' (20)" in err and "500" in err and "200" in err
+    assert b.info["clamped_classes"] == {"train": ["'cat' (80)", "'dog' (24)"], "test": ["'cat' (20)", "'dog' (6)"]}
+    again = load_dataset(f"imagefolder:{root}", **kw)
+    assert capsys.readouterr().err == ""  # the notice is printed once
+    assert again.fingerprint() == b.fingerprint()
+    capped = load_dataset(f"imagefolder:{root}", image_size=4, train_per_class=10, test_per_class=3, progress=False)
+    assert torch.bincount(capped.train.labels).tolist() == [8, 8]  # enough images: exactly as asked
+    assert torch.bincount(capped.test.labels).tolist() == [3, 3] and capsys.readouterr().err == ""
+
+
+def test_val_fraction_zero_gives_an_empty_validation_split(tmp_path):
+    root = _make_folder(tmp_path / "imgs")
+    b = load_dataset(f"imagefolder:{root}", image_size=8, val_fraction=0.0, progress=False)
+    assert (len(b.train), len(b.val), len(b.test)) == (16, 0, 4)
+    described = b.describe()
+    assert described["n_val"] == 0 and len(described["data_fingerprint"]) == 12
+    other = load_dataset(f"imagefolder:{root}", image_size=8, val_fraction=0.25, progress=False)
+    assert other.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("kw, option", [
+    (dict(val_fraction=1.0), "--val-fraction"),
+    (dict(val_fraction=-0.1), "--val-fraction"),
+    (dict(val_fraction=1.5), "--val-fraction"),
+    (dict(train_per_class=-9), "--train-per-class"),
+    (dict(test_per_class=-9), "--test-per-class"),
+    (dict(test_per_class=0), "--test-per-class"),
+    (dict(train_per_class=2.5), "--train-per-class"),
+])
+def test_out_of_range_sizes_are_a_clear_error(tmp_path, kw, option):
+    root = _make_folder(tmp_path / "imgs")
+    with pytest.raises(DatasetError, match=option):
+        load_dataset(f"imagefolder:{root}", image_size=8, progress=False, **kw)
 
 
 def test_unknown_dataset():
