@@ -9,7 +9,8 @@ How it is solved
 ----------------
 The Gram is formed in float32 on X's device, in bounded chunks (never a centred copy
 of X) -- on CPU by BLAS ``ssyrk``, a symmetric rank-k update at half the flops of a
-general matmul -- and solved in float64:
+general matmul, in tiles past 2**31 elements (scipy's BLAS has 32-bit indices) -- and
+solved in float64:
 
 * ``"primal"`` (n_features <= n_samples): ``G = Xc^T Xc``, (d, d);
 * ``"dual"`` (n_samples < n_features): ``K = Z Z^T`` over the train and validation rows
@@ -79,6 +80,12 @@ _BACKWARD_TOL = {torch.float32: 2.0**-24, torch.float64: 1e-13}
 _CG_MAX_ITERS = 6  # conjugate gradients instead of a factorisation when provably done in this many
 _S64_COPY_BYTES = 256 << 20  # keep a float64 copy of the Gram for the residuals up to this size
 _EIGH_FALLBACK_MAX_N = 2000  # an indefinite (rounded) Gram: eigh up to this n, a jittered Cholesky above
+# scipy's BLAS and LAPACK (OpenBLAS, 32-bit integers) segfault on a matrix of 2**31 elements
+# or more (an (n, n) Gram from n = 46,341 on): no matrix handed to one of their calls has more
+# than this many elements. Larger products are tiled; larger factorisations and triangular
+# solves go to torch (MKL, 64-bit offsets).
+_BLAS_MAX_ELEMENTS = 2**31 - 1
+_TILE_BYTES = 256 << 20  # one float32 tile buffer of a tiled ssyrk / sgemm
 
 
 def auto_alphas(mean_eigenvalue: float) -> np.ndarray:
@@ -175,19 +182,77 @@ def _blas_threads():
 
 def _syrk_(C: torch.Tensor, A: torch.Tensor, rows: bool) -> None:
     """C += A A^T (rows=True) or A^T A, float32. On CPU, BLAS ssyrk into C's lower
-    triangle only (call ``_symmetrize_`` at the end); elsewhere a full addmm."""
+    triangle only (call ``_symmetrize_`` at the end); elsewhere a full addmm. An output or
+    an input past ``_BLAS_MAX_ELEMENTS`` is formed in tiles (``_syrk_tiled_``)."""
     if C.device.type != "cpu" or C.dtype != torch.float32:
         C.addmm_(A, A.T) if rows else C.addmm_(A.T, A)
         return
     from scipy.linalg import blas
 
     A = A.contiguous()
+    if C.numel() > _BLAS_MAX_ELEMENTS or A.numel() > _BLAS_MAX_ELEMENTS:
+        _syrk_tiled_(C, A, rows)
+        return
     # Row-major A is column-major A^T: ssyrk(trans=1) on it forms A A^T, trans=0 forms A^T A.
     # C's row-major lower triangle is its column-major upper one (lower=0).
     with _blas_threads():
         out = blas.ssyrk(1.0, A.numpy().T, beta=1.0, c=C.numpy().T, trans=1 if rows else 0, lower=0, overwrite_c=1)
     if not np.shares_memory(out, C.numpy()):  # pragma: no cover - scipy copied: keep the result
         C.copy_(torch.from_numpy(out.T))
+
+
+def _tiles(n: int, most: int) -> list:
+    """[0, n) cut into the fewest near-equal ranges of at most ``most``: [(start, stop)]."""
+    count = -(-n // max(most, 1))
+    bounds = [n * i // count for i in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _syrk_tiled_(C: torch.Tensor, A: torch.Tensor, rows: bool) -> None:
+    """``_syrk_`` on CPU float32 in tiles, for an (n, n) C or an A past ``_BLAS_MAX_ELEMENTS``.
+
+    With M = A (rows=True) or A^T, C's lower triangle gains M M^T tile by tile: a diagonal
+    tile by ssyrk, a tile below it by sgemm, each into one contiguous buffer of at most
+    ``_TILE_BYTES`` (beta = 0) then added to C in float32; the inner dimension is cut too,
+    so every matrix one BLAS call sees has at most ``_BLAS_MAX_ELEMENTS`` elements (32-bit
+    indices: past 2**31 elements scipy's OpenBLAS segfaults). Only numpy and scipy run in
+    the loop (see ``_blas_threads``)."""
+    from scipy.linalg import blas
+
+    An, Cn = A.numpy(), C.numpy()
+    n = Cn.shape[0]
+    k = An.shape[1] if rows else An.shape[0]
+    side = max(1, math.isqrt(max(1, min(_BLAS_MAX_ELEMENTS, _TILE_BYTES // 4))))
+    tiles = _tiles(n, side)
+    t_most = max(b - a for a, b in tiles)
+    buf = np.empty(t_most * t_most, dtype=np.float32)
+
+    def panel(i0, i1, k0, k1):
+        """M[i0:i1, k0:k1] as a Fortran-ordered array P and a flag t: M's block is P^T if t."""
+        if rows:
+            if k0 == 0 and k1 == k:
+                return An[i0:i1].T, 1  # the rows of A, no copy
+            return np.ascontiguousarray(An[i0:i1, k0:k1]).T, 1
+        return np.ascontiguousarray(An[k0:k1, i0:i1]).T, 0
+
+    with _blas_threads():
+        for k0, k1 in _tiles(k, max(1, _BLAS_MAX_ELEMENTS // t_most)):
+            panels = [panel(i0, i1, k0, k1) for i0, i1 in tiles]
+            for i, (i0, i1) in enumerate(tiles):
+                Pi, ti = panels[i]
+                w = i1 - i0
+                out = buf[:w * w].reshape(w, w)
+                out.fill(0.0)  # ssyrk leaves the other triangle as it was
+                # the row-major tile is the column-major out.T; its lower triangle is out.T's upper
+                res = blas.ssyrk(1.0, Pi, beta=0.0, c=out.T, trans=ti, lower=0, overwrite_c=1)
+                np.add(Cn[i0:i1, i0:i1], res.T, out=Cn[i0:i1, i0:i1])
+                for j in range(i):
+                    j0, j1 = tiles[j]
+                    Pj, tj = panels[j]
+                    out = buf[:w * (j1 - j0)].reshape(w, j1 - j0)
+                    # column-major out.T = M_j M_i^T: op(a) = M_j, op(b) = M_i^T
+                    res = blas.sgemm(1.0, Pj, Pi, beta=0.0, c=out.T, trans_a=tj, trans_b=1 - ti, overwrite_c=1)
+                    np.add(Cn[i0:i1, j0:j1], res.T, out=Cn[i0:i1, j0:j1])
 
 
 def _symmetrize_(C: torch.Tensor) -> torch.Tensor:
@@ -251,6 +316,13 @@ def _x_dot(X, mu, M, dtype=torch.float64) -> torch.Tensor:
 
 
 def _eigh64(S: torch.Tensor):
+    if S.device.type == "cpu" and S.numel() > _BLAS_MAX_ELEMENTS:
+        # LAPACK's syevd workspace (2 n^2 + 6 n + 1) overflows its 32-bit size from here on
+        raise ValueError(
+            f"An eigendecomposition of a {S.shape[0]} x {S.shape[1]} matrix is past LAPACK's 32-bit "
+            "limits on CPU (and would take hours): pass validation data and grid_solver='cholesky' "
+            "(or 'auto'), or use fewer samples / features for leave-one-out selection."
+        )
     lam, vecs = torch.linalg.eigh(S.to(torch.float64))
     return lam.clamp_(min=0.0), vecs  # float32 rounding leaves tiny negative eigenvalues
 
@@ -465,6 +537,13 @@ def _cholesky_shifted(S, alpha, work):
         w = work.numpy()  # numpy's copy: no torch thread pool woken between two LAPACK calls
         np.copyto(w, S.numpy(), casting="unsafe" if S.dtype != work.dtype else "same_kind")
         w.reshape(-1)[::w.shape[0] + 1] += alpha
+        if w.size > _BLAS_MAX_ELEMENTS:
+            # past scipy's 32-bit indexing: torch's (MKL) potrf, in place on the column-major
+            # view (the same symmetric matrix); its lower factor read row-major is our upper one
+            L = work.mT
+            info = torch.empty((), dtype=torch.int32)
+            torch.linalg.cholesky_ex(L, out=(L, info))
+            return (work, True) if int(info) == 0 else None
         potrf = lapack.spotrf if work.dtype == torch.float32 else lapack.dpotrf
         # The row-major buffer seen column-major is its transpose, the same symmetric matrix:
         # its column-major lower factor L is our row-major upper factor L^T. clean=0: the other
@@ -488,6 +567,13 @@ def _cholesky_solve(B, factor):
     on CPU a numpy array (the result is then a numpy array). On CPU by LAPACK potrs on the
     factor in place: torch's cholesky_solve would copy it column-major."""
     F, upper = factor
+    if F.device.type == "cpu" and upper and F.numel() > _BLAS_MAX_ELEMENTS:
+        # past scipy's 32-bit indexing: two triangular solves by torch (MKL), which reads the
+        # row-major factor through its transpose without copying it; S = F^T F
+        Bt = torch.from_numpy(B) if isinstance(B, np.ndarray) else B
+        Bt = Bt.to(F.dtype)
+        x = torch.linalg.solve_triangular(F, torch.linalg.solve_triangular(F.mT, Bt, upper=False), upper=True)
+        return x.numpy() if isinstance(B, np.ndarray) else x
     if F.device.type == "cpu" and upper and F.dtype in (torch.float32, torch.float64):
         from scipy.linalg import lapack
 
@@ -509,6 +595,20 @@ def _dgemm(A: np.ndarray, X: np.ndarray) -> np.ndarray:
     ~40 ms right after a scipy potrf). The CPU solves therefore use scipy's BLAS only."""
     from scipy.linalg import blas
 
+    if A.size > _BLAS_MAX_ELEMENTS or X.size > _BLAS_MAX_ELEMENTS:
+        # past scipy's 32-bit indexing: in blocks within it (whole rows of a C-ordered A where
+        # they fit, views without a copy)
+        m, inner = A.shape
+        c = X.shape[1]
+        kb = min(inner, _BLAS_MAX_ELEMENTS)
+        rb = max(1, _BLAS_MAX_ELEMENTS // kb)
+        cb = max(1, min(_BLAS_MAX_ELEMENTS // kb, _BLAS_MAX_ELEMENTS // rb))
+        out = np.zeros((m, c), dtype=np.float64)
+        for r0 in range(0, m, rb):
+            for k0 in range(0, inner, kb):
+                for c0 in range(0, c, cb):
+                    out[r0:r0 + rb, c0:c0 + cb] += _dgemm(A[r0:r0 + rb, k0:k0 + kb], X[k0:k0 + kb, c0:c0 + cb])
+        return out
     # Row-major A is column-major A^T: trans_a=1 gives A back, without a copy.
     a, ta = (A.T, 1) if A.flags.c_contiguous else (A, 0)
     b, tb = (X.T, 1) if X.flags.c_contiguous else (X, 0)

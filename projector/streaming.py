@@ -177,22 +177,28 @@ class StreamingRidgeClassifier(_ClassifierBase):
         if bar is not None:
             bar.close()
 
-    def _fit_dual(self, parts, Y, n, yv_idx):
+    def _dual_gram(self, parts):
+        """Pass 1: the (N, N) float32 Gram of the stacked parts' features, centred with the
+        training (first part's) mean, and that mean (k,) float64 (zeros without intercept)."""
         device = parts[0].device
         N = sum(P.shape[0] for P in parts)
-        k = self.n_components_
         Kz = torch.zeros(N, N, dtype=torch.float32, device=device)
         self.gram_bytes_ = Kz.nbytes
-        mu = torch.zeros(k, dtype=torch.float64, device=device)
+        mu = torch.zeros(int(self.projection.n_components), dtype=torch.float64, device=device)
         for cols, blocks in self._blocks(parts, "stream pass 1/2 (Gram)"):
             Zb = torch.cat(blocks)  # (N, width) float32
             if self.fit_intercept:
                 m_b = blocks[0].mean(0, dtype=torch.float64)
                 mu[cols] = m_b
                 Zb.sub_(m_b.float())
-            _syrk_(Kz, Zb, rows=True)
+            _syrk_(Kz, Zb, rows=True)  # tiled past 2**31 elements (N > 46,340)
             del Zb, blocks
-        _symmetrize_(Kz)
+        return _symmetrize_(Kz), mu
+
+    def _fit_dual(self, parts, Y, n, yv_idx):
+        device = parts[0].device
+        k = self.n_components_
+        Kz, mu = self._dual_gram(parts)
         self.alphas_ = alphas = self._resolve_alphas(float(Kz[:n, :n].diagonal().sum(dtype=torch.float64)) / n)
         fit = dual_fit(Kz, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept,
                        overwrite_gram=True)
