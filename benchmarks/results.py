@@ -449,6 +449,8 @@ class ResultsFile:
         self._claim_key: str | None = None
 
     def __enter__(self) -> "ResultsFile":
+        if self._claim_key is not None:
+            raise RuntimeError(f"{self.path} is already open through this ResultsFile; open another one to nest.")
         self._check_folder()
         first = self._claim()
         try:
@@ -554,7 +556,7 @@ class ResultsFile:
 
     def _remove_stale_tmp(self) -> None:
         # Under the claim no other run writes here: every temporary file is a killed writer's.
-        for pattern in (f".{RESULTS_FILE}.*.tmp", f".{INTERRUPTED_FILE}.*.tmp"):
+        for pattern in (f".{RESULTS_FILE}.*.tmp", f".{INTERRUPTED_FILE}.*.tmp", "runs/*/.metadata.json.*.tmp"):
             for tmp in sorted(self.out_dir.glob(pattern)):
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
@@ -621,7 +623,8 @@ def _check_rewrite(scan: _Scan, keep: list, new: bytes) -> None:
     """Refuse a rewrite that would lose a final or failed row (it never should)."""
     after = _scan(new)
     ended = [r for _, _, r in scan.rows if r.get("row_type") != "epoch"]
-    if after.bad or len(after.rows) != len(keep) or [r for _, _, r in after.rows if r.get("row_type") != "epoch"] != ended:
+    ended_after = [r for _, _, r in after.rows if r.get("row_type") != "epoch"]
+    if after.bad or len(after.rows) != len(keep) or ended_after != ended:
         raise ResultsError("internal error: repairing results.csv would lose rows; the file was left as "
                            "it is. Please report this, with the file.")
 

@@ -261,11 +261,13 @@ def test_a_full_disk_keeps_nothing_of_the_partial_write(tmp_path, monkeypatch):
 
 def test_stale_temporary_files_are_removed_on_open(tmp_path):
     res.append_rows(tmp_path / res.RESULTS_FILE, [_row("a")])
-    stale = [tmp_path / ".results.csv.k3j4h5.tmp", tmp_path / ".results.interrupted.csv.x9.tmp"]
+    (tmp_path / "runs" / "r0").mkdir(parents=True)
+    stale = [tmp_path / ".results.csv.k3j4h5.tmp", tmp_path / ".results.interrupted.csv.x9.tmp",
+             tmp_path / "runs" / "r0" / ".metadata.json.q1w2.tmp"]
     for tmp in stale:
         tmp.write_text("half a file")
     with ResultsFile(tmp_path) as results:
-        assert sum("temporary file" in n for n in results.notices) == 2
+        assert sum("temporary file" in n for n in results.notices) == 3
     assert not any(tmp.exists() for tmp in stale)
     assert results.finished_keys() == {"a"}
 
