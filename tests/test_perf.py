@@ -1,13 +1,18 @@
 """``gradfree perf --quick``: the report runs end to end and writes its files."""
 
+import ast
+import importlib
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
 from benchmarks import perf
+from benchmarks.perf import cli as perf_cli
 from benchmarks.cli import build_parser, main
+from benchmarks.timing import PeakMemory
 
 
 @pytest.fixture
@@ -46,6 +51,7 @@ def test_targets_and_peak_memory(tmp_path):
     assert rep.add("x", "a", "", 0.85, "dense_vs_bare_matmul")["met"] is True
     assert rep.add("x", "b", "", 3.5, "ridge_grid_vs_sklearn_fit")["met"] is False
     assert rep.add("x", "c", "", 1.0, "no_target")["met"] is None
+    assert perf.PeakMemory is PeakMemory  # the runner's probe, not one of perf's own
     with perf.PeakMemory("cpu") as mem:
         buf = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB touched
         del buf
@@ -87,7 +93,7 @@ def test_interrupted_perf_keeps_its_rows_and_the_previous_report(tmp_path, capsy
     def ctrl_c(*args, **kwargs):  # the user stops the run once the ridge rows are in
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(perf, "section_streaming", ctrl_c)
+    monkeypatch.setattr(perf_cli, "section_streaming", ctrl_c)  # where the command looks it up
     assert main(["perf", "--quick", "--no-task", "--threads", "1", "--out", str(out),
                  "--sections", "ridge,streaming"]) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -95,3 +101,54 @@ def test_interrupted_perf_keeps_its_rows_and_the_previous_report(tmp_path, capsy
     partial = [pd.read_csv(p) for p in (out / "runs").glob("*/perf.csv")]
     assert len(partial) == 2  # the finished run's rows and the interrupted one's
     assert all(set(df["section"]) == {"ridge"} and len(df) == 3 for df in partial)
+
+
+def test_perf_help_lists_the_sections(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["perf", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--quick" in out and "--full" in out and all(name in out for name in perf.SECTIONS)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["perf", "--quick", "--full"])  # one mode at a time
+
+
+def test_every_section_has_its_module():
+    for name in perf.SECTIONS:
+        module = importlib.import_module(f"benchmarks.perf.{name}")
+        assert callable(getattr(module, f"section_{name}")) and module.__doc__.startswith(f"``perf --sections {name}``")
+
+
+def _perf_imports(path: Path) -> set[str]:
+    """The benchmarks.perf modules a file imports, at any depth (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        found |= {n for n in names if n == "benchmarks.perf" or n.startswith("benchmarks.perf.")}
+    return found
+
+
+def test_perf_imports_point_one_way():
+    """cli -> sections -> common: no section imports the command or the package, no circle."""
+    folder = Path(perf.__file__).parent
+    graph = {f"benchmarks.perf.{p.stem}": _perf_imports(p) for p in folder.glob("*.py") if p.stem != "__init__"}
+    for module, imports in graph.items():
+        assert "benchmarks.perf" not in imports, module
+        if module != "benchmarks.perf.cli":
+            assert "benchmarks.perf.cli" not in imports, module
+    assert graph["benchmarks.perf.common"] == set()
+    done, stack = set(), []
+
+    def visit(module):
+        assert module not in stack, f"import circle: {' -> '.join(stack + [module])}"
+        if module in done:
+            return
+        stack.append(module)
+        for dep in graph.get(module, ()):
+            visit(dep)
+        stack.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
