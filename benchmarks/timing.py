@@ -203,7 +203,10 @@ class PeakMemory:
     ``peak_bytes`` is the absolute peak during the window (the process's RSS, or allocated CUDA
     bytes); ``base_bytes`` the level at ``start()``; ``delta_bytes = max(0, peak - base)``, what
     the window added at its peak. Memory freed inside the window before its peak is not
-    subtracted, and on CPU the whole process counts (other threads included).
+    subtracted, and on CPU the whole process counts (other threads included). RSS only grows
+    for pages the process did not already hold: memory freed earlier but kept by the C
+    allocator (small blocks; glibc returns blocks above 32 MB at most to the system) is
+    reused without raising it, so a window's small allocations may read as 0.
     """
 
     SAMPLE_S = 0.002
