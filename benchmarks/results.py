@@ -577,6 +577,13 @@ class ResultsFile:
             orphans = _orphan_epochs(scan)
             if not scan.bad and not orphans:
                 return
+            moved = {s for s, _, _ in orphans}
+            keep = [(s, e, r) for s, e, r in scan.rows if s not in moved]
+            # Not even a complete header: every byte is set aside and the file starts again.
+            new = _HEADER if scan.header is None else (
+                data[:scan.body_start] + b"".join(data[s:e] for s, e, _ in keep))
+            _check_rewrite(scan, keep, new)
+            # The side files first: a crash before the main file changes loses nothing.
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             for start, end in scan.bad:
                 side = _create_new(self.out_dir / f"{RESULTS_FILE}.torn-{stamp}-at{start}", data[start:end])
@@ -588,18 +595,11 @@ class ResultsFile:
                 cells = sorted({r.get("cell_key", "") for _, _, r in orphans})
                 self.notices.append(f"{self.path}: moved {len(orphans)} epoch row(s) of interrupted cell(s) "
                                     f"{', '.join(cells)} to {side}")
-            moved = {s for s, _, _ in orphans}
-            keep = [(s, e, r) for s, e, r in scan.rows if s not in moved]
-            if scan.header is None:
-                new = _HEADER  # not even a complete header: every byte was set aside
-            else:
-                new = data[:scan.body_start] + b"".join(data[s:e] for s, e, _ in keep)
-            if not orphans and len(new) == scan.bad[0][0] and len(scan.bad) == 1 and scan.header is not None:
+            if scan.header is not None and not orphans and len(scan.bad) == 1 and scan.bad[0][0] == len(new):
                 os.ftruncate(fd, len(new))  # only a torn tail: cut it off in place
                 os.fsync(fd)
-                return
-            _check_rewrite(scan, keep, new)
-            _atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+            else:
+                _atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
         finally:
             os.close(fd)
 

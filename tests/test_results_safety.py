@@ -84,8 +84,10 @@ def test_torn_tail_is_set_aside_and_its_cell_runs_again(tmp_path, cut):
     path, data, c_start = _finished(tmp_path)
     at = _cut_points(data, c_start)[cut]
     path.write_bytes(data[:at])
+    inode = path.stat().st_ino
     with ResultsFile(tmp_path) as results:
         assert len(results.notices) == 1 and "set aside" in results.notices[0]
+        assert path.stat().st_ino == inode  # cut in place
         assert results.finished_keys() == {"a", "b"}  # the torn row is not done
         [side] = _side_files(tmp_path)
         assert side.read_bytes() == data[c_start:at]  # the torn bytes, exactly
@@ -142,12 +144,14 @@ def test_open_quote_garbage_in_the_middle_swallows_nothing(tmp_path, quotes_afte
     garbage = b'garbage,"an open quote that never closes\n'
     tail = res._encode([_row("b", **extra), _row("c", **extra)])
     path.write_bytes(head + garbage + tail)
+    os.chmod(path, 0o664)
     with pytest.warns(res.ResultsWarning):
         assert _keys(res.read_rows(path)) == ["a", "b", "c"]
     with ResultsFile(tmp_path) as results:
         assert results.finished_keys() == {"a", "b", "c"}
         assert any("malformed" in n for n in results.notices)
     assert path.read_bytes() == head + tail  # rewritten without the garbage, every good row kept
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664  # and its mode kept
     assert _side_files(tmp_path)[0].read_bytes() == garbage
 
 
