@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from baselines import _training
+from benchmarks.flops import backbone_shape, trainer_memory_bytes
 
 MODES = ("linear-probe", "unfreeze")
 HEADS = ("pool", "flatten")
@@ -148,6 +149,27 @@ class FineTune:
 
     name = "finetune"
     Config = FineTuneConfig
+    uses_backbone = True
+    is_backprop = True
+
+    @classmethod
+    def label(cls, config: dict) -> str:
+        mode = config.get("mode", FineTuneConfig.mode)
+        return f"{mode} ({config['preset']})" if config.get("preset") else mode
+
+    @classmethod
+    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
+        with warnings.catch_warnings():  # an estimate: the run itself warns about a preset's overrides
+            warnings.simplefilter("ignore")
+            cfg = apply_preset(FineTuneConfig(**config))
+        dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size)
+        factor = 1.0 if cfg.mode == "linear-probe" else 3.0  # forward only / forward + backward
+        return {"train": factor * fwd * shape.n_train * cfg.epochs}, {"feature_dim": dim, "k": 0, "params": params}
+
+    @classmethod
+    def memory_bytes(cls, config: dict, shape) -> int:
+        _, info = cls.flops(config, shape)
+        return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)
 
     def __init__(self, config: FineTuneConfig | None = None):
         self.config = apply_preset(config or FineTuneConfig())

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmarks.results import RESULTS_FILE
+
 DEFAULT_OUT = "results/local"
 
 # Method options: flag -> (Config field, type, help). Each method takes the ones its Config has.
@@ -51,7 +53,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="run a benchmark suite by name or TOML path instead of one cell (see `gradfree suites`)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="AXIS=VALUE",
                    help="with --suite: override an axis or setting, e.g. --set seed=0,1 (repeatable)")
-    g.add_argument("--dry-run", action="store_true", help="with --suite: list the cells with estimates, run nothing")
+    g.add_argument("--dry-run", action="store_true",
+                   help="list the cell(s) with their memory and time estimates, run nothing")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fashion-mnist",
                    help=f"one of {', '.join(DATASET_NAMES)} [fashion-mnist]")
@@ -120,37 +123,118 @@ def _warn_unused(method: str, options: dict) -> None:
         print(f"note: {method} does not use {', '.join(flags)}; ignored.", file=sys.stderr)
 
 
+_CELL_ARGS = ("method", "dataset", "data_dir", "backbone", "cut", "weights", "precision", "image_size",
+              "train_per_class", "test_per_class", "val_fraction", "batch_size", "device", "seed", "threads")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.runner import Cell, FeatureCache, Runner, with_options
+    from benchmarks.cells import make_cell
 
     options = _method_options(args)
     if args.suite:
-        from benchmarks.sweep import run_suite
-
         return run_suite(args, options)
+    if args.overrides:
+        raise ValueError("--set only applies to --suite; give the axis as its own flag "
+                         "(e.g. --seed 1 instead of --set seed=1).")
     _warn_unused(args.method, options)
-    cell = Cell(method=args.method, dataset=args.dataset, data_dir=args.data_dir, backbone=args.backbone,
-                cut=args.cut, weights=args.weights, precision=args.precision, image_size=args.image_size,
-                train_per_class=args.train_per_class or None, test_per_class=args.test_per_class or None,
-                val_fraction=args.val_fraction, batch_size=args.batch_size, device=args.device,
-                seed=args.seed, threads=args.threads)
-    cell = with_options(cell, **options)
-    runner = Runner(Path(args.out), progress=args.progress, fail_fast=args.fail_fast,
-                    feature_cache=FeatureCache(args.cache_dir))
-    _write_metadata(runner, args, [cell])
-    rows = runner.run([cell])
-    print_table(rows or [r for r in _final_rows(runner.results_path) if r["cell_key"] == cell.key()])
-    print(f"results: {runner.results_path}")
+    cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **options})
+    out = Path(args.out)
+    if args.dry_run:
+        from benchmarks.estimate import print_plan
+
+        print_plan([cell], out)
+        return 0
+    from benchmarks.executors import run_cells
+    from benchmarks.features import FeatureCache
+    from benchmarks.runner import Runner
+
+    runner = Runner(progress=args.progress, fail_fast=args.fail_fast, feature_cache=FeatureCache(args.cache_dir))
+    rows = run_cells([cell], out, runner, metadata={"arguments": vars(args)})
+    results_path = out / RESULTS_FILE
+    print_table(rows or [r for r in _final_rows(results_path) if r["cell_key"] == cell.key()])
+    print(f"results: {results_path}")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
-def _write_metadata(runner, args, cells) -> None:
-    import dataclasses
+def run_suite(args: argparse.Namespace, options: dict) -> int:
+    """`gradfree run --suite ...`: expand, then list (--dry-run) or run the cells."""
+    from benchmarks import suites
 
-    from benchmarks.results import write_metadata
+    suite = suites.apply_overrides(suites.load_suite(args.suite), _suite_overrides(args, options))
+    cells = suites.expand(suite)
+    out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
+    if args.dry_run:
+        from benchmarks.estimate import print_plan
 
-    write_metadata(runner.out_dir, runner.run_id,
-                   {"arguments": vars(args), "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})
+        print_plan(cells, out)
+        return 0
+    from benchmarks.executors import make_executor, run_cells
+    from benchmarks.features import FeatureCache
+    from benchmarks.results import finished_keys
+    from benchmarks.runner import Runner
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    runner = Runner(progress=args.progress, fail_fast=args.fail_fast, feature_cache=FeatureCache(cache_dir))
+    executor = make_executor(args.executor, address=args.address)
+    done = finished_keys(out / RESULTS_FILE)
+    print(f"suite {suite.name}: {len(cells)} cells, {sum(c.key() in done for c in cells)} done before; "
+          f"results in {out / RESULTS_FILE}")
+    rows = run_cells(cells, out, runner, executor, metadata={
+        "suite": suite.name, "suite_file": str(suite.path), "settings": suite.settings,
+        "grids": list(suite.grids), "overrides": _suite_overrides(args, options),
+        "address": args.address, "cache_dir": str(cache_dir)})
+    _print_summary(out / RESULTS_FILE, {c.key() for c in cells})
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        print(f"{len(failed)} cell(s) failed; their errors are in {out / RESULTS_FILE} (status=failed).")
+    return 1 if failed else 0
+
+
+def _suite_overrides(args: argparse.Namespace, options: dict) -> dict:
+    """--set items, then the run command's method flags and non-default execution flags."""
+    from benchmarks.suites import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    overrides.update({k: v for k, v in options.items() if k not in overrides})
+    for flag, default in (("device", "auto"), ("threads", None), ("data_dir", None)):
+        if getattr(args, flag, default) != default and flag not in overrides:
+            overrides[flag] = getattr(args, flag)
+    return overrides
+
+
+def _print_summary(path: Path, keys: set[str]) -> None:
+    import pandas as pd
+
+    from benchmarks.tables import load_results, summary_table
+
+    df = load_results(path)
+    if df.empty:
+        return
+    table = summary_table(df[df["cell_key"].isin(keys)])
+    if not table.empty:
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
+            print(table.to_string(index=False))
+
+
+def cmd_suites(args: argparse.Namespace) -> int:
+    """`gradfree suites`: name, number of cells and description of every shipped suite."""
+    from benchmarks.suites import SuiteError, expand, load_suite, suite_paths, SUITES_DIR
+
+    rows = []
+    for name, path in suite_paths().items():
+        try:
+            suite = load_suite(path)
+            n = str(len(expand(suite)))
+        except SuiteError as err:
+            suite, n = None, f"error: {err}"
+        rows.append((name, n, suite.description if suite else ""))
+    width = max(len(r[0]) for r in rows) if rows else 5
+    print(f"{'suite':{width}s}  {'cells':>5s}  description")
+    for name, n, desc in rows:
+        print(f"{name:{width}s}  {n:>5s}  {desc}")
+    print("\nrun one with `gradfree run --suite NAME [--set axis=v1,v2] [--dry-run]`; "
+          f"suite files are in {SUITES_DIR}")
+    return 0
 
 
 def _final_rows(path):
@@ -223,7 +307,11 @@ def _add_optional_commands(sub) -> None:
     """Subcommands implemented in their own modules (suites, report, compare, perf)."""
     import importlib
 
-    for module in ("benchmarks.sweep", "benchmarks.report", "benchmarks.perf"):
+    p = sub.add_parser("suites", help="list the benchmark suites (name, number of cells, description)",
+                       description="List the suites shipped in benchmarks/suites/. Run one with "
+                                   "`gradfree run --suite NAME`; --suite also takes the path of a TOML file.")
+    p.set_defaults(func=cmd_suites)
+    for module in ("benchmarks.report", "benchmarks.perf"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -234,14 +322,13 @@ def _add_optional_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.backbones import BackboneError
     from benchmarks.data import DatasetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, BackboneError, ValueError, ImportError) as err:
+    except (DatasetError, ValueError, ImportError, OSError) as err:
         print(f"gradfree: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,12 +1,15 @@
 """Where cells run: in this process (default) or as tasks on a Ray cluster.
 
-Both executors take the same :class:`~benchmarks.runner.Runner` and list of
-cells and leave the same rows in the same ``results.csv``: finished cells are
-skipped, every row is appended atomically as soon as its cell ends.
+:func:`run_cells` is the one entry point: it validates every cell before any work,
+claims the out folder's results file (:class:`benchmarks.results.ResultsFile`: one run
+per folder, a torn tail repaired), writes the run's metadata and hands the cells to an
+executor. Both executors take the same :class:`~benchmarks.runner.Runner` and leave the
+same rows in the same ``results.csv``: finished cells are skipped, every row is appended
+as soon as it exists, and each finished cell prints the run's rate and ETA.
 
-With Ray, each cell is one task. It runs ``Runner.run_cell`` in a worker
-process, writing into a private scratch file there; the task returns those rows
-(per-epoch rows included) and the *driver* appends them as tasks finish
+With Ray, each cell is one task. It runs ``Runner.run_cell`` in a worker process
+with a list as its sink; the task returns those rows (per-epoch rows included)
+and the *driver* appends them as tasks finish
 (``ray.wait``), so workers never need the driver's file system. A worker that
 dies mid-cell loses nothing already written: Ray retries the task
 (``max_retries``) and, once retries are spent, the driver records the cell as
@@ -20,13 +23,35 @@ Ray is imported here only, and only when the Ray executor is built.
 
 from __future__ import annotations
 
-import tempfile
+import time
 from pathlib import Path
 
 from benchmarks import results as res
-from benchmarks.runner import Cell, FeatureCache, Runner, describe, validate
+from benchmarks.cells import Cell, describe, validate
+from benchmarks.runner import Runner, failed_row
 
 RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
+
+
+class _Progress:
+    """One line per cell: its place, what it is, and the run's rate and ETA so far."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.start, self.done = total, enabled, time.perf_counter(), 0
+
+    def finished(self, n_done: int, line: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        left = self.total - n_done
+        eta = f", ETA {_fmt_s(elapsed / self.done * left)}" if left else ""
+        print(f"[{n_done}/{self.total}] {line} ({_fmt_s(elapsed)} elapsed, "
+              f"{self.done / elapsed * 60:.2g} cells/min{eta})")
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 class LocalExecutor:
@@ -34,8 +59,20 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, runner: Runner, cells: list[Cell]) -> list[dict]:
-        return runner.run(cells)
+    def run(self, runner: Runner, cells: list[Cell], results: "res.ResultsFile") -> list[dict]:
+        done = results.finished_keys()
+        todo = [c for c in cells if c.key() not in done]
+        if runner.progress and len(todo) < len(cells):
+            print(f"{len(cells) - len(todo)} cell(s) done before, skipped")
+        progress = _Progress(len(todo), runner.progress)
+        rows = []
+        for i, cell in enumerate(todo, 1):
+            if runner.progress:
+                print(f"[{i}/{len(todo)}] {describe(cell)}")
+            row = runner.run_cell(cell, results.append)
+            rows.append(row)
+            progress.finished(i, f"{cell.method} {cell.key()}: {row['status']}")
+        return rows
 
 
 def _import_ray():
@@ -51,27 +88,17 @@ _WORKER_RUNNERS: dict[str | None, Runner] = {}
 
 
 def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None) -> list[dict]:
-    """Run one cell in this (worker) process; return its rows instead of writing the driver's file."""
+    """Run one cell in this (worker) process; return its rows for the driver to write."""
+    from benchmarks.features import FeatureCache
+
     runner = _WORKER_RUNNERS.get(cache_dir)
     if runner is None:
-        scratch = Path(tempfile.mkdtemp(prefix="gradfree-worker-"))
-        runner = Runner(scratch, progress=False, feature_cache=FeatureCache(cache_dir))
+        runner = Runner(progress=False, feature_cache=FeatureCache(cache_dir))
         _WORKER_RUNNERS[cache_dir] = runner
     runner.run_id = run_id
-    runner.results_path.unlink(missing_ok=True)
-    runner.run_cell(cell)
-    rows = res.read_rows(runner.results_path)
-    runner.results_path.unlink(missing_ok=True)
-    return rows
-
-
-def _failed_row(runner: Runner, cell: Cell, error: BaseException) -> dict:
-    return {"run_id": runner.run_id, "cell_key": cell.key(), "suite": cell.suite, "method": cell.method,
-            "dataset": cell.dataset, "backbone": cell.backbone, "cut": cell.cut, "weights": cell.weights,
-            "precision": cell.precision, "seed": cell.seed, "image_size": cell.image_size,
-            "row_type": "failed", "status": "failed", "finished_at": res.now(),
-            "error": f"{error.__class__.__name__}: {str(error)[:1500]}",
-            "extra": {"executor": "ray"}}
+    rows: list[dict] = []
+    runner.run_cell(cell, rows.extend)
+    return [res.normalise_row(r) for r in rows]
 
 
 class RayExecutor:
@@ -101,22 +128,20 @@ class RayExecutor:
             return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         return 0
 
-    def run(self, runner: Runner, cells: list[Cell]) -> list[dict]:
+    def run(self, runner: Runner, cells: list[Cell], results: "res.ResultsFile") -> list[dict]:
         ray = _import_ray()
-        for cell in cells:
-            validate(cell)
         started_here = not ray.is_initialized()
         if started_here:
             kwargs = {"include_dashboard": False} if self.address is None else {}
             ray.init(address=self.address, log_to_driver=runner.progress, **kwargs)
         try:
-            return self._run(ray, runner, cells)
+            return self._run(ray, runner, cells, results)
         finally:
             if started_here:
                 ray.shutdown()
 
-    def _run(self, ray, runner: Runner, cells: list[Cell]) -> list[dict]:
-        done = res.finished_keys(runner.results_path)
+    def _run(self, ray, runner: Runner, cells: list[Cell], results) -> list[dict]:
+        done = results.finished_keys()
         todo = [c for c in cells if c.key() not in done]
         if runner.progress and len(todo) < len(cells):
             print(f"{len(cells) - len(todo)} cell(s) done before, skipped")
@@ -128,6 +153,7 @@ class RayExecutor:
             opts = {"num_cpus": cell.threads or self.num_cpus, "num_gpus": self._gpus_for(ray, cell),
                     "max_retries": self.max_retries, "retry_exceptions": False}
             pending[task.options(**opts).remote(cell, runner.run_id, cache_dir)] = cell
+        progress = _Progress(len(todo), runner.progress)
         finals = []
         try:
             while pending:
@@ -137,14 +163,12 @@ class RayExecutor:
                     try:
                         rows = ray.get(ref)
                     except Exception as err:  # worker died beyond its retries, task cancelled, ...
-                        rows = [_failed_row(runner, cell, err)]
-                    res.append_rows(runner.results_path, rows)
+                        rows = [failed_row(runner.run_id, cell, err, extra={"executor": "ray"})]
+                    results.append(rows)
                     final = next((r for r in rows if r["row_type"] in ("final", "failed")), rows[-1])
                     finals.append(final)
-                    if runner.progress:
-                        n = len(cells) - len(pending)
-                        status = final["status"] if final["status"] == "ok" else f"FAILED: {final.get('error')}"
-                        print(f"[{n}/{len(cells)}] {describe(cell)}: {status}")
+                    status = final["status"] if final["status"] == "ok" else f"FAILED: {final.get('error')}"
+                    progress.finished(len(todo) - len(pending), f"{describe(cell)}: {status}")
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -164,3 +188,22 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs):
     if address is not None:
         raise ValueError("--address only applies to --executor ray.")
     return LocalExecutor()
+
+
+def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,
+              metadata: dict | None = None) -> list[dict]:
+    """Validate every cell, claim ``out_dir``'s results file, write the run's metadata, run the
+    cells not done yet; return their final rows. The one entry point of the CLI and of suites."""
+    import dataclasses
+
+    runner = runner or Runner()
+    executor = executor or LocalExecutor()
+    for cell in cells:
+        validate(cell)
+    with res.ResultsFile(Path(out_dir)) as results:
+        for notice in results.notices:
+            print(f"note: {notice}")
+        res.write_metadata(out_dir, runner.run_id, {
+            **(metadata or {}), "executor": executor.name,
+            "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})
+        return executor.run(runner, cells, results)

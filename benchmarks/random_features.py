@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from benchmarks.backbones import build_backbone, extract_features
-from benchmarks.methods import RunContext
+from benchmarks.flops import PRECISION_BYTES, backbone_shape
+from benchmarks.protocol import CellShape, RunContext
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,64 @@ def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device) -> bool:
     return feature_matrix_bytes(n_rows, cfg.n_components) > _STREAM_MEMORY_FRACTION * available_memory_bytes(device)
 
 
+_PROJECT_FLOPS_PER_MAC = {"gaussian": 4, "structured": 4, "opu": 4, "linear": 2}  # |XR|^2 with complex R: 4
+
+
+def _ridge_flops(n: int, d: int) -> float:
+    m = min(n, d)
+    return 2.0 * n * d * m + 9.0 * m**3
+
+
 class RandomFeatures:
     name = "random-features"
     Config = RandomFeaturesConfig
+    uses_backbone = True
+    is_backprop = False
+
+    @classmethod
+    def label(cls, config: dict) -> str:
+        enc, proj = config.get("encoder", "sign"), config.get("projection", "gaussian")
+        if proj == "none":
+            return f"ridge on {'raw' if enc == 'none' else enc} features"
+        if proj == "kernel":
+            return f"{enc}+kernel k=inf"
+        return f"{enc}+{proj} k={config.get('n_components', RandomFeaturesConfig.n_components)}"
+
+    @classmethod
+    def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]:
+        dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size,
+                                          int(config.get("pool_size") or 0))
+        proj = config.get("projection", "gaussian")
+        n_fit = shape.n_train + shape.n_val
+        if proj == "kernel":  # one Gram of the train + validation rows, a factorisation per alpha
+            k, fit = KERNEL_N_COMPONENTS, 2.0 * n_fit**2 * dim + 13 * shape.n_train**3 / 3.0
+        else:
+            k = dim if proj == "none" else int(config.get("n_components", RandomFeaturesConfig.n_components))
+            fit = _ridge_flops(shape.n_train, k)
+        flops = {"extract": float(fwd * n_fit), "fit": fit,
+                 "project": float(_PROJECT_FLOPS_PER_MAC.get(proj, 0) * n_fit * dim * max(k, 0))}
+        return flops, {"feature_dim": dim, "k": k, "params": params}
+
+    @classmethod
+    def memory_bytes(cls, config: dict, shape: CellShape) -> int:
+        """The largest set of live arrays: images, features, then the projected features and the
+        ridge's Grams (or the streamed Gram, or the exact kernel's (N, N) Gram in float32 and float64)."""
+        _, info = cls.flops(config, shape)
+        dim, params = info["feature_dim"], info["params"]
+        n_fit, n, n_all = shape.n_train + shape.n_val, shape.n_train, shape.n_images
+        base = n_all * 3 * shape.image_size**2 + params * 4
+        features = n_all * dim * PRECISION_BYTES.get(shape.precision, 4) + n_fit * dim * 4
+        proj = config.get("projection", "gaussian")
+        if proj == "kernel":
+            solve = n_fit**2 * (4 + 8) + 2 * n**2 * 8
+        else:
+            k = dim if proj == "none" else int(config.get("n_components", RandomFeaturesConfig.n_components))
+            m = min(n, k)
+            solve = n_all * k * 4 + 2 * m**2 * 8
+            if proj in _STREAMABLE and config.get("streaming") is not False:
+                streamed = min(n_fit, k) ** 2 * 4 + 2 * m**2 * 8 + (256 << 20)
+                solve = streamed if config.get("streaming") else min(solve, streamed)
+        return int(base + max(features, solve))
 
     def __init__(self, config: RandomFeaturesConfig | None = None):
         self.config = config or RandomFeaturesConfig()
@@ -149,7 +205,8 @@ class RandomFeatures:
         del e_train, e_val
 
         with clock.phase("fit_s"):
-            ridge.fit(x_train, y_train, X_val=x_val, y_val=y_val)
+            # No validation rows (val_fraction 0, one fixed alpha): nothing to select on.
+            ridge.fit(x_train, y_train, **({"X_val": x_val, "y_val": y_val} if len(y_val) else {}))
         with clock.phase("eval_s", counted=False):
             train_acc = ridge.score(x_train, y_train)
         del x_train, x_val

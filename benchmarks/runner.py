@@ -1,119 +1,59 @@
-"""The runner: owns the clock, runs cells, writes every row as soon as it exists.
+"""The runner: owns the clock, runs one cell, hands every row to a sink as soon as it exists.
 
-A *cell* is one configuration (method, dataset, backbone, cut, precision,
-seed and the method's own options). Its ``cell_key`` is a hash of everything
-that defines it, so re-running the same cells skips those that already have a
-successful ``final`` row: an interrupted run resumes where it stopped. A cell
-that raises gets a ``failed`` row with its error and the run goes on.
+A *cell* (:mod:`benchmarks.cells`) is one configuration; its ``cell_key`` is a hash of
+everything that defines it, so re-running the same cells skips those that already have a
+successful ``final`` row: an interrupted run resumes where it stopped. A cell that raises
+gets a ``failed`` row with its error and the run goes on.
+
+The runner writes nothing itself: :meth:`Runner.run_cell` gives its rows (the per-epoch
+rows as they come, then the final or failed row) to a *sink*, a callable taking a list of
+rows. The executors (:mod:`benchmarks.executors`) pass the results file's ``append``, or,
+in a Ray worker, a list that travels back to the driver.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from benchmarks import results as res
+from benchmarks.backbones import resolve_cut, resolve_weights
+from benchmarks.cells import Cell, describe, resolve_device
 from benchmarks.data import DataBundle, load_dataset
-from benchmarks.methods import RunContext, get_method, make_config
 from benchmarks.features import FeatureCache
+from benchmarks.methods import get_method, make_config
+from benchmarks.protocol import RunContext
 from benchmarks.timing import Clock, peak_memory_bytes, reset_peak_memory
 
-
-#: Methods that use the cell's backbone, cut, weights and precision axes.
-BACKBONE_METHODS = ("random-features", "finetune")
+Sink = Callable[[list[dict]], None]
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One configuration to run; its fields are the result's axes."""
-
-    method: str = "random-features"
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    backbone: str = "mobilenet_v2"
-    cut: str | None = None
-    weights: str = "DEFAULT"
-    precision: str = "fp32"
-    image_size: int = 96
-    train_per_class: int | None = 500
-    test_per_class: int | None = 200
-    val_fraction: float = 0.2
-    batch_size: int = 128
-    device: str = "auto"
-    seed: int = 0
-    threads: int | None = None
-    suite: str = ""
-    # The method's own options (see each method's Config), as sorted (name, value) pairs.
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def option_dict(self) -> dict[str, Any]:
-        return dict(self.options)
-
-    def key(self) -> str:
-        """A stable hash of what defines the cell (not where or how fast it runs)."""
-        ident = dataclasses.asdict(self)
-        for k in ("threads", "suite", "batch_size"):
-            ident.pop(k)
-        ident["options"] = sorted([list(o) for o in self.options])
-        blob = json.dumps(ident, sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-    def data_key(self) -> tuple:
-        return (self.dataset, self.data_dir, self.image_size, self.train_per_class,
-                self.test_per_class, self.val_fraction)
+def common_columns(run_id: str, cell: Cell) -> dict:
+    """The identity and axes columns every row of ``cell`` carries."""
+    return {"run_id": run_id, "cell_key": cell.key(), "suite": cell.suite, "method": cell.method,
+            "dataset": cell.dataset, "backbone": cell.backbone, "cut": cell.cut, "weights": cell.weights,
+            "precision": cell.precision, "seed": cell.seed, "image_size": cell.image_size}
 
 
-def with_options(cell: Cell, **options) -> Cell:
-    merged = {**cell.option_dict(), **{k: v for k, v in options.items() if v is not None}}
-    return dataclasses.replace(cell, options=tuple(sorted(merged.items())))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here; use --device cpu.")
-    return dev
-
-
-def validate(cell: Cell) -> None:
-    """Reject a bad cell before any data is loaded: unknown method, dataset, backbone, cut..."""
-    from benchmarks.backbones import PRECISIONS, resolve_cut
-    from benchmarks.data import DATASET_NAMES, DatasetError
-
-    get_method(cell.method)
-    if cell.dataset not in DATASET_NAMES[:-1] and not cell.dataset.startswith("imagefolder:"):
-        raise DatasetError(f"unknown dataset {cell.dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
-    if cell.method in BACKBONE_METHODS:
-        resolve_cut(cell.backbone, cell.cut)
-        if cell.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {cell.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-    if cell.image_size < 16:
-        raise ValueError(f"image size {cell.image_size} is too small; use at least 16 pixels.")
-    resolve_device(cell.device)
+def failed_row(run_id: str, cell: Cell, error: BaseException, **columns) -> dict:
+    return {**common_columns(run_id, cell), **columns, "row_type": "failed", "status": "failed",
+            "finished_at": res.now(), "error": f"{error.__class__.__name__}: {str(error)[:1500]}"}
 
 
 @dataclass
 class Runner:
-    out_dir: Path
+    """Runs cells in this process. ``progress`` prints a line per cell and the methods' bars."""
+
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     progress: bool = True
     fail_fast: bool = False
     feature_cache: FeatureCache | None = field(default_factory=FeatureCache)
     _data: tuple | None = None
-
-    @property
-    def results_path(self) -> Path:
-        return Path(self.out_dir) / res.RESULTS_FILE
 
     def load_data(self, cell: Cell) -> DataBundle:
         # Keep the last dataset decoded: cells of a sweep usually share it.
@@ -123,27 +63,9 @@ class Runner:
             self._data = (cell.data_key(), bundle)
         return self._data[1]
 
-    def run(self, cells: list[Cell]) -> list[dict]:
-        """Run every cell not finished yet; return the final rows of this call."""
-        for cell in cells:
-            validate(cell)
-        done = res.finished_keys(self.results_path)
-        rows = []
-        for i, cell in enumerate(cells):
-            if cell.key() in done:
-                if self.progress:
-                    print(f"[{i + 1}/{len(cells)}] {cell.method} {cell.key()}: done before, skipped")
-                continue
-            if self.progress:
-                print(f"[{i + 1}/{len(cells)}] {describe(cell)}")
-            rows.append(self.run_cell(cell))
-        return rows
-
-    def run_cell(self, cell: Cell) -> dict:
-        common = {"run_id": self.run_id, "cell_key": cell.key(), "suite": cell.suite,
-                  "method": cell.method, "dataset": cell.dataset, "backbone": cell.backbone,
-                  "cut": cell.cut, "weights": cell.weights, "precision": cell.precision,
-                  "seed": cell.seed, "image_size": cell.image_size}
+    def run_cell(self, cell: Cell, sink: Sink) -> dict:
+        """Run ``cell``; every row goes to ``sink``; return its final (or failed) row."""
+        common = common_columns(self.run_id, cell)
         try:
             device = resolve_device(cell.device)
             if device.type == "cuda":
@@ -157,9 +79,7 @@ class Runner:
             config = make_config(method_cls, cell.option_dict())
             data = self.load_data(cell)
             common.update(data.describe())
-            if cell.method in BACKBONE_METHODS:
-                from benchmarks.backbones import resolve_cut, resolve_weights
-
+            if method_cls.uses_backbone:
                 common.update(cut=resolve_cut(cell.backbone, cell.cut),
                               weights=resolve_weights(cell.backbone, cell.weights))
             else:
@@ -169,11 +89,11 @@ class Runner:
             reset_peak_memory(device)
 
             def emit(row: dict) -> None:
-                res.append_rows(self.results_path, [{**common, "status": "ok", "finished_at": res.now(),
-                                                     "method_config": dataclasses.asdict(config), **row}])
+                sink([{**common, "status": "ok", "finished_at": res.now(),
+                       "method_config": dataclasses.asdict(config), **row}])
 
             ctx = RunContext(data=data, clock=clock, device=device, seed=cell.seed,
-                             backbone=cell.backbone, cut=cell.cut, weights=cell.weights,
+                             backbone=cell.backbone, cut=common["cut"] or None, weights=cell.weights,
                              precision=cell.precision, batch_size=cell.batch_size,
                              progress=self.progress, emit=emit, feature_cache=self.feature_cache)
             out = method_cls(config).run(ctx)
@@ -187,18 +107,13 @@ class Runner:
         except Exception as err:
             if self.fail_fast:
                 raise
-            row = {**common, "row_type": "failed", "status": "failed", "finished_at": res.now(),
-                   "error": f"{err.__class__.__name__}: {err}",
-                   "extra": {"traceback": traceback.format_exc()[-2000:]}}
+            row = failed_row(self.run_id, cell, err, **{k: v for k, v in common.items() if k not in (
+                "run_id", "cell_key")})
+            row["extra"] = {"traceback": traceback.format_exc()[-2000:]}
             if self.progress:
                 print(f"  FAILED: {row['error']}")
-        res.append_rows(self.results_path, [row])
+        sink([row])
         return row
 
 
-def describe(cell: Cell) -> str:
-    parts = [cell.method, cell.dataset]
-    if cell.method in BACKBONE_METHODS:
-        parts += [cell.backbone, cell.cut or "(last cut)", cell.precision]
-    parts += [f"{k}={v}" for k, v in cell.options]
-    return " ".join(str(p) for p in parts) + f" seed={cell.seed}"
+__all__ = ["Cell", "Runner", "Sink", "common_columns", "describe", "failed_row"]

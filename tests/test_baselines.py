@@ -16,7 +16,7 @@ from baselines.small_cnn import SmallCNN
 from baselines.wrn22 import WRN22OneCycle, wrn_22
 from benchmarks.backbones import weights_path
 from benchmarks.data import synthetic_bundle
-from benchmarks.methods import RunContext
+from benchmarks.protocol import RunContext
 from benchmarks.timing import Clock
 
 EPOCH_KEYS = {"row_type", "epoch", "train_time_s", "train_loss", "val_acc"}

@@ -74,7 +74,10 @@ def test_ray_executor_matches_the_local_run(tmp_path, cifar10_dir, mobilenet_wei
 def test_a_dying_worker_is_retried_then_recorded_as_failed(tmp_path, cifar10_dir, mobilenet_weights, ray_local,
                                                             monkeypatch):
     import benchmarks.executors as executors
-    from benchmarks.runner import Cell, FeatureCache, Runner
+    from benchmarks.cells import Cell
+    from benchmarks.executors import run_cells
+    from benchmarks.features import FeatureCache
+    from benchmarks.runner import Runner
 
     data = tiny_cifar10(cifar10_dir, tmp_path / "cifar10-tiny")
     cells = [Cell(method="small_cnn", dataset="cifar10", data_dir=str(data), image_size=32, train_per_class=10,
@@ -99,13 +102,13 @@ def test_a_dying_worker_is_retried_then_recorded_as_failed(tmp_path, cifar10_dir
         os._exit(1)
 
     monkeypatch.setattr(executors, "run_cell_in_worker", flaky)
-    runner = Runner(tmp_path / "out", progress=False, feature_cache=FeatureCache(None))
-    rows = RayExecutor(max_retries=1).run(runner, cells)
+    runner = Runner(progress=False, feature_cache=FeatureCache(None))
+    rows = run_cells(cells, tmp_path / "out", runner, RayExecutor(max_retries=1))
     assert marker.exists() and [r["status"] for r in rows] == ["ok", "ok"]
 
     monkeypatch.setattr(executors, "run_cell_in_worker", always_dies)
-    runner = Runner(tmp_path / "out2", progress=False, feature_cache=FeatureCache(None))
-    rows = RayExecutor(max_retries=1).run(runner, cells[:1])
+    runner = Runner(progress=False, feature_cache=FeatureCache(None))
+    rows = run_cells(cells[:1], tmp_path / "out2", runner, RayExecutor(max_retries=1))
     assert rows[0]["status"] == "failed" and rows[0]["error"]
     written = read_rows(tmp_path / "out2" / "results.csv")
     assert len(written) == 1 and written[0]["row_type"] == "failed"
@@ -128,7 +131,7 @@ def test_missing_ray_gives_the_install_hint(monkeypatch):
 
 
 def test_cells_ask_for_gpus_only_when_they_need_them():
-    from benchmarks.runner import Cell
+    from benchmarks.cells import Cell
 
     class FakeRay:
         def cluster_resources(self):

@@ -94,7 +94,7 @@ def test_use_streaming_auto_by_memory(monkeypatch):
 @pytest.fixture(scope="module")
 def _ctx_factory():
     from benchmarks.data import synthetic_bundle
-    from benchmarks.methods import RunContext
+    from benchmarks.protocol import RunContext
     from benchmarks.timing import Clock
 
     data = synthetic_bundle(n_per_class=12, image_size=32, n_classes=2)

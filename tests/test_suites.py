@@ -7,11 +7,12 @@ import textwrap
 
 import pytest
 
-from benchmarks import sweep
+from benchmarks import suites
+from benchmarks.cells import validate
 from benchmarks.cli import main
 from benchmarks.results import read_rows
-from benchmarks.runner import Runner, validate
-from benchmarks.sweep import SuiteError, apply_overrides, expand, load_suite, parse_overrides
+from benchmarks.runner import Runner
+from benchmarks.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
 
 
@@ -106,7 +107,7 @@ def test_bad_option_value_is_caught_at_expansion(tmp_path):
         expand(load_suite(_suite(tmp_path, '[[grid]]\nmethod = "finetune"\nmode = "sideways"\n')))
 
 
-@pytest.mark.parametrize("name", sorted(sweep.suite_paths()))
+@pytest.mark.parametrize("name", sorted(suites.suite_paths()))
 def test_every_shipped_suite_expands_to_valid_cells(name):
     cells = expand(load_suite(name))
     assert cells
@@ -179,11 +180,11 @@ def test_interrupted_suite_resumes_without_repeating_or_duplicating(tmp_path, ti
     real_run_cell = Runner.run_cell
     calls = []
 
-    def interrupted(self, cell):
+    def interrupted(self, cell, sink):
         calls.append(cell.key())
         if len(calls) == 2:
             raise KeyboardInterrupt  # Ctrl-C in the middle of the second cell
-        return real_run_cell(self, cell)
+        return real_run_cell(self, cell, sink)
 
     monkeypatch.setattr(Runner, "run_cell", interrupted)
     assert main(args) == 130
@@ -192,7 +193,8 @@ def test_interrupted_suite_resumes_without_repeating_or_duplicating(tmp_path, ti
 
     monkeypatch.setattr(Runner, "run_cell", real_run_cell)
     ran = []
-    monkeypatch.setattr(Runner, "run_cell", lambda self, cell: ran.append(cell.key()) or real_run_cell(self, cell))
+    monkeypatch.setattr(Runner, "run_cell",
+                        lambda self, cell, sink: ran.append(cell.key()) or real_run_cell(self, cell, sink))
     assert main(args) == 0
     assert first[0]["cell_key"] not in ran and len(ran) == 2
     rows = read_rows(out / "results.csv")
@@ -209,11 +211,11 @@ def test_interrupted_suite_resumes_without_repeating_or_duplicating(tmp_path, ti
     assert main(args) == 0
     assert ran == [] and len(read_rows(out / "results.csv")) == len(rows)
 
-    # The dry run now shows measured times and estimates from measured throughput.
+    # The dry run now shows the measured times of the cells done (rates: tests/test_estimate.py).
     capsys.readouterr()
     assert main([*args, "--dry-run"]) == 0
     out_text = capsys.readouterr().out
-    assert "3 cells, 3 done before" in out_text and "rates measured in" in out_text
+    assert "3 cells, 3 done before" in out_text and out_text.count(" s*") == 3
 
 
 @pytest.mark.slow
@@ -225,8 +227,9 @@ def test_feature_cache_extracts_once_for_two_k(tmp_path, tiny_dir, mobilenet_wei
     assert "cached_phases" not in first["extra"]
     cached = json.loads(second["extra"])["cached_phases"]
     assert "extract_s" in cached and "predict_s" in cached
-    # The cached cell is charged what the extraction cost (the first also paid for writing the cache).
-    assert float(second["extract_s"]) == pytest.approx(float(first["extract_s"]), rel=0.25)
+    # The cached cell is charged what the extraction cost: the first's phase held the extraction and the
+    # writing of the cache, so the charge is positive and never more than the first's extract_s.
+    assert 0 < float(second["extract_s"]) <= float(first["extract_s"]) + 1e-6
 
 
 @pytest.mark.slow

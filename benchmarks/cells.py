@@ -1,0 +1,321 @@
+"""Cells: one configuration to run, built one way for the command line and for suites.
+
+A :class:`Cell` holds the axes of a result (method, dataset, backbone, cut, precision,
+seed, sizes) and the method's own options. :func:`make_cell` is the only builder: it
+takes a flat dict of cell fields and method options (from ``gradfree run`` flags or a
+suite's grid), checks the type of every value, and normalises it so that what a method
+does not use cannot make two cells out of one:
+
+* methods that do not use a backbone lose backbone, cut, weights and precision;
+* the cut is resolved to its name (``None`` -> the backbone's last cut);
+* ``0`` images per class means all of them (``None``);
+* options absent from the method's Config are dropped, as are options equal to their
+  default, and ``n_components`` when there is no projection.
+
+So ``gradfree run``, ``gradfree run --n-components 10000`` (the default spelled out) and
+the same cell in a suite have one :meth:`Cell.key`. :func:`validate` then rejects a bad
+cell before any data is loaded, and :func:`plan_memory` refuses a cell that cannot fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.backbones import PRECISIONS, BackboneError, resolve_cut
+from benchmarks.data import DATASET_NAMES, IMAGE_SUFFIXES, DatasetError
+from benchmarks.methods import REGISTRY, config_fields, full_config, get_method, make_config
+from benchmarks.protocol import CellShape
+
+#: Other names accepted for options, in suites and --set.
+ALIASES = {"projector": "projection", "k": "n_components", "n_random_features": "n_components"}
+#: Full training / test set sizes (images) when train_per_class / test_per_class is all (0).
+FULL_SIZES = {"cifar10": (50000, 10000), "stl10": (5000, 8000), "fashion-mnist": (60000, 10000),
+              "animals10": (20943, 5236)}
+N_CLASSES = {"cifar10": 10, "stl10": 10, "fashion-mnist": 10, "animals10": 10}
+
+
+class CellError(ValueError):
+    """A configuration that cannot be run; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration to run; its fields are the result's axes."""
+
+    method: str = "random-features"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    backbone: str = "mobilenet_v2"
+    cut: str | None = None
+    weights: str = "DEFAULT"
+    precision: str = "fp32"
+    image_size: int = 96
+    train_per_class: int | None = 500
+    test_per_class: int | None = 200
+    val_fraction: float = 0.2
+    batch_size: int = 128
+    device: str = "auto"
+    seed: int = 0
+    threads: int | None = None
+    suite: str = ""
+    # The method's own options (see each method's Config), as sorted (name, value) pairs.
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def key(self) -> str:
+        """A stable hash of what defines the cell (not where or how fast it runs)."""
+        ident = dataclasses.asdict(self)
+        for k in ("threads", "suite", "batch_size"):
+            ident.pop(k)
+        ident["options"] = sorted([list(o) for o in self.options])
+        blob = json.dumps(ident, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def data_key(self) -> tuple:
+        return (self.dataset, self.data_dir, self.image_size, self.train_per_class,
+                self.test_per_class, self.val_fraction)
+
+    @property
+    def uses_backbone(self) -> bool:
+        return get_method(self.method).uses_backbone
+
+
+CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell) if f.name not in ("options", "suite")}
+_NONE_IF_ZERO = ("train_per_class", "test_per_class")
+
+
+def known_keys() -> list[str]:
+    """Every cell field and every method option: the keys a suite or --set may use."""
+    keys = set(CELL_FIELDS)
+    for name in REGISTRY:
+        keys |= set(config_fields(name))
+    return sorted(keys)
+
+
+def canonical(table: dict, where) -> dict[str, Any]:
+    """Aliases resolved, unknown keys rejected with the list of known ones."""
+    out = {}
+    known = set(known_keys())
+    for key, value in table.items():
+        key = ALIASES.get(key, key)
+        if key not in known:
+            raise CellError(f"{where}: unknown axis or setting {key!r}; known: {', '.join(sorted(known))} "
+                            f"(aliases: {', '.join(f'{a}={b}' for a, b in ALIASES.items())}).")
+        out[key] = value
+    return out
+
+
+def make_cell(values: dict[str, Any], suite_name: str = "") -> Cell:
+    """One normalised Cell from a flat dict of cell fields and method options (module docstring)."""
+    values = canonical(values, "cell")
+    method = values.get("method", Cell.method)
+    try:
+        method_cls = get_method(method)
+    except ValueError as err:
+        raise CellError(str(err)) from None
+    # Defaults filled in first, so that a value spelled out and a value left out are one cell.
+    fields = {k: f.default for k, f in CELL_FIELDS.items()}
+    fields.update({k: coerce(k, v, CELL_FIELDS[k]) for k, v in values.items() if k in CELL_FIELDS})
+    for k in _NONE_IF_ZERO:
+        if fields.get(k) == 0:
+            fields[k] = None
+    cfg_fields = config_fields(method)
+    options = {k: coerce(k, v, cfg_fields[k]) for k, v in values.items() if k in cfg_fields}
+    if "batch_size" in cfg_fields and "batch_size" in fields and "batch_size" not in options:
+        options["batch_size"] = fields["batch_size"]  # the trainers' batch size is part of what they are
+    if method_cls.uses_backbone:
+        try:
+            fields["cut"] = resolve_cut(fields.get("backbone", Cell.backbone), fields.get("cut"))
+        except BackboneError:
+            pass  # validate() reports it with the list of cuts
+    else:
+        for k in ("backbone", "cut", "weights", "precision"):
+            fields.pop(k, None)
+    if method == "random-features" and options.get("projection") in ("none", "kernel"):
+        options.pop("n_components", None)
+        options.pop("block_size", None)
+    defaults = method_cls.Config()
+    options = {k: v for k, v in options.items() if v != getattr(defaults, k)}
+    try:
+        make_config(method_cls, options)
+    except (TypeError, ValueError) as err:
+        raise CellError(f"{method} with {options}: {err}") from None
+    return Cell(**fields, suite=suite_name, options=tuple(sorted(options.items())))
+
+
+def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
+    """A TOML, --set or command-line value to the field's type, or a CellError naming it."""
+    typ = str(field.type)
+    if value is None:
+        return None
+    if "tuple" in typ:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise CellError(f"{key} = {value!r}: expected a list of numbers.")
+        return tuple(float(v) for v in items)
+    if typ.startswith("bool"):
+        if not isinstance(value, bool):
+            raise CellError(f"{key} = {value!r}: expected true or false.")
+        return value
+    if typ.startswith("int"):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CellError(f"{key} = {value!r}: expected a whole number.")
+        return value
+    if typ.startswith("float"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise CellError(f"{key} = {value!r}: expected a number.")
+        return float(value)
+    if typ.startswith("str") and not isinstance(value, str):
+        raise CellError(f"{key} = {value!r}: expected a string.")
+    return value
+
+
+# ----------------------------------------------------------------------------
+# Validation: before any data is loaded
+# ----------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CellError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CellError(f"--device {device}: no CUDA device is available here; use --device cpu.")
+    return dev
+
+
+def validate(cell: Cell) -> None:
+    """Reject a bad cell before any data is loaded: unknown names, out-of-range sizes, no room."""
+    method_cls = get_method(cell.method)
+    if cell.dataset not in DATASET_NAMES[:-1] and not cell.dataset.startswith("imagefolder:"):
+        raise DatasetError(f"unknown dataset {cell.dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    if method_cls.uses_backbone:
+        resolve_cut(cell.backbone, cell.cut)
+        if cell.precision not in PRECISIONS:
+            raise CellError(f"unknown precision {cell.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if cell.image_size < 16:
+        raise CellError(f"image size {cell.image_size} is too small; use at least 16 pixels.")
+    for name in ("train_per_class", "test_per_class"):
+        value = getattr(cell, name)
+        if value is not None and value < 1:
+            raise CellError(f"{name} = {value}: expected a positive number of images per class, or 0 for all.")
+    if not 0.0 <= cell.val_fraction < 1.0:
+        raise CellError(f"val_fraction = {cell.val_fraction}: expected a fraction in [0, 1) "
+                        "(the share of each class's training images held out for validation).")
+    if cell.val_fraction == 0.0 and (method_cls.is_backprop or len(cell.option_dict().get("alphas") or ()) != 1):
+        raise CellError(f"{cell.method} selects on the validation split (alpha or the best epoch), so "
+                        "val_fraction 0 leaves it nothing to select on; use a fraction above 0"
+                        + ("" if method_cls.is_backprop else ", or a single fixed --alphas value") + ".")
+    if cell.batch_size < 1:
+        raise CellError(f"batch_size = {cell.batch_size}: expected at least 1.")
+    if cell.threads is not None and cell.threads < 1:
+        raise CellError(f"threads = {cell.threads}: expected at least 1.")
+    if cell.seed < 0:
+        raise CellError(f"seed = {cell.seed}: expected 0 or more.")
+    config = full_config(cell.method, cell.option_dict())
+    if "n_components" in config and config.get("projection") not in ("none", "kernel"):
+        if config["n_components"] < 1:
+            raise CellError(f"n_components = {config['n_components']}: expected at least 1 random feature.")
+    device = resolve_device(cell.device)
+    plan_memory(cell, device)
+
+
+def cell_shape(cell: Cell, device: torch.device | None = None) -> CellShape:
+    """The sizes the cell will load (counted from the folders of an imagefolder dataset)."""
+    n_classes, full_train, full_test = _dataset_sizes(cell)
+    per_class_train = cell.train_per_class
+    n_fit = per_class_train * n_classes if per_class_train else full_train
+    n_val = int(round(n_fit * cell.val_fraction))
+    n_test = cell.test_per_class * n_classes if cell.test_per_class else full_test
+    dev = device.type if device is not None else resolve_device(cell.device).type
+    return CellShape(backbone=cell.backbone, cut=cell.cut, image_size=cell.image_size, precision=cell.precision,
+                     n_classes=n_classes, n_train=n_fit - n_val, n_val=n_val, n_test=n_test, device=dev)
+
+
+def _dataset_sizes(cell: Cell) -> tuple[int, int, int]:
+    """(n_classes, full training images, full test images)."""
+    if cell.dataset.startswith("imagefolder:"):
+        root = Path(cell.dataset.split(":", 1)[1]).expanduser()
+        counts = {split: _count_images(root / split) for split in ("train", "test")}
+        if counts["train"][0]:
+            return counts["train"][0], counts["train"][1], counts["test"][1]
+        n_classes, total = _count_images(root)  # one folder, split by the loader
+        return max(n_classes, 1), total, 0
+    n_classes = N_CLASSES.get(cell.dataset, 10)
+    full_train, full_test = FULL_SIZES.get(cell.dataset, (1000 * n_classes, 200 * n_classes))
+    return n_classes, full_train, full_test
+
+
+def _count_images(folder: Path) -> tuple[int, int]:
+    if not folder.is_dir():
+        return 0, 0
+    classes = [p for p in folder.iterdir() if p.is_dir()]
+    total = sum(1 for c in classes for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return len(classes), total
+
+
+def plan_memory(cell: Cell, device: torch.device) -> int:
+    """The cell's planned peak memory in bytes; a CellError if it cannot fit in what is free.
+
+    For a method with ``n_components``, the error names the largest k that fits.
+    """
+    from projector.projections import available_memory_bytes
+
+    method_cls = get_method(cell.method)
+    config = full_config(cell.method, cell.option_dict())
+    shape = cell_shape(cell, device)
+    need = method_cls.memory_bytes(config, shape)
+    free = available_memory_bytes(device)
+    if need <= free:
+        return need
+    msg = (f"{describe(cell)} needs about {format_bytes(need)} of memory ({shape.n_images} images), "
+           f"but {device.type} has {format_bytes(free)} free.")
+    if "n_components" in config and config.get("projection") not in ("none", "kernel"):
+        k = _largest_fitting(lambda k: method_cls.memory_bytes({**config, "n_components": k}, shape), free)
+        msg += (f" The largest number of random features that fits is about k = {k:,}; use --n-components "
+                f"{k} or fewer" if k else " Even k = 1 does not fit")
+        msg += ", or fewer images (--train-per-class, --test-per-class)."
+    else:
+        msg += " Use fewer images (--train-per-class, --test-per-class) or a smaller image size."
+    raise CellError(msg)
+
+
+def _largest_fitting(need, budget: int) -> int:
+    lo, hi = 0, 1
+    while need(hi) <= budget and hi < 10**12:
+        lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 1000):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid)
+    return int(10 ** math.floor(math.log10(lo)) * (lo // 10 ** math.floor(math.log10(lo))) if lo else 0)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def describe(cell: Cell) -> str:
+    parts = [cell.method, cell.dataset]
+    if cell.uses_backbone:
+        parts += [cell.backbone, cell.cut or "(last cut)", cell.precision]
+    parts += [f"{k}={v}" for k, v in cell.options]
+    return " ".join(str(p) for p in parts) + f" seed={cell.seed}"

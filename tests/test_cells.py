@@ -1,0 +1,180 @@
+"""One cell builder for the command line and suites; validation before any work; the method registry."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from benchmarks.cells import CellError, cell_shape, make_cell, plan_memory, validate
+from benchmarks.cli import _CELL_ARGS, build_parser, main
+from benchmarks.methods import REGISTRY, backbone_methods, backprop_methods, full_config
+from benchmarks.protocol import CellShape
+from benchmarks.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
+
+
+def _cli_cell(*flags: str):
+    """The cell `gradfree run FLAGS` would run, built the way cmd_run builds it."""
+    from benchmarks.cli import _method_options
+
+    args = build_parser().parse_args(["run", *flags])
+    return make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **_method_options(args)})
+
+
+def _suite_cells(tmp_path, grid: str):
+    path = tmp_path / "s.toml"
+    path.write_text(textwrap.dedent(grid))
+    return expand(load_suite(path))
+
+
+def test_cli_suite_and_spelled_out_default_give_one_key(tmp_path):
+    plain = _cli_cell()
+    spelled = _cli_cell("--n-components", "10000", "--cut", "features.18", "--encoder", "sign")
+    (suite,) = _suite_cells(tmp_path, """
+        [[grid]]
+        method = "random-features"
+        dataset = "fashion-mnist"
+        n_components = 10000
+    """)
+    assert plain.key() == spelled.key() == suite.key()
+    assert plain.cut == "features.18"
+
+
+def test_cli_and_suite_agree_for_every_method(tmp_path):
+    for name in REGISTRY:
+        cli = _cli_cell("--method", name, "--epochs", "3")
+        (suite,) = _suite_cells(tmp_path, f'[[grid]]\nmethod = "{name}"\nepochs = 3\n')
+        assert cli.key() == suite.key(), name
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_every_registered_method_declares_the_protocol(name):
+    cls = REGISTRY[name]
+    assert cls.name == name
+    assert isinstance(cls.uses_backbone, bool) and isinstance(cls.is_backprop, bool)
+    config = full_config(name, {})
+    shape = CellShape(backbone="mobilenet_v2", cut="features.18", image_size=32, n_classes=10,
+                      n_train=80, n_val=20, n_test=50)
+    flops, info = cls.flops(config, shape)
+    assert flops and all(v >= 0 for v in flops.values()) and sum(flops.values()) > 0
+    assert info["params"] > 0
+    assert cls.memory_bytes(config, shape) > 80 * 3 * 32 * 32
+    assert isinstance(cls.label(config), str) and cls.label(config)
+    # Every registered method can be asked for by the CLI and built as a cell.
+    assert name in build_parser()._subparsers._group_actions[0].choices["run"]._option_string_actions[
+        "--method"].choices
+    cell = make_cell({"method": name})
+    assert (cell.backbone == "mobilenet_v2") == cls.uses_backbone or not cls.uses_backbone
+    assert (name in backbone_methods()) == cls.uses_backbone
+    assert (name in backprop_methods()) == cls.is_backprop
+
+
+def test_methods_without_a_backbone_lose_its_axes():
+    for name in REGISTRY:
+        cell = make_cell({"method": name, "cut": "features.14", "precision": "bf16"})
+        if REGISTRY[name].uses_backbone:
+            assert (cell.cut, cell.precision) == ("features.14", "bf16")
+        else:
+            assert (cell.cut, cell.precision) == (None, "fp32")
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"train_per_class": -9}, "train_per_class = -9"),
+    ({"test_per_class": -1}, "test_per_class = -1"),
+    ({"val_fraction": 1.0}, r"val_fraction = 1.0.*\[0, 1\)"),
+    ({"val_fraction": -0.1}, "val_fraction"),
+    ({"val_fraction": 0.0}, "nothing to select on"),
+    ({"image_size": 8}, "too small"),
+    ({"n_components": 0}, "n_components = 0"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"threads": 0}, "threads"),
+    ({"device": "tpu:7"}, "device"),
+])
+def test_bad_values_are_rejected_before_any_work(values, match):
+    with pytest.raises(ValueError, match=match):
+        validate(make_cell({"method": "random-features", **values}))
+
+
+def test_val_fraction_zero_is_fine_with_one_fixed_alpha():
+    validate(make_cell({"method": "random-features", "val_fraction": 0.0, "alphas": [1.0]}))
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"image_size": "big"}, "image_size = 'big': expected a whole number"),
+    ({"seed": 1.5}, "seed = 1.5"),
+    ({"val_fraction": "x"}, "expected a number"),
+    ({"n_components": "many"}, "n_components"),
+    ({"method": "nope"}, "unknown method 'nope'"),
+    ({"augment": "yes", "method": "finetune"}, "expected true or false"),
+])
+def test_wrong_types_are_clear_errors(values, match):
+    with pytest.raises(CellError, match=match):
+        make_cell({"method": "random-features", **values})
+
+
+def test_wrong_typed_suite_value_and_set_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SuiteError, match="image_size = 'big'"):
+        _suite_cells(tmp_path, '[[grid]]\nmethod = "small_cnn"\nimage_size = "big"\n')
+    path = tmp_path / "t.toml"
+    path.write_text('[[grid]]\nmethod = "small_cnn"\n')
+    with pytest.raises(SuiteError, match="image_size = 'abc'"):
+        expand(apply_overrides(load_suite(path), parse_overrides(["image_size=abc"])))
+    assert main(["run", "--suite", str(path), "--set", "image_size=abc", "--out", str(tmp_path / "o")]) == 2
+    assert "gradfree: error:" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/path", "a/b", ".."])
+def test_a_suite_name_is_a_name_not_a_path(tmp_path, name):
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "{name}"\n[[grid]]\nmethod = "small_cnn"\n')
+    with pytest.raises(SuiteError, match="is not a name"):
+        load_suite(path)
+
+
+def test_infeasible_size_is_refused_with_the_estimate_and_the_largest_k():
+    import torch
+
+    cell = make_cell({"method": "random-features", "backbone": "densenet169", "image_size": 224,
+                      "n_components": 10**10, "streaming": False})
+    with pytest.raises(CellError, match=r"needs about .* largest number of random features .* k = [\d,]+"):
+        plan_memory(cell, torch.device("cpu"))
+    msg = ""
+    try:
+        plan_memory(cell, torch.device("cpu"))
+    except CellError as err:
+        msg = str(err)
+    k = int(msg.split("k = ")[1].split(";")[0].replace(",", ""))
+    fits = make_cell({"method": "random-features", "backbone": "densenet169", "image_size": 224,
+                      "n_components": k, "streaming": False})
+    plan_memory(fits, torch.device("cpu"))  # the k it names does fit
+
+
+def test_full_cifar10_exact_kernel_is_refused_up_front(tmp_path, capsys):
+    # 50,000 training images: a float32 + float64 (N, N) Gram alone is 30 GB, more than this machine has.
+    code = main(["run", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--train-per-class", "0",
+                 "--test-per-class", "0", "--image-size", "32", "--projector", "kernel", "--device", "cpu",
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs about" in err and "GiB" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cell_shape_counts_an_image_folder(tmp_path):
+    for split, n in (("train", 7), ("test", 3)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / split / cls / f"{i}.png").write_bytes(b"")
+    cell = make_cell({"method": "small_cnn", "dataset": f"imagefolder:{tmp_path}", "train_per_class": 0,
+                      "test_per_class": 0, "device": "cpu"})
+    shape = cell_shape(cell)
+    assert (shape.n_classes, shape.n_train + shape.n_val, shape.n_test) == (2, 14, 6)
+
+
+def test_set_without_suite_is_refused_and_dry_run_runs_nothing(tmp_path, capsys):
+    assert main(["run", "--set", "seed=1", "--out", str(tmp_path / "a")]) == 2
+    assert "--set only applies to --suite" in capsys.readouterr().err
+    assert main(["run", "--dry-run", "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "1 cells, 0 done before" in out and _cli_cell().key() in out
+    assert not (tmp_path / "b").exists()
