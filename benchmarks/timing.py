@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -64,11 +64,13 @@ class Clock:
 
     ``counted_s`` is the running total of counted phases: the training time a
     method is charged with. ``totals`` maps each phase name to its seconds,
-    counted or not.
+    counted or not. ``timer``: the seconds source (``time.perf_counter``); tests
+    pass one they advance themselves, so that no test depends on the machine's speed.
     """
 
-    def __init__(self, device: torch.device | str | None = None):
+    def __init__(self, device: torch.device | str | None = None, timer: Callable[[], float] | None = None):
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._timer = timer or time.perf_counter
         self.totals: dict[str, float] = defaultdict(float)
         self.uncounted: set[str] = set()
         self.counted_s = 0.0
@@ -92,12 +94,12 @@ class Clock:
         frame = [effective, 0.0]
         self._stack.append(frame)
         span = Span(name)
-        start = time.perf_counter()
+        start = self._timer()
         try:
             yield span
         finally:
             synchronize(self.device)
-            elapsed = time.perf_counter() - start
+            elapsed = self._timer() - start
             self._stack.pop()
             exclusive = elapsed - frame[1]
             self.totals[name] += exclusive
