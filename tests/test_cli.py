@@ -66,3 +66,82 @@ def test_cuts_command(capsys):
     assert main(["cuts", "--backbone", "densenet169"]) == 0
     out = capsys.readouterr().out.split()
     assert out[0] == "denseblock1.denselayer1" and out[-1] == "norm5" and "transition3" in out
+
+
+# ----------------------------------------------------------------------------
+# Faults a user meets: a torn results file, two runs into one folder, a read-only file, a bad --out
+# ----------------------------------------------------------------------------
+
+
+def _two_cell_args(data_dir, out):
+    return ["run", *TINY, "--data-dir", str(data_dir), "--n-components", "256", "--seed", "{seed}",
+            "--out", str(out)]
+
+
+def test_a_torn_last_row_is_set_aside_and_its_cell_runs_again(tmp_path, cifar10_dir, mobilenet_weights, capsys):
+    import pandas as pd
+
+    from benchmarks.tables import load_results
+
+    out = tmp_path / "out"
+    runs = [[a.replace("{seed}", str(s)) for a in _two_cell_args(cifar10_dir, out)] for s in (0, 1)]
+    for args in runs:
+        assert main(args) == 0
+    csv = out / "results.csv"
+    good = csv.read_bytes()
+    lines = good.splitlines(keepends=True)
+    torn = b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2]  # what a crash or a full disk leaves
+    csv.write_bytes(torn)
+
+    capsys.readouterr()
+    assert main(runs[1]) == 0  # the torn cell counts as not done: it runs again
+    assert "set aside" in capsys.readouterr().out
+    side = list(out.glob("results.csv.torn-*"))
+    assert len(side) == 1 and side[0].read_bytes() == lines[-1][: len(lines[-1]) // 2]
+    rows = read_rows(csv)
+    assert [r["row_type"] for r in rows] == ["final", "final"] and len({r["cell_key"] for r in rows}) == 2
+    assert len(pd.read_csv(csv)) == 2 and len(load_results(out)) == 2
+    assert main(runs[0]) == 0 and len(read_rows(csv)) == 2  # and the rest is trusted as done
+
+
+def test_a_second_run_into_a_busy_folder_refuses_naming_the_holder(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from benchmarks.results import ResultsFile\n"
+         f"with ResultsFile({str(out)!r}):\n    print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code = main(["run", "--method", "small_cnn", "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"pid {holder.pid}" in err and "another --out" in err
+        assert not (out / "results.csv").exists()
+    finally:
+        holder.communicate("\n", timeout=60)
+
+
+def test_a_read_only_results_file_is_refused_and_left_alone(tmp_path, capsys):
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    out.mkdir()
+    csv = out / "results.csv"
+    csv.write_text(",".join(__import__("benchmarks.results", fromlist=["SCHEMA"]).SCHEMA) + "\n")
+    os.chmod(csv, 0o444)
+    code = main(["run", "--method", "small_cnn", "--out", str(out), "--no-progress"])
+    assert code == 2 and "read-only" in capsys.readouterr().err
+    assert stat.S_IMODE(csv.stat().st_mode) == 0o444
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    code = main(["run", "--method", "small_cnn", "--out", str(target), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("gradfree: error:") and "Traceback" not in err
+    assert target.read_text() == "not a folder"
