@@ -7,22 +7,35 @@ configuration, dataset, backbone, cut, precision, seed, image size, numbers of
 images). For each pair: the accuracy difference ``B - A`` (``test_acc`` by
 default) and the training-time ratio ``B / A``.
 
-Exit status 1 when an accuracy dropped by more than ``--tolerance`` or a cell
-that succeeded in A failed in B; time regressions (ratio above
-``1 + --time-tolerance``) are warnings unless ``--fail-on-time``. Cells only in
-one set are listed as warnings.
+This is the CI regression gate, so anything that keeps it from judging a cell is
+a failure, never a pass. Exit status 1 when:
+
+* A or B lacks a required column (``cell_key``, ``row_type``, ``status``, ``method``
+  and the metric), B has no rows, or A has no successful cell to compare against;
+* a matched cell's metric is blank, NaN, infinite or not a number (in B, or in A);
+* an accuracy dropped by more than ``--tolerance``;
+* a cell of A is missing from B, or failed in B.
+
+Time regressions (ratio above ``1 + --time-tolerance``, or a blank time in B) are
+warnings unless ``--fail-on-time``; cells only in B are warnings. Rows the reader
+had to skip (a torn or garbled file) are warnings; the cells they held then count
+as missing. The last line is always ``compare: N passed, M failed``, M counting
+every failure above.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import pandas as pd
 
-from benchmarks.report import load_results, split_rows
+from benchmarks.tables import load_results, split_rows
 
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
+#: Columns without which no cell can be matched or judged (the metric is required too).
+REQUIRED = ("cell_key", "row_type", "status", "method")
 
 
 def _axes_key(df: pd.DataFrame) -> list[str]:
@@ -34,29 +47,77 @@ def _match(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     by_key = a.merge(b, on="cell_key", suffixes=("_a", "_b"))
     rest_a = a[~a["cell_key"].isin(by_key["cell_key"])]
     rest_b = b[~b["cell_key"].isin(by_key["cell_key"])]
-    ra = rest_a.assign(_axes=_axes_key(rest_a)).drop_duplicates("_axes", keep="last")
-    rb = rest_b.assign(_axes=_axes_key(rest_b)).drop_duplicates("_axes", keep="last")
-    by_axes = ra.merge(rb, on="_axes", suffixes=("_a", "_b"))
+    ra = rest_a.assign(match_axes=_axes_key(rest_a)).drop_duplicates("match_axes", keep="last")
+    rb = rest_b.assign(match_axes=_axes_key(rest_b)).drop_duplicates("match_axes", keep="last")
+    by_axes = ra.merge(rb, on="match_axes", suffixes=("_a", "_b"))
     pairs = pd.concat([by_key.assign(matched="key"),
                        by_axes.assign(matched="axes", cell_key=by_axes["cell_key_a"])], ignore_index=True)
-    only_a = ra[~ra["_axes"].isin(by_axes["_axes"])]
-    only_b = rb[~rb["_axes"].isin(by_axes["_axes"])]
+    only_a = ra[~ra["match_axes"].isin(by_axes["match_axes"])]
+    only_b = rb[~rb["match_axes"].isin(by_axes["match_axes"])]
     return pairs, only_a, only_b
+
+
+def _load(name: str, path, metric: str, say) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of one side and what keeps them from being compared (missing columns)."""
+    df = load_results(path, warn=lambda message: say(f"warning: {name}: {message}"))
+    columns = df.attrs["columns"]
+    if not columns:
+        return df, [f"{name} ({path}) has no header row: not a results file (empty or unreadable)."]
+    missing = [c for c in (*REQUIRED, metric) if c not in columns]
+    if missing:
+        return df, [f"{name} ({path}) has no column {', '.join(repr(c) for c in missing)}; a results file "
+                    f"needs {', '.join((*REQUIRED, metric))}."]
+    return df, []
+
+
+def _unreadable(value, raw: dict, column: str, side: str) -> str:
+    """Why a metric value cannot be compared, or '' when it can."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return ""
+    text = (raw or {}).get(column)
+    what = "blank" if text is None and pd.isna(value) else repr(text if text is not None else str(value))
+    return f"{column} in {side} is {what}, not a number"
+
+
+def _cell(r, suffix: str = "") -> str:
+    get = lambda c: getattr(r, f"{c}{suffix}", getattr(r, c, ""))  # noqa: E731
+    return f"{r.cell_key} {get('method')} {get('config')} {get('cut')} {get('precision')} seed={get('seed')}".strip()
 
 
 def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5, metric: str = "test_acc",
             fail_on_time: bool = False, out=None) -> int:
-    """Print the comparison; return the exit status (0 fine, 1 regression)."""
+    """Print the comparison; return the exit status (0 fine, 1 regression or nothing to judge)."""
     out = out or sys.stdout
-    fa, _, faila = split_rows(load_results(a_path))
-    fb, _, failb = split_rows(load_results(b_path))
+    say = lambda line: print(line, file=out)  # noqa: E731
+    say(f"A (reference): {a_path}\nB (candidate): {b_path}")
+    a, errors = _load("A", a_path, metric, say)
+    b, b_errors = _load("B", b_path, metric, say)
+    errors += b_errors
+    fa, _, faila = split_rows(a)
+    fb, _, failb = split_rows(b)
+    if not errors and fa.empty:
+        errors.append(f"A ({a_path}) has no successful final row: nothing to compare against.")
+    if not b_errors and b.empty:
+        errors.append(f"B ({b_path}) has no rows" + (" it could read." if b.attrs["problems"] else "."))
+    if errors:
+        for e in errors:
+            say(f"error: {e}")
+        say(f"compare: 0 passed, {len(errors)} failed")
+        return 1
+
     pairs, only_a, only_b = _match(fa, fb)
     pairs["delta"] = pairs[f"{metric}_b"] - pairs[f"{metric}_a"]
     pairs["time_ratio"] = pairs["train_total_s_b"] / pairs["train_total_s_a"]
-    pairs["acc_regressed"] = pairs["delta"] < -tolerance
+    pairs["problem"] = [_unreadable(r[f"{metric}_b"], r["unparsed_b"], metric, "B")
+                        or _unreadable(r[f"{metric}_a"], r["unparsed_a"], metric, "A") for _, r in pairs.iterrows()]
+    pairs["acc_regressed"] = (pairs["problem"] == "") & (pairs["delta"] < -tolerance)
+    pairs["time_missing"] = pairs["train_total_s_a"].notna() & pairs["train_total_s_b"].isna()
     pairs["time_regressed"] = pairs["time_ratio"] > 1 + time_tolerance
-    status = [("ACC REGRESSION" if r.acc_regressed else "")
-              + (" slower" if r.time_regressed else "") for r in pairs.itertuples()]
+    pairs["bad"] = (pairs["problem"] != "") | pairs["acc_regressed"]
+    if fail_on_time:
+        pairs["bad"] |= pairs["time_regressed"] | pairs["time_missing"]
+    status = [("NOT COMPARED" if r.problem else "ACC REGRESSION" if r.acc_regressed else "")
+              + (" slower" if r.time_regressed else " no time" if r.time_missing else "") for r in pairs.itertuples()]
     table = pd.DataFrame({
         "cell_key": pairs["cell_key"], "method": pairs["method_a"], "config": pairs["config_a"],
         "cut": pairs["cut_a"], "precision": pairs["precision_a"], "seed": pairs["seed_a"],
@@ -64,35 +125,48 @@ def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5
         "delta": pairs["delta"].round(4), "time A s": pairs["train_total_s_a"].round(2),
         "time B s": pairs["train_total_s_b"].round(2), "B/A time": pairs["time_ratio"].round(2),
         "matched": pairs["matched"], "status": [s.strip() for s in status]})
-    print(f"A (reference): {a_path}\nB (candidate): {b_path}\n{len(pairs)} matched cells; accuracy tolerance "
-          f"{tolerance} ({metric}), time tolerance x{1 + time_tolerance:.2f}\n", file=out)
+    say(f"{len(pairs)} matched cells; accuracy tolerance {tolerance} ({metric}), time tolerance "
+        f"x{1 + time_tolerance:.2f}\n")
     if not table.empty:
         with pd.option_context("display.width", 220, "display.max_columns", 30, "display.max_colwidth", 32):
-            print(table.to_string(index=False), file=out)
-    # A cell that succeeded in A but only failed in B is a regression too.
-    newly_failed = failb[failb["cell_key"].isin(fa["cell_key"])]
+            say(table.to_string(index=False))
+
+    for r in pairs[pairs["problem"] != ""].itertuples():
+        say(f"error: {_cell(r, '_a')}: {r.problem}; cannot compare.")
+    for r in pairs[pairs["acc_regressed"]].itertuples():
+        say(f"error: {_cell(r, '_a')}: {metric} {getattr(r, f'{metric}_a'):.4f} -> {getattr(r, f'{metric}_b'):.4f} "
+            f"({r.delta:+.4f}, below -{tolerance}).")
+    if fail_on_time:
+        for r in pairs[pairs["time_missing"]].itertuples():
+            say(f"error: {_cell(r, '_a')}: train_total_s in B is blank.")
+    # A cell that succeeded in A but only failed in B (matched by key, else by axes) is a regression too.
+    b_errors_by = {**dict(zip(_axes_key(failb), failb["error"])), **dict(zip(failb["cell_key"], failb["error"]))}
+    newly_failed = only_a[only_a["cell_key"].isin(b_errors_by) | only_a["match_axes"].isin(b_errors_by)]
+    missing = only_a[~only_a.index.isin(newly_failed.index)]
     for r in newly_failed.itertuples():
-        print(f"FAILED in B (ok in A): {r.cell_key} {r.method} {r.cut} seed={r.seed}: {r.error}", file=out)
-    for label, rows in (("only in A (missing from B)", only_a), ("only in B", only_b)):
-        for r in rows.itertuples():
-            print(f"warning: {label}: {r.cell_key} {r.method} {r.config} {r.cut} {r.precision} seed={r.seed}",
-                  file=out)
+        say(f"error: FAILED in B (ok in A): {_cell(r)}: {b_errors_by.get(r.cell_key, b_errors_by.get(r.match_axes))}")
+    for r in missing.itertuples():
+        say(f"error: missing from B (ok in A): {_cell(r)}")
+    for r in only_b.itertuples():
+        say(f"warning: only in B: {_cell(r)}")
     if len(faila):
-        print(f"note: {len(faila)} cell(s) failed in A too.", file=out)
-    n_acc = int(pairs["acc_regressed"].sum()) + len(newly_failed)
+        say(f"note: {len(faila)} cell(s) failed in A too.")
+    if not len(pairs):
+        say("error: no cell in common between A and B.")
+
     n_time = int(pairs["time_regressed"].sum())
     if n_time:
-        print(f"{'error' if fail_on_time else 'warning'}: {n_time} cell(s) slower than x{1 + time_tolerance:.2f} "
-              "the reference (times depend on the machine and its load).", file=out)
+        say(f"{'error' if fail_on_time else 'warning'}: {n_time} cell(s) slower than x{1 + time_tolerance:.2f} "
+            "the reference (times depend on the machine and its load).")
+    if not fail_on_time and pairs["time_missing"].any():
+        say(f"warning: {int(pairs['time_missing'].sum())} cell(s) of B have no train_total_s.")
+    n_acc = int(pairs["acc_regressed"].sum())
     if n_acc:
-        print(f"error: {n_acc} cell(s) regressed in {metric} by more than {tolerance} (or failed).", file=out)
-    if not len(pairs) and not len(newly_failed):
-        print("error: no cell in common between A and B.", file=out)
-        return 1
-    bad = pairs["acc_regressed"] | (pairs["time_regressed"] if fail_on_time else False)
+        say(f"error: {n_acc} cell(s) regressed in {metric} by more than {tolerance}.")
+    failed = int(pairs["bad"].sum()) + len(newly_failed) + len(missing)
     # The plain closing line CI logs are read for.
-    print(f"compare: {int((~bad).sum())} passed, {int(bad.sum()) + len(newly_failed)} failed", file=out)
-    return 1 if n_acc or (fail_on_time and n_time) else 0
+    say(f"compare: {int((~pairs['bad']).sum())} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -107,7 +181,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("compare", help="per-cell differences between two result sets; exit 1 on regression",
                        description="Compare result set B (candidate) with A (reference), cell by cell (matched by "
                                    "cell_key, else by axes). Exit status 1 when accuracy dropped by more than "
-                                   "--tolerance or a cell newly failed; slower cells are warnings unless --fail-on-time.")
+                                   "--tolerance, a cell of A is missing from B or failed there, a metric is "
+                                   "missing or not a number, or either file lacks what a comparison needs; "
+                                   "slower cells are warnings unless --fail-on-time.")
     p.add_argument("a", help="reference results folder or csv")
     p.add_argument("b", help="candidate results folder or csv")
     p.add_argument("--tolerance", type=float, default=0.01,

@@ -1,9 +1,13 @@
-"""The report's figures (seaborn, PNG), each from the finished rows only.
+"""The report's figures (seaborn, PNG), each from the rows :mod:`benchmarks.tables` counts.
 
 Every function takes the rows it needs and the output folder and returns a
 :class:`Figure`; when the rows lack what a plot needs (no epoch rows, one
 point, no sizes...) it returns a figure with ``path=None`` and a ``note`` that
 the report prints instead of the image, rather than failing.
+
+Which side a method is drawn on (backprop curves, gradient-free points) comes from
+:func:`benchmarks.tables.split_sides`, that is from the registry's ``is_backprop``.
+matplotlib and seaborn are imported when a figure is drawn, not with the module.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import BACKPROP, COUNTED_PHASES, GROUP, aggregate
+from benchmarks.tables import COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, split_sides
 
 
 @dataclass
@@ -54,18 +58,6 @@ def _save(fig, out: Path, name: str) -> Path:
     return path
 
 
-def _cut_order(finals: pd.DataFrame) -> dict[str, int]:
-    from benchmarks.backbones import BackboneError, list_cuts
-
-    order = {}
-    for backbone in finals["backbone"].dropna().unique():
-        try:
-            order.update({c: i for i, c in enumerate(list_cuts(backbone))})
-        except BackboneError:
-            pass
-    return order
-
-
 def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, ylabel: str) -> Figure:
     """``y`` against model size, one line per configuration through its cut layers (mean ± std over seeds)."""
     fig_info = Figure(name, title)
@@ -75,8 +67,7 @@ def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, 
     plt, sns = _plt()
     agg = aggregate(finals, [y, "model_bytes"]).dropna(subset=[y, "model_bytes"])
     agg["series"] = _series(agg)
-    order = _cut_order(finals)
-    agg["cut_index"] = agg["cut"].map(order).fillna(-1)
+    agg["cut_index"] = [cut_index(b, c) for b, c in zip(agg["backbone"], agg["cut"])]
     agg = agg.sort_values(["series", "cut_index"])
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     sns.lineplot(data=agg, x=agg["model_bytes"] / 1e6, y=y, hue="series", style="method", markers=True,
@@ -160,10 +151,21 @@ def time_breakdown(finals: pd.DataFrame, out: Path) -> Figure:
     return fig_info
 
 
+def time_to_accuracy_data(finals: pd.DataFrame, epochs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(curves, points) of the time-to-accuracy plot: every epoch row with a time and a validation
+    accuracy (only trainers write them: backprop, or a method this gradfree does not know), and the
+    final rows of the gradient-free methods. A final row of an unknown method is no point: nothing
+    says it is gradient-free."""
+    curves = epochs.dropna(subset=["train_time_s", "val_acc"]) if not epochs.empty else epochs
+    points = split_sides(finals)[GRADIENT_FREE]
+    points = points.dropna(subset=["train_total_s", "val_acc"]) if not points.empty else points
+    return curves, points
+
+
 def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> Figure:
     """Validation accuracy after each epoch against cumulative training time, gradient-free points alongside."""
     fig_info = Figure("time_to_accuracy", "Time to accuracy: backprop epochs vs gradient-free fits")
-    curves = epochs.dropna(subset=["train_time_s", "val_acc"]) if not epochs.empty else epochs
+    curves, gf = time_to_accuracy_data(finals, epochs)
     if curves.empty:
         fig_info.note = "no per-epoch rows (no backprop method in these results)."
         return fig_info
@@ -173,7 +175,6 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> F
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     sns.lineplot(data=curves, x="train_time_s", y="val_acc", hue="series", units="seed", estimator=None,
                  marker="o", ax=ax, sort=True)
-    gf = finals[~finals["method"].isin(BACKPROP)].dropna(subset=["train_total_s", "val_acc"])
     if not gf.empty:
         gf = gf.copy()
         gf["series"] = _series(gf)

@@ -1,19 +1,29 @@
-"""Reports and comparisons, from the results of a tiny real run made once for this module."""
+"""Reports and comparisons, from the results of a tiny real run made once for this module (slow), and
+from copies of the committed quick results (fast): labels, order and sides from the method registry,
+torn files, and the import structure of the reporting modules."""
 
 from __future__ import annotations
 
+import ast
 import csv
+import json
 import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from benchmarks.cli import main
 from benchmarks.compare import compare
-from benchmarks.report import build_report, load_results, split_rows, summary_table
+from benchmarks.methods import REGISTRY
+from benchmarks.plots import time_to_accuracy_data
+from benchmarks.report import build_report
+from benchmarks.tables import (BACKPROP, GRADIENT_FREE, UNKNOWN, load_results, side, split_rows, split_sides,
+                               summary_table, time_table)
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
 
-pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+QUICK = REPO / "results" / "quick" / "results.csv"
 
 SUITE = """
     description = "tiny report"
@@ -63,6 +73,7 @@ def results(tmp_path_factory, cifar10_dir, mobilenet_weights):
     return root / "results"
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_html_and_every_plot(results, tmp_path):
     md_path = build_report(results, tmp_path / "rep")
     out = md_path.parent
@@ -81,12 +92,14 @@ def test_report_writes_markdown_html_and_every_plot(results, tmp_path):
         assert title in md
 
 
+@pytest.mark.slow
 def test_report_command_defaults_to_a_report_folder_beside_the_results(results):
     assert main(["report", str(results)]) == 0
     assert (results / "report" / "report.html").exists()
     assert main(["report", str(results / "nowhere")]) == 2
 
 
+@pytest.mark.slow
 def test_plots_degrade_when_an_axis_is_missing(results, tmp_path):
     # Only random-features rows: no epoch rows -> the time-to-accuracy plot is skipped with a note.
     rows = list(csv.DictReader(open(results / "results.csv")))
@@ -101,6 +114,7 @@ def test_plots_degrade_when_an_axis_is_missing(results, tmp_path):
     assert not (tmp_path / "rep" / "time_to_accuracy.png").exists()
 
 
+@pytest.mark.slow
 def test_orphan_epoch_rows_of_an_interrupted_attempt_are_ignored(results):
     df = load_results(results)
     finals, epochs, failed = split_rows(df)
@@ -122,6 +136,7 @@ def _edit(src, dst, change):
     return dst
 
 
+@pytest.mark.slow
 def test_compare_passes_on_identical_results_and_flags_regressions(results, tmp_path, capsys):
     assert compare(results, results) == 0
     assert "failed" in capsys.readouterr().out
@@ -147,6 +162,160 @@ def test_compare_passes_on_identical_results_and_flags_regressions(results, tmp_
     assert " axes " in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_command_exit_status(results, tmp_path):
     shutil.copytree(results, tmp_path / "same")
     assert main(["compare", str(results), str(tmp_path / "same"), "--tolerance", "0.01"]) == 0
+
+
+# ----------------------------------------------------------------------------
+# Fast: copies of the committed quick results
+# ----------------------------------------------------------------------------
+
+
+def _quick_rows() -> tuple[list[str], list[dict]]:
+    with open(QUICK, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_quick_rows()[0], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_each_registered_method_is_drawn_on_its_side(name, tmp_path):
+    expected = BACKPROP if REGISTRY[name].is_backprop else GRADIENT_FREE
+    rows = [dict(r, method=name, method_config="") for r in _quick_rows()[1]]
+    finals, epochs, _ = split_rows(load_results(_write_rows(tmp_path / "results.csv", rows)))
+    assert side(name) == expected
+    sides = split_sides(finals)
+    assert len(sides[expected]) == len(finals) > 0
+    assert all(sides[s].empty for s in sides if s != expected)
+    _, points = time_to_accuracy_data(finals, epochs)
+    assert len(points) == (len(finals) if expected == GRADIENT_FREE else 0)
+
+
+def test_an_unknown_method_is_labelled_by_name_ordered_last_and_on_no_side(tmp_path):
+    rows = _quick_rows()[1]
+    for r in rows:
+        if r["method"] == "finetune":  # a method of another gradfree version, with options of its own
+            r.update(method="future-method", method_config=json.dumps({"mode": "warp", "lr": 0.1}))
+    for r in rows:
+        if r["method"] == "small_cnn":  # a mode this version's Config rejects
+            r["method_config"] = json.dumps({**json.loads(r["method_config"]), "optimizer": "lion"})
+    csv_path = _write_rows(tmp_path / "results.csv", rows)
+    df = load_results(csv_path)
+    assert side("future-method") == UNKNOWN
+    assert set(df.loc[df["method"] == "future-method", "config"]) == {"future-method"}
+    assert set(df.loc[df["method"] == "small_cnn", "config"]) == {"small_cnn"}
+    table = summary_table(df)
+    assert list(table["method"])[-1] == "future-method" and list(table["method"])[-2] == "small_cnn"
+    finals, epochs, _ = split_rows(df)
+    curves, points = time_to_accuracy_data(finals, epochs)
+    assert "future-method" not in set(points["method"])  # not drawn as gradient-free...
+    assert "future-method" in set(curves["method"])  # ...but its per-epoch rows are curves like any trainer's
+    md = build_report(csv_path, tmp_path / "rep").read_text()
+    assert "| future-method | future-method |" in md
+
+
+def test_labels_come_from_each_method(tmp_path):
+    fields, rows = _quick_rows()
+    rf = next(r for r in rows if r["method"] == "random-features" and r["row_type"] == "final")
+    kernel = dict(rf, cell_key="k" * 16, projection="kernel", n_components="-1",
+                  method_config=json.dumps({**json.loads(rf["method_config"]), "projection": "kernel"}))
+    older = dict(rf, cell_key="o" * 16, seed="9", method_config="")  # a file without method_config
+    df = load_results(_write_rows(tmp_path / "results.csv", [*rows, kernel, older]))
+    labels = dict(zip(df["cell_key"], df["config"]))
+    assert labels["k" * 16] == "sign+kernel k=inf"
+    assert labels["o" * 16] == "sign+gaussian k=1000"
+    assert set(df.loc[df["row_type"] == "final", "config"]) == {
+        "sign+gaussian k=1000", "sign+gaussian k=10000", "ridge on raw features", "linear-probe", "small_cnn",
+        "sign+kernel k=inf"}
+
+
+def test_cached_marks_follow_their_rows():
+    finals, _, _ = split_rows(load_results(QUICK))
+    table = time_table(finals)
+    cached = {(m, c, cut): v for m, c, cut, v in zip(table["method"], table["config"], table["cut"], table["cached"])}
+    # From the rows' own extra column: which cells reused cached features.
+    expected = {}
+    for r in finals.itertuples():
+        key = (r.method, r.config, r.cut)
+        expected[key] = "yes" if r.cached or expected.get(key) == "yes" else ""
+    assert cached == expected
+    assert cached[("finetune", "linear-probe", "features.18")] == ""
+    assert cached[("random-features", "sign+gaussian k=10000", "features.18")] == "yes"
+
+
+def test_a_torn_results_file_is_reported_without_its_torn_rows(tmp_path, capsys):
+    lines = QUICK.read_text().splitlines()
+    # A torn row with the next appended after it (lines 3 and 4), and a torn tail inside a quoted field.
+    torn = tmp_path / "results.csv"
+    tail = lines[-1][: lines[-1].index('{""') + 5]
+    torn.write_text("\n".join(lines[:3] + [lines[3][:40] + lines[4]] + lines[5:-1] + [tail]))
+    md = build_report(torn, tmp_path / "rep").read_text()
+    err = capsys.readouterr().err
+    assert "warning: " in err and "malformed" in err
+    lost = {line.split(",")[1] for line in (lines[3], lines[4], lines[-1])}
+    kept = [line.split(",") for line in lines[1:] if line.split(",")[1] not in lost]
+    n_finals = len({f[1] for f in kept if f[2:4] == ["final", "ok"]})
+    assert f"{n_finals} finished cells" in md and n_finals < len(split_rows(load_results(QUICK))[0])
+
+
+REPORTING = ("tables", "plots", "report", "compare")
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(module-level, function-level) imports of gradfree's own packages by the file at ``path``."""
+    own = ("benchmarks", "baselines", "projector")
+    top, inner = set(), set()
+
+    def names(node) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {a.name for a in node.names if a.name.split(".")[0] in own}
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in own:
+            subs = {f"{node.module}.{a.name}" for a in node.names}
+            return {node.module} | {m for m in subs if (REPO / (m.replace(".", "/") + ".py")).exists()}
+        return set()
+
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                inner |= names(sub)
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node):
+            if not any(isinstance(sub, t) for t in (ast.FunctionDef, ast.AsyncFunctionDef)):
+                top |= names(sub)
+    return top, inner
+
+
+def test_reporting_modules_import_without_circles():
+    graph = {}
+    for pkg in ("benchmarks", "baselines", "projector"):
+        for path in (REPO / pkg).glob("*.py"):
+            graph[f"{pkg}.{path.stem}"] = _imports(path)[0]
+    for name in REPORTING:
+        module = f"benchmarks.{name}"
+        top, inner = _imports(REPO / "benchmarks" / f"{name}.py")
+        assert not inner, f"{module} imports {inner} inside a function"
+        seen, todo = set(), list(graph[module])
+        while todo:  # everything the module imports, directly or not
+            m = todo.pop()
+            if m not in seen and m in graph:
+                seen.add(m)
+                todo += graph[m]
+        assert module not in seen, f"{module} imports a module that imports it back"
+    mine = {f"benchmarks.{n}" for n in REPORTING}
+    assert graph["benchmarks.plots"] & mine == {"benchmarks.tables"}
+    assert graph["benchmarks.compare"] & mine == {"benchmarks.tables"}
+    assert graph["benchmarks.report"] & mine == mine - {"benchmarks.report"}
+    assert not graph["benchmarks.tables"] & mine
