@@ -311,7 +311,8 @@ def _add_optional_commands(sub) -> None:
                        description="List the suites shipped in benchmarks/suites/. Run one with "
                                    "`gradfree run --suite NAME`; --suite also takes the path of a TOML file.")
     p.set_defaults(func=cmd_suites)
-    for module in ("benchmarks.report", "benchmarks.perf"):
+    _add_perf_parser(sub)
+    for module in ("benchmarks.report",):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -319,6 +320,35 @@ def _add_optional_commands(sub) -> None:
                 continue
             raise
         mod.add_commands(sub)
+
+
+def _add_perf_parser(sub) -> None:
+    from benchmarks.perf import DEFAULT_OUT as PERF_OUT, SECTIONS, cmd_perf
+
+    p = sub.add_parser(
+        "perf", help="performance report: every hot path as a ratio to a same-shape reference, in one process",
+        description="Measure the projection, structured projection, exact kernel, ridge, streaming fit and "
+                    "feature extraction against same-shape references timed in the same run; print a table and "
+                    "write OUT/perf.csv, OUT/perf.png and OUT/runs/<id>/metadata.json. Rows are also written to "
+                    "OUT/runs/<id>/perf.csv as they are measured: an interrupted run keeps them, and OUT/perf.csv is "
+                    "replaced only by a finished one.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="tiny shapes, < 1 minute (a smoke test)")
+    g.add_argument("--full", action="store_true",
+                   help="the seeds' shapes where memory allows (m = 81,536 projection, the STL-10 streaming shape)")
+    p.add_argument("--sections", default=None,
+                   help=f"comma-separated subset of: {', '.join(SECTIONS)} [all]")
+    p.add_argument("--no-task", action="store_true", help="skip the CIFAR-10 accuracy section")
+    p.add_argument("--data-dir", default=None,
+                   help="CIFAR-10 image folders (train/<class>, test/<class>) for the task section "
+                        "[.cache/cifar10-jpg if present, else torchvision's copy]")
+    p.add_argument("--weights", default="DEFAULT", help="MobileNetV2 weights (DEFAULT, or none) [DEFAULT]")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [auto]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and for numpy/scipy/scikit-learn's BLAS (the references) "
+                        "[the libraries' defaults]")
+    p.add_argument("--out", default=PERF_OUT, help=f"output folder [{PERF_OUT}]")
+    p.set_defaults(func=cmd_perf)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,9 @@ measurement and the rows it adds:
 * :mod:`~benchmarks.perf.task`       -- CIFAR-10 accuracy: structured, gaussian, the exact kernel.
 
 Below them :mod:`~benchmarks.perf.common` (sizes per mode, targets, the timer, the
-report's rows); above them :mod:`~benchmarks.perf.cli`, the command (its table and
-plot included). Imports point one way: cli -> sections -> common. ``gradfree`` imports this package to build its parser, so the sections import
+report's rows); above them :mod:`~benchmarks.perf.command`, the command (its table and
+plot included; its options are parsed in :mod:`benchmarks.cli`). Imports point one way:
+command -> sections -> common. ``gradfree`` imports this package to build its parser, so the sections import
 the heavy libraries (projector, scikit-learn, torchvision) only when they run.
 
 Peak memory is read, not estimated, by :class:`benchmarks.timing.PeakMemory` (the runner's
@@ -27,9 +28,9 @@ smoke run (tiny shapes), the default a few minutes, ``--full`` the seeds' shapes
 where memory allows.
 """
 
-from benchmarks.perf.cli import DEFAULT_OUT, SECTIONS, add_commands, cmd_perf, plot_perf, print_table, run_perf
+from benchmarks.perf.command import DEFAULT_OUT, SECTIONS, cmd_perf, plot_perf, print_table, run_perf
 from benchmarks.perf.common import FULL, QUICK, TARGETS, Report, Sizes, alternate, timed
 from benchmarks.timing import PeakMemory
 
 __all__ = ["DEFAULT_OUT", "FULL", "QUICK", "SECTIONS", "TARGETS", "PeakMemory", "Report", "Sizes",
-           "add_commands", "alternate", "cmd_perf", "plot_perf", "print_table", "run_perf", "timed"]
+           "alternate", "cmd_perf", "plot_perf", "print_table", "run_perf", "timed"]

@@ -1,5 +1,5 @@
-"""``gradfree perf``: the command. Its options, the sections it runs in order, and what
-it writes: ``OUT/perf.csv``, ``OUT/perf.png`` (one bar per targeted figure, as a fraction
+"""``gradfree perf``: the command (its options are parsed in :mod:`benchmarks.cli`). The
+sections it runs in order, and what it writes: ``OUT/perf.csv``, ``OUT/perf.png`` (one bar per targeted figure, as a fraction
 of its target), ``OUT/runs/<run id>/`` and the printed table.
 
 Rows are written to ``OUT/runs/<run id>/perf.csv`` as they are measured, so an interrupted
@@ -8,7 +8,6 @@ run keeps them; ``OUT/perf.csv`` is replaced only by a finished run.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import textwrap
 import uuid
@@ -33,7 +32,7 @@ SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extractio
 _LOCAL_CIFAR10 = Path(__file__).resolve().parents[2] / ".cache" / "cifar10-jpg"
 
 
-def run_perf(args: argparse.Namespace) -> int:
+def run_perf(args) -> int:
     import warnings
 
     from scipy.linalg import LinAlgWarning
@@ -57,7 +56,7 @@ def run_perf(args: argparse.Namespace) -> int:
             limiter.restore_original_limits()
 
 
-def _run_perf(args: argparse.Namespace) -> int:
+def _run_perf(args) -> int:
     from benchmarks.backbones import resolve_weights  # lazy: torchvision, only when perf runs
     from benchmarks.runner import resolve_device  # lazy: the runner imports every method
 
@@ -165,34 +164,7 @@ def plot_perf(df, path: Path) -> None:
     plt.close(fig)
 
 
-def add_commands(sub) -> None:
-    p = sub.add_parser(
-        "perf", help="performance report: every hot path as a ratio to a same-shape reference, in one process",
-        description="Measure the projection, structured projection, exact kernel, ridge, streaming fit and "
-                    "feature extraction against same-shape references timed in the same run; print a table and "
-                    "write OUT/perf.csv, OUT/perf.png and OUT/runs/<id>/metadata.json. Rows are also written to "
-                    "OUT/runs/<id>/perf.csv as they are measured: an interrupted run keeps them, and OUT/perf.csv is "
-                    "replaced only by a finished one.")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="tiny shapes, < 1 minute (a smoke test)")
-    g.add_argument("--full", action="store_true",
-                   help="the seeds' shapes where memory allows (m = 81,536 projection, the STL-10 streaming shape)")
-    p.add_argument("--sections", default=None,
-                   help=f"comma-separated subset of: {', '.join(SECTIONS)} [all]")
-    p.add_argument("--no-task", action="store_true", help="skip the CIFAR-10 accuracy section")
-    p.add_argument("--data-dir", default=None,
-                   help="CIFAR-10 image folders (train/<class>, test/<class>) for the task section "
-                        "[.cache/cifar10-jpg if present, else torchvision's copy]")
-    p.add_argument("--weights", default="DEFAULT", help="MobileNetV2 weights (DEFAULT, or none) [DEFAULT]")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [auto]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch and for numpy/scipy/scikit-learn's BLAS (the references) "
-                        "[the libraries' defaults]")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder [{DEFAULT_OUT}]")
-    p.set_defaults(func=cmd_perf)
-
-
-def cmd_perf(args: argparse.Namespace) -> int:
+def cmd_perf(args) -> int:
     if args.data_dir is None:
         if (_LOCAL_CIFAR10 / "train").is_dir():
             args.data_dir = str(_LOCAL_CIFAR10)
