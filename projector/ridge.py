@@ -327,6 +327,32 @@ def _eigh64(S: torch.Tensor):
     return lam.clamp_(min=0.0), vecs  # float32 rounding leaves tiny negative eigenvalues
 
 
+def _eigh64_centred(K: torch.Tensor):
+    """Eigenpairs of the centred kernel K: (n, n) on the complement of the constant vector,
+    where the ridge with an intercept lives: ``(lam (n - 1,), U (n, n - 1))`` float64 with
+    ``U^T 1 = 0`` to float64 rounding and ``C K C = U diag(lam) U^T`` (C = I - 11^T / n).
+
+    ``eigh`` of K itself would return the constant direction with the rounding of a float32
+    Gram as its "zero" eigenvalue (``K 1`` is 0 only to float32 rounding), which then enters
+    ``lam / (lam + alpha)`` at small alpha. Here a Householder reflection H (H 1 = -sqrt(n)
+    e_1) splits the constant direction off exactly: eigh of ``(H K H)[1:, 1:]``, mapped back
+    by ``H[:, 1:]``."""
+    n = K.shape[0]
+    S = K.to(torch.float64, copy=True)
+    v = torch.ones(n, dtype=torch.float64, device=K.device)
+    v[0] += math.sqrt(n)
+    tau = 2.0 / float(v @ v)
+    # H S H = S - v w^T - w v^T with w = tau S v - tau^2 / 2 (v^T S v) v (H = I - tau v v^T)
+    Sv = S @ v
+    w = tau * Sv - (0.5 * tau * tau * float(v @ Sv)) * v
+    S.addr_(v, w, alpha=-1.0).addr_(w, v, alpha=-1.0)
+    lam, V = _eigh64(S[1:, 1:])
+    del S
+    U = torch.cat([torch.zeros(1, n - 1, dtype=torch.float64, device=K.device), V])
+    U.addr_(v, v[1:] @ V, alpha=-tau)  # H[:, 1:] V
+    return lam, U
+
+
 # --- solving (S + alpha I) X = B for a grid of alphas, S symmetric PSD ---
 
 class _ShiftedSolver:
@@ -958,7 +984,8 @@ class RidgeClassifier(_ClassifierBase):
         else:
             K = _gram_dual([X], mu)
             trace = float(K.diagonal().sum(dtype=torch.float64))
-            lam, U = _eigh64(K)
+            # with an intercept, the constant direction split off exactly (not eigh's rounded "zero")
+            lam, U = _eigh64_centred(K) if self.fit_intercept else _eigh64(K)
             del K
             W0 = U.T @ Yc  # (n, c)
         alphas = self._resolve_alphas(trace / n)
@@ -1002,7 +1029,9 @@ class RidgeClassifier(_ClassifierBase):
         the eigenbasis (primal: ``Xc V``; dual: ``U diag(lam)``),
         ``yhat = Q (W0 / (lam + alpha)) + ymean`` and ``H_ii = 1/n + sum_j Q_ij^2 / (lam_j + alpha)``
         (primal) or ``1/n + sum_j U_ij^2 lam_j / (lam_j + alpha)`` (dual); the 1/n term
-        only with an intercept.
+        only with an intercept. With an intercept the dual eigenbasis spans the complement of
+        the constant vector exactly (``_eigh64_centred``): 11^T/n is the constant direction's
+        whole share of H.
         """
         n = X.shape[0]
         inv = [1.0 / (lam + a) for a in alphas]

@@ -8,7 +8,8 @@ features ``Y = proj(X)`` without ever holding R or ``Y: (n, k)``:
   block's (N, N) Gram (BLAS ``ssyrk``, float32); the grid is solved on it in float64
   (``ridge.dual_fit``: train kernel, validation cross-kernel and, double-centred, the
   refit kernel are all blocks of the one Gram). Pass 2 streams the blocks again and
-  forms the primal weights ``W[cols] = Y_block^T beta`` (k x classes), so the model
+  forms the primal weights ``W[cols] = Z_block^T beta`` (k x classes; Z the block centred
+  with the training mean, as in pass 1), so the model
   predicts new samples by streaming their features against W.
   Memory: ``N^2`` float32 + the float64 solve of the grid + one block ``(N, block)``
   + the projection's buffers (one block of R, drawn once per block for all parts, and
@@ -209,8 +210,13 @@ class StreamingRidgeClassifier(_ClassifierBase):
         W = torch.empty(k, beta.shape[1], dtype=torch.float64, device=device)
         offsets = np.cumsum([0] + [P.shape[0] for P in used])
         for cols, blocks in self._blocks(used, "stream pass 2/2 (weights)"):
-            # beta sums to zero over rows (with an intercept): Y^T beta = Z^T beta
-            W[cols] = sum((beta[offsets[i]:offsets[i + 1]].T @ Yb.double()).T for i, Yb in enumerate(blocks))
+            # W = Z^T beta with Z centred with the training mean as in pass 1, so that
+            # x -> (y(x) - mu) . W + offset is kz(x) beta + offset exactly. (beta sums to zero
+            # only to rounding: Y^T beta would add that rounding times the features' mean.)
+            m_b = mu[cols] if self.fit_intercept else None
+            W[cols] = sum((beta[offsets[i]:offsets[i + 1]].T @ (Yb.double() if m_b is None else
+                                                                 Yb.to(torch.float64, copy=True).sub_(m_b))).T
+                          for i, Yb in enumerate(blocks))
         b = fit["offset"] - (mu @ W if self.fit_intercept else 0.0)
         return W, b
 
@@ -237,6 +243,8 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 if pilot is None:
                     pilot = F.mean(0, dtype=torch.float64) if self.fit_intercept else \
                         torch.zeros(k, dtype=torch.float64, device=device)
+                if F.untyped_storage().data_ptr() == P.untyped_storage().data_ptr():
+                    F = F.clone()  # the features are X itself (NoProjection): never shift the caller's data
                 F.sub_(pilot.float())
                 _syrk_(G[i], F, rows=False)
                 s[i] += F.sum(0, dtype=torch.float64)
