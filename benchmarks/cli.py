@@ -304,22 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub) -> None:
-    """Subcommands implemented in their own modules (suites, report, compare, perf)."""
-    import importlib
-
+    """The suites, perf, report and compare commands."""
     p = sub.add_parser("suites", help="list the benchmark suites (name, number of cells, description)",
                        description="List the suites shipped in benchmarks/suites/. Run one with "
                                    "`gradfree run --suite NAME`; --suite also takes the path of a TOML file.")
     p.set_defaults(func=cmd_suites)
     _add_perf_parser(sub)
-    for module in ("benchmarks.report",):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name == module:
-                continue
-            raise
-        mod.add_commands(sub)
+    _add_report_parser(sub)
+    _add_compare_parser(sub)
 
 
 def _add_perf_parser(sub) -> None:
@@ -349,6 +341,56 @@ def _add_perf_parser(sub) -> None:
                         "[the libraries' defaults]")
     p.add_argument("--out", default=PERF_OUT, help=f"output folder [{PERF_OUT}]")
     p.set_defaults(func=cmd_perf)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks import report
+
+    try:
+        path = report.build_report(args.results, args.out)
+    except FileNotFoundError as err:
+        print(f"gradfree: error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+def _add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="Markdown + HTML report (tables and plots) of a results folder",
+                       description="Write report.md, report.html and PNG plots from RESULTS (a results folder "
+                                   "or its results.csv). Reads only the results files.")
+    p.add_argument("results", help="results folder (holding results.csv) or a csv file")
+    p.add_argument("--out", default=None, help="report folder [<results folder>/report]")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmarks import compare
+
+    try:
+        return compare.compare(args.a, args.b, args.tolerance, args.time_tolerance, args.metric, args.fail_on_time)
+    except FileNotFoundError as err:
+        print(f"gradfree: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _add_compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="per-cell differences between two result sets; exit 1 on regression",
+                       description="Compare result set B (candidate) with A (reference), cell by cell (matched by "
+                                   "cell_key, else by axes). Exit status 1 when accuracy dropped by more than "
+                                   "--tolerance, a cell of A is missing from B or failed there, a metric is "
+                                   "missing or not a number, or either file lacks what a comparison needs; "
+                                   "slower cells are warnings unless --fail-on-time.")
+    p.add_argument("a", help="reference results folder or csv")
+    p.add_argument("b", help="candidate results folder or csv")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="largest accepted accuracy drop, absolute (0.01 = one point) [0.01]")
+    p.add_argument("--time-tolerance", type=float, default=0.5,
+                   help="largest accepted relative slow-down of train_total_s (0.5 = 1.5x) [0.5]")
+    p.add_argument("--fail-on-time", action="store_true", help="exit 1 on time regressions too")
+    p.add_argument("--metric", default="test_acc", choices=["test_acc", "val_acc", "train_acc"],
+                   help="accuracy column compared [test_acc]")
+    p.set_defaults(func=cmd_compare)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,6 @@ every failure above.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
@@ -167,30 +166,3 @@ def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5
     # The plain closing line CI logs are read for.
     say(f"compare: {int((~pairs['bad']).sum())} passed, {failed} failed")
     return 1 if failed else 0
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    try:
-        return compare(args.a, args.b, args.tolerance, args.time_tolerance, args.metric, args.fail_on_time)
-    except FileNotFoundError as err:
-        print(f"gradfree: error: {err}", file=sys.stderr)
-        return 2
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("compare", help="per-cell differences between two result sets; exit 1 on regression",
-                       description="Compare result set B (candidate) with A (reference), cell by cell (matched by "
-                                   "cell_key, else by axes). Exit status 1 when accuracy dropped by more than "
-                                   "--tolerance, a cell of A is missing from B or failed there, a metric is "
-                                   "missing or not a number, or either file lacks what a comparison needs; "
-                                   "slower cells are warnings unless --fail-on-time.")
-    p.add_argument("a", help="reference results folder or csv")
-    p.add_argument("b", help="candidate results folder or csv")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="largest accepted accuracy drop, absolute (0.01 = one point) [0.01]")
-    p.add_argument("--time-tolerance", type=float, default=0.5,
-                   help="largest accepted relative slow-down of train_total_s (0.5 = 1.5x) [0.5]")
-    p.add_argument("--fail-on-time", action="store_true", help="exit 1 on time regressions too")
-    p.add_argument("--metric", default="test_acc", choices=["test_acc", "val_acc", "train_acc"],
-                   help="accuracy column compared [test_acc]")
-    p.set_defaults(func=cmd_compare)

@@ -14,7 +14,6 @@ from typing import Any
 from baselines.finetune import FineTune
 from baselines.small_cnn import SmallCNN
 from baselines.wrn22 import WRN22OneCycle
-from benchmarks.protocol import CellShape, Method, RunContext  # noqa: F401  (re-exported)
 from benchmarks.random_features import RandomFeatures
 
 #: name -> method class, in report order (the method under test first).

@@ -19,7 +19,6 @@ standard error.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks import compare, plots
+from benchmarks import plots
 from benchmarks.tables import (accuracy_table, failed_table, load_results, results_csv, size_table, split_rows,
                                summary_table, time_table)
 
@@ -144,23 +143,3 @@ blockquote {{ border-left: 4px solid #8ab; margin: 1em 0; padding: 0.2em 1em; ba
 {body}
 </body></html>
 """
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    try:
-        path = build_report(args.results, args.out)
-    except FileNotFoundError as err:
-        print(f"gradfree: error: {err}", file=sys.stderr)
-        return 2
-    print(f"report: {path} and {path.with_suffix('.html')}")
-    return 0
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("report", help="Markdown + HTML report (tables and plots) of a results folder",
-                       description="Write report.md, report.html and PNG plots from RESULTS (a results folder "
-                                   "or its results.csv). Reads only the results files.")
-    p.add_argument("results", help="results folder (holding results.csv) or a csv file")
-    p.add_argument("--out", default=None, help="report folder [<results folder>/report]")
-    p.set_defaults(func=cmd_report)
-    compare.add_commands(sub)  # the command line registers both through this module
