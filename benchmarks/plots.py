@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.tables import COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, split_sides
+from benchmarks.comparison import in_group, pareto_front, targets
+from benchmarks.tables import COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, side, split_sides
 
 
 @dataclass
@@ -93,37 +94,46 @@ def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, 
     return fig_info
 
 
-def pareto(finals: pd.DataFrame, out: Path) -> Figure:
-    """Test accuracy against training time; the Pareto front (no faster cell is at least as accurate)."""
-    fig_info = Figure("pareto_acc_vs_time", "Test accuracy vs training time (Pareto front)")
-    agg = aggregate(finals, ["test_acc", "train_total_s"]).dropna(subset=["test_acc", "train_total_s"]) \
-        if not finals.empty else pd.DataFrame()
+#: The three fronts: (x column, file name, title, x label, what a point's x is).
+PARETO = (
+    ("train_total_s", "pareto_acc_vs_time", "Test accuracy vs training time (Pareto front)",
+     "training time, counted phases (s, log scale)", "faster"),
+    ("train_plus_tune_s", "pareto_acc_vs_time_with_tuning",
+     "Test accuracy vs training + tuning time (Pareto front)",
+     "training time + hyperparameter tuning on validation (s, log scale)", "cheaper to train and tune"),
+    ("model_bytes", "pareto_acc_vs_size", "Test accuracy vs model size (Pareto front)",
+     "model kept (bytes, log scale)", "smaller"),
+)
+
+
+def pareto(finals: pd.DataFrame, out: Path, x: str = "train_total_s", name: str = "pareto_acc_vs_time",
+           title: str = PARETO[0][2], xlabel: str = PARETO[0][3], better: str = "faster") -> Figure:
+    """Test accuracy against ``x``, gradient-free and backprop apart, with the Pareto front drawn: the
+    configurations that no ``better`` one matches in accuracy."""
+    fig_info = Figure(name, title)
+    agg = aggregate(finals, ["test_acc", x]).dropna(subset=["test_acc", x]) if not finals.empty else pd.DataFrame()
     if agg.empty:
-        fig_info.note = "no finished cell with both test_acc and train_total_s."
+        fig_info.note = f"no finished cell with both test_acc and {x}."
         return fig_info
     plt, sns = _plt()
     agg["series"] = _series(agg)
-    pts = agg.sort_values(["train_total_s", "test_acc"], ascending=[True, False])
-    front, best = [], -np.inf
-    for _, r in pts.iterrows():
-        if r["test_acc"] > best:
-            front.append(r)
-            best = r["test_acc"]
-    front = pd.DataFrame(front)
+    agg["side"] = [side(m) for m in agg["method"]]
+    front = pareto_front(agg, x)
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    sns.scatterplot(data=agg, x="train_total_s", y="test_acc", hue="series", style="method", s=80, ax=ax)
-    ax.errorbar(agg["train_total_s"], agg["test_acc"], xerr=agg["train_total_s_std"].fillna(0),
-                yerr=agg["test_acc_std"].fillna(0), fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
-    ax.step(front["train_total_s"], front["test_acc"], where="post", color="black", lw=1.2, ls="--",
-            label="Pareto front")
+    sns.scatterplot(data=agg, x=x, y="test_acc", hue="series", style="side", s=80, ax=ax)
+    ax.errorbar(agg[x], agg["test_acc"], xerr=agg[f"{x}_std"].fillna(0), yerr=agg["test_acc_std"].fillna(0),
+                fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
+    ax.step(front[x], front["test_acc"], where="post", color="black", lw=1.2, ls="--", label="Pareto front")
+    ax.scatter(front[x], front["test_acc"], s=160, facecolors="none", edgecolors="black", lw=1.2)
     ax.set_xscale("log")
-    ax.set_xlabel("training time, counted phases (s, log scale)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(fig_info.title)
     ax.legend(fontsize=7, loc="best")
     fig_info.path = _save(fig, out, fig_info.name)
-    fig_info.caption = ("Each point is a configuration (mean ± std over seeds); the dashed line is the Pareto "
-                        f"front: {len(front)} configuration(s) that no faster one matches in accuracy.")
+    fig_info.caption = ("Each point is a configuration (mean ± std over seeds; marker: backprop or gradient-free); "
+                        f"the dashed line and circled points are the Pareto front: {len(front)} configuration(s) "
+                        f"that no {better} one matches in accuracy.")
     return fig_info
 
 
@@ -180,6 +190,18 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> F
         gf["series"] = _series(gf)
         sns.scatterplot(data=gf, x="train_total_s", y="val_acc", hue="series", marker="*", s=220, ax=ax,
                         palette="dark", legend=True)
+    n_censored = 0
+    for group, target, by in targets(finals):
+        ax.axhline(target, color="0.3", ls=":", lw=1)
+        ax.annotate(f"gradient-free target {target:.3f} ({by}, n_train={group['n_train']:.0f})", (0.01, target),
+                    xycoords=("axes fraction", "data"), fontsize=7, va="bottom", color="0.3")
+        mine = curves[in_group(curves, group)]
+        for _, curve in mine.groupby(["cell_key", "run_id"]):
+            if curve["val_acc"].max() < target - 1e-12:  # never reached: censored at its last epoch
+                last = curve.loc[curve["train_time_s"].idxmax()]
+                ax.scatter([last["train_time_s"]], [last["val_acc"]], marker="X", s=120, color="crimson",
+                           zorder=5, label="censored (target not reached)" if not n_censored else None)
+                n_censored += 1
     ax.set_xscale("log")
     ax.set_xlabel("cumulative training time (s, log scale)")
     ax.set_ylabel("validation accuracy")
@@ -188,7 +210,9 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> F
     fig_info.path = _save(fig, out, fig_info.name)
     fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
                         "Stars: random features, at their whole training time, with their validation accuracy "
-                        "at the selected alpha.")
+                        "at the selected alpha. Dotted: the best gradient-free validation accuracy of each data "
+                        f"group, the target; red crosses: {n_censored} curve(s) that never reached it (censored "
+                        "at their last epoch).")
     return fig_info
 
 
@@ -201,7 +225,7 @@ def make_all(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Figu
                     "test accuracy"),
         versus_size(finals, out, "train_total_s", "time_vs_size", "Training time vs model size across cut layers",
                     "training time (s, log scale)"),
-        pareto(finals, out),
+        *(pareto(finals, out, x, name, title, xlabel, better) for x, name, title, xlabel, better in PARETO),
         time_breakdown(finals, out),
         time_to_accuracy(finals, epochs, out),
     ]

@@ -120,6 +120,11 @@ def load_results(path: str | Path, warn: Callable[[str], None] | None = None) ->
     df["unparsed"] = unparsed
     df["config"] = _disambiguate(df, labels)
     df["cached"] = df["extra"].str.contains("cached_phases", regex=False)
+    # Seconds spent choosing a hyperparameter grid on validation (kept in ``extra``): shown beside,
+    # never inside, the training time.
+    df["tune_s"] = pd.to_numeric(pd.Series([_json(e).get("tune_s") for e in df["extra"]], index=df.index,
+                                           dtype=object), errors="coerce")
+    df["train_plus_tune_s"] = df["train_total_s"] + df["tune_s"].fillna(0.0)
     df.attrs["columns"] = tuple(header)
     df.attrs["problems"] = messages
     for message in messages:

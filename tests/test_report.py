@@ -59,7 +59,8 @@ SUITE = """
     train_per_class = 11
     seed = 0
 """
-PLOTS = ("acc_vs_size", "time_vs_size", "pareto_acc_vs_time", "time_breakdown", "time_to_accuracy")
+PLOTS = ("acc_vs_size", "time_vs_size", "pareto_acc_vs_time", "pareto_acc_vs_time_with_tuning", "pareto_acc_vs_size",
+         "time_breakdown", "time_to_accuracy")
 
 
 @pytest.fixture(scope="module")
