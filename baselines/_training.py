@@ -12,7 +12,11 @@ backprop baseline follows the same way:
    ``eval_s`` (not counted) and emits one ``row_type="epoch"`` row;
 3. the epoch with the best validation accuracy is kept (a copy of its state
    dict; the earliest on ties), and the train and test splits are scored once
-   for that epoch, in ``eval_s``.
+   for that epoch, in ``eval_s``; with a ``patience``, training stops once the
+   validation accuracy has not improved for that many epochs (early stopping).
+
+:func:`tune` chooses a hyperparameter (the learning rate) on validation from a
+small grid, one training per value, and reports the grid's cost as ``tune_s``.
 
 Images stay ``uint8`` until a batch is on the device, where it is augmented
 (random crop with reflect padding, horizontal flip) and normalised. Mixed
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ import torch
 from torch import nn
 
 from benchmarks.data import ImageSplit, to_float
+from benchmarks.timing import Clock
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "none")
@@ -283,10 +289,14 @@ def evaluate(model: nn.Module, split: ImageSplit, feed: Feed) -> float:
 
 
 def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs: int,
-        scheduler=None, desc: str = "train") -> dict:
-    """Train ``model`` for ``epochs`` under the runner's contract (module docstring); the final metrics.
+        scheduler=None, desc: str = "train", patience: int | None = None, score_test: bool = True) -> dict:
+    """Train ``model`` for up to ``epochs`` under the runner's contract (module docstring); the final metrics.
 
     ``model`` must already be on ``feed.device``; ``scheduler`` is stepped once per batch.
+    ``patience``: stop once the validation accuracy has not improved for that many epochs
+    (``epochs`` is then the budget, ``epochs_run`` what was used). ``score_test=False`` leaves the
+    test split alone (a candidate of :func:`tune`, scored only if it is chosen). On return the
+    model holds its best epoch's weights.
     """
     from tqdm.auto import tqdm
 
@@ -298,7 +308,7 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
 
     steps = n_train_batches(len(ctx.data.train), feed.batch_size)
     bar = tqdm(total=epochs * steps, desc=desc, unit="batch", disable=not ctx.progress, leave=False)
-    best_acc, best_epoch, best_state = -1.0, 0, None
+    best_acc, best_epoch, best_state, epoch = -1.0, 0, None, 0
     for epoch in range(1, epochs + 1):
         with clock.phase("train_s"):
             train_loss = train_epoch(model, ctx.data.train, optimizer, loss_fn, feed, generator,
@@ -310,13 +320,47 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best=best_epoch)
         ctx.emit({"row_type": "epoch", "epoch": epoch, "train_time_s": clock.counted_s,
                   "train_loss": train_loss, "val_acc": val_acc})
+        if patience is not None and epoch - best_epoch >= patience:
+            break
     bar.close()
 
     with clock.phase("eval_s", counted=False):
         model.load_state_dict(best_state)
         train_acc = evaluate(model, ctx.data.train, feed)
-        test_acc = evaluate(model, ctx.data.test, feed)
+        test_acc = evaluate(model, ctx.data.test, feed) if score_test else None
     return {"train_acc": train_acc, "val_acc": best_acc, "test_acc": test_acc,
-            "best_epoch": best_epoch, "epochs": epochs, **model_size(model),
+            "best_epoch": best_epoch, "epochs": epochs, "epochs_run": epoch, **model_size(model),
             "train_precision": precision_label(feed.amp_dtype)}
 
+
+def tune(ctx, grid, train_one: Callable) -> dict:
+    """Choose a hyperparameter on validation: one training per value of ``grid``, the best validation
+    accuracy kept, the test split scored once, for that model only.
+
+    ``train_one(ctx, value) -> (model, out, feed)`` trains with ``value`` (``fit(..., score_test=False)``).
+    Each value runs on a clock of its own; the chosen run's phases are booked to the runner's clock
+    (its training time is the cell's ``train_total_s``, its epoch rows the cell's curve), the others'
+    counted seconds to ``tune_s``, measured and reported but not counted: the grid's cost, beside the
+    training time, never hidden in it nor dropped.
+    """
+    best, tune_s, scores = None, 0.0, {}
+    for value in grid:
+        rows: list[dict] = []
+        sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=rows.append)
+        model, out, feed = train_one(sub, value)
+        scores[str(value)] = out["val_acc"]
+        if best is None or out["val_acc"] > best[1]["val_acc"]:  # the earliest value on ties
+            if best is not None:
+                tune_s += best[3].counted_s
+            best = (model, out, feed, sub.clock, rows, value)
+        else:
+            tune_s += sub.clock.counted_s
+        del model
+    model, out, feed, clock, rows, value = best
+    ctx.clock.merge(clock)
+    ctx.clock.book("tune_s", tune_s, counted=False)
+    for row in rows:
+        ctx.emit(row)
+    with ctx.clock.phase("eval_s", counted=False):
+        out["test_acc"] = evaluate(model, ctx.data.test, feed)
+    return {**out, "tuned_value": value, "tune_s": tune_s, "grid_val_acc": scores, "model": model}

@@ -72,6 +72,8 @@ class FineTuneConfig:
     label_smoothing: float = 0.0
     amp: bool = True  # autocast (+ GradScaler for fp16) on CUDA; ignored on CPU
     preset: str | None = None  # a key of PRESETS, e.g. "seed-paper"
+    patience: int | None = None  # early stopping: stop after this many epochs without a better val_acc
+    lr_grid: tuple[float, ...] | None = None  # learning rates tried, the best on validation kept (cost: tune_s)
 
     def __post_init__(self):
         checks = (("mode", MODES), ("head", HEADS), ("optimizer", _training.OPTIMIZERS),
@@ -84,6 +86,10 @@ class FineTuneConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.lr_grid is not None and (not self.lr_grid or min(self.lr_grid) <= 0):
+            raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.unfreeze_blocks < 0:
             raise ValueError(f"unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
 
@@ -164,7 +170,9 @@ class FineTune:
             cfg = apply_preset(FineTuneConfig(**config))
         dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size)
         factor = 1.0 if cfg.mode == "linear-probe" else 3.0  # forward only / forward + backward
-        return {"train": factor * fwd * shape.n_train * cfg.epochs}, {"feature_dim": dim, "k": 0, "params": params}
+        runs = len(cfg.lr_grid) if cfg.lr_grid else 1  # each learning rate of the grid is one training
+        return ({"train": factor * fwd * shape.n_train * cfg.epochs * runs},
+                {"feature_dim": dim, "k": 0, "params": params})
 
     @classmethod
     def memory_bytes(cls, config: dict, shape) -> int:
@@ -187,6 +195,21 @@ class FineTune:
 
     def run(self, ctx) -> dict:
         cfg = self.config
+        if cfg.lr_grid:
+            out = _training.tune(ctx, cfg.lr_grid, self._train)
+            model = out.pop("model")
+        else:
+            model, out, _ = self._train(ctx, cfg.lr, score_test=True)
+        self.model_ = model
+        ext = model.extractor
+        return {**out, "lr": out.get("tuned_value", cfg.lr), "feature_dim": model.feature_dim,
+                "backbone_param_count": ext.param_count, "backbone_bytes": ext.param_bytes,
+                "unfrozen_blocks": model.unfrozen_blocks,
+                "backbone_weights": ext.weights}  # the resolved weights name (DEFAULT -> IMAGENET1K_...)
+
+    def _train(self, ctx, lr: float, score_test: bool = False):
+        """One training at learning rate ``lr``: (model at its best epoch, metrics, feed)."""
+        cfg = self.config
         _training.seed_everything(ctx.seed)
         data = ctx.data
         device = torch.device(ctx.device)
@@ -199,14 +222,10 @@ class FineTune:
             flip=cfg.augment,
             channels_last=device.type == "cuda",  # build_backbone lays the backbone out channels-last on CUDA
         )
-        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay,
-                                             cfg.momentum)
+        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
         steps = cfg.epochs * _training.n_train_batches(len(data.train), feed.batch_size)
-        scheduler = _training.make_scheduler(cfg.schedule, optimizer, cfg.lr, steps)
+        scheduler = _training.make_scheduler(cfg.schedule, optimizer, lr, steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name)
-        self.model_ = model
-        ext = model.extractor
-        return {**out, "feature_dim": model.feature_dim, "backbone_param_count": ext.param_count,
-                "backbone_bytes": ext.param_bytes, "unfrozen_blocks": model.unfrozen_blocks,
-                "backbone_weights": ext.weights}  # the resolved weights name (DEFAULT -> IMAGENET1K_...)
+        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name,
+                            patience=cfg.patience, score_test=score_test)
+        return model, out, feed

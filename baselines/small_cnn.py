@@ -71,12 +71,18 @@ class SmallCNNConfig:
     label_smoothing: float = 0.0
     amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored on CPU
     channels_last: bool = False
+    patience: int | None = None  # early stopping: stop after this many epochs without a better val_acc
+    lr_grid: tuple[float, ...] | None = None  # learning rates tried, the best on validation kept (cost: tune_s)
 
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.depth < 1 or self.width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.lr_grid is not None and (not self.lr_grid or min(self.lr_grid) <= 0):
+            raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.optimizer not in _training.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: "
                              f"{', '.join(_training.OPTIMIZERS)}")
@@ -99,7 +105,7 @@ class SmallCNN:
 
     @classmethod
     def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
-        epochs = config.get("epochs", SmallCNNConfig.epochs)
+        epochs = config.get("epochs", SmallCNNConfig.epochs) * len(config.get("lr_grid") or (1,))
         fwd, params = network_shape(cls(SmallCNNConfig(**config)).build(shape.n_classes, shape.image_size), shape.image_size)
         return {"train": 3.0 * fwd * shape.n_train * epochs}, {"feature_dim": 0, "k": 0, "params": params}
 
@@ -123,6 +129,17 @@ class SmallCNN:
 
     def run(self, ctx) -> dict:
         cfg = self.config
+        if cfg.lr_grid:
+            out = _training.tune(ctx, cfg.lr_grid, self._train)
+            model = out.pop("model")
+        else:
+            model, out, _ = self._train(ctx, cfg.lr, score_test=True)
+        self.model_ = model
+        return {**out, "lr": out.get("tuned_value", cfg.lr)}
+
+    def _train(self, ctx, lr: float, score_test: bool = False):
+        """One training at learning rate ``lr``: (model at its best epoch, metrics, feed)."""
+        cfg = self.config
         _training.seed_everything(ctx.seed)
         data = ctx.data
         model = self.build(data.n_classes, data.image_size).to(ctx.device)
@@ -135,11 +152,10 @@ class SmallCNN:
             pad_px=_training.default_pad_px(data.image_size) if cfg.augment else 0,
             flip=cfg.augment, channels_last=cfg.channels_last,
         )
-        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay,
-                                             cfg.momentum)
+        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
         steps = cfg.epochs * _training.n_train_batches(len(data.train), feed.batch_size)
-        scheduler = _training.make_scheduler(cfg.schedule, optimizer, cfg.lr, steps)
+        scheduler = _training.make_scheduler(cfg.schedule, optimizer, lr, steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name)
-        self.model_ = model
-        return out
+        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name,
+                            patience=cfg.patience, score_test=score_test)
+        return model, out, feed

@@ -28,6 +28,10 @@ METHOD_OPTIONS = {
     "--mode": ("mode", str, "finetune: linear-probe (backbone frozen) or unfreeze"),
     "--unfreeze-blocks": ("unfreeze_blocks", int, "finetune --mode unfreeze: number of last blocks before the cut to train"),
     "--preset": ("preset", str, "finetune: seed-paper (Adam, lr 1e-6, 5 epochs, batch 32, no augmentation)"),
+    "--patience": ("patience", int, "finetune/small_cnn: early stopping, epochs without a better validation "
+                   "accuracy before stopping (--epochs is then the budget) [none]"),
+    "--lr-grid": ("lr_grid", "floats", "finetune/small_cnn: comma-separated learning rates, the best on validation "
+                  "kept; the others' training time is reported as tune_s [none: --lr]"),
     "--no-augment": ("augment", "false", "trainers: switch off random-crop and flip augmentation"),
     "--width": ("width", int, "small_cnn: channels of the first conv layer"),
     "--depth": ("depth", int, "small_cnn: number of conv + max-pool blocks"),

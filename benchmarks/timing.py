@@ -123,6 +123,22 @@ class Clock:
             self.uncounted.add(name)
         self.charged.add(name)
 
+    def book(self, name: str, seconds: float, counted: bool = True) -> None:
+        """Book ``seconds`` measured by another clock of this run to phase ``name`` (not a cache hit)."""
+        self.totals[name] += seconds
+        if counted and all(frame[0] for frame in self._stack):
+            self.counted_s += seconds
+        else:
+            self.uncounted.add(name)
+
+    def merge(self, other: "Clock") -> None:
+        """Add every phase of ``other`` (a clock that timed part of this cell's work) to this one."""
+        for name, seconds in other.totals.items():
+            self.totals[name] += seconds
+        self.counted_s += other.counted_s if all(frame[0] for frame in self._stack) else 0.0
+        self.uncounted |= other.uncounted
+        self.charged |= other.charged
+
     def elapsed(self, name: str) -> float:
         return self.totals.get(name, 0.0)
 

@@ -264,3 +264,45 @@ def test_wrn22_without_fastai_says_how_to_install():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "fastai is not installed: pip install 'gradfree[fastai]' (fastai==2.8.12)" in out
+
+
+# ----------------------------------------------------------------------------
+# Early stopping and the learning-rate grid chosen on validation
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "finetune"])
+def test_patience_stops_when_validation_stops_improving(name):
+    # A learning rate of 1e-12 leaves the weights as they are: validation never improves after epoch 1.
+    _, ctx, rows, out = run_tiny(name, epochs=20, lr=1e-12, patience=2)
+    assert out["best_epoch"] == 1 and out["epochs_run"] == 3 and out["epochs"] == 20
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "finetune"])
+def test_lr_grid_is_chosen_on_validation_its_cost_reported_and_test_scored_once(name, monkeypatch):
+    test_calls = []
+    evaluate = _training.evaluate
+
+    def counting(model, split, feed):
+        if split is ctx_holder[0].data.test:
+            test_calls.append(1)
+        return evaluate(model, split, feed)
+
+    ctx_holder = []
+    cls, image_size, options = TINY[name]
+    data = synthetic_bundle(n_per_class=12, image_size=image_size, n_classes=3)
+    method = cls(cls.Config(**{**options, "epochs": 3, "lr_grid": (1e-12, 0.05)}))
+    rows: list[dict] = []
+    ctx = make_ctx(data, rows)
+    ctx_holder.append(ctx)
+    monkeypatch.setattr(_training, "evaluate", counting)
+    out = method.run(ctx)
+    assert out["lr"] == 0.05 and out["grid_val_acc"]["1e-12"] < out["grid_val_acc"]["0.05"]
+    assert len(test_calls) == 1  # the chosen model only
+    clock = ctx.clock
+    # The chosen run is the cell's training time and curve; the other run is tune_s, not counted.
+    assert clock.totals["tune_s"] > 0 and "tune_s" in clock.uncounted
+    assert out["tune_s"] == clock.totals["tune_s"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["train_time_s"] == pytest.approx(clock.counted_s)
