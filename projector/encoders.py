@@ -1,8 +1,9 @@
 """Feature encoders: turn real-valued features into the input of a random projection.
 
-Binary encoders return ``torch.uint8`` (0/1) so that a large binary design matrix
+Binary encoders return ``uint8`` (0/1) so that a large binary design matrix
 takes one byte per entry instead of four; projections convert it to their compute
-dtype in bounded chunks. All encoders work on the device of their input tensor.
+dtype in bounded chunks. All encoders are scikit-learn transformers: they take a torch
+tensor (and work on its device), a numpy array or a pandas frame, and answer in that type.
 
     X: (n_samples, n_features)  ->  encode(X): (n_samples, n_features)
 """
@@ -10,7 +11,9 @@ dtype in bounded chunks. All encoders work on the device of their input tensor.
 from __future__ import annotations
 
 import torch
-from sklearn.exceptions import NotFittedError
+from sklearn.base import OneToOneFeatureMixin
+
+from projector._validation import _Transformer, fitted
 
 __all__ = [
     "SignEncoder",
@@ -25,68 +28,12 @@ __all__ = [
 _MEDIAN_BLOCK_BYTES = 128 << 20
 
 
-# --- shared input checks (also used by projector.projections and projector.opu) ---
-
-def _check_2d(X, who: str) -> torch.Tensor:
-    """Return X if it is a 2-d torch tensor, else raise a message saying what to pass."""
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(
-            f"{who} expects a torch.Tensor of shape (n_samples, n_features), got "
-            f"{type(X).__name__}. Convert with torch.as_tensor(X) first."
-        )
-    if X.ndim != 2:
-        raise ValueError(
-            f"{who} expects a 2-d tensor (n_samples, n_features), got shape "
-            f"{tuple(X.shape)}. Flatten with X.reshape(len(X), -1) first."
-        )
-    return X
-
-
-def _check_fitted(est, attr: str = "n_features_in_") -> None:
-    if not hasattr(est, attr):
-        raise NotFittedError(
-            f"This {type(est).__name__} is not fitted yet: call fit(X) "
-            f"(or fit_transform(X)) on the training data before transform."
-        )
-
-
-def _check_n_features(est, X: torch.Tensor) -> None:
-    if X.shape[1] != est.n_features_in_:
-        raise ValueError(
-            f"{type(est).__name__} was fitted on {est.n_features_in_} features but "
-            f"X has {X.shape[1]} (shape {tuple(X.shape)}). Pass data encoded the "
-            f"same way as the training data, or refit."
-        )
-
-
-class _Encoder:
-    """fit/transform/fit_transform protocol shared by the encoders."""
+class _Encoder(OneToOneFeatureMixin, _Transformer):
+    """fit / transform / fit_transform shared by the encoders (scikit-learn transformers)."""
 
     name = ""
     binary = False  # whether transform returns 0/1 uint8
-
-    def fit(self, X: torch.Tensor, y=None) -> "_Encoder":
-        """X: (n_samples, n_features). Returns self."""
-        X = _check_2d(X, f"{type(self).__name__}.fit")
-        self.n_features_in_ = X.shape[1]
-        return self
-
-    def transform(self, X: torch.Tensor) -> torch.Tensor:
-        """X: (n_samples, n_features) -> (n_samples, n_features)."""
-        X = _check_2d(X, f"{type(self).__name__}.transform")
-        _check_fitted(self)
-        _check_n_features(self, X)
-        return self._transform(X)
-
-    def fit_transform(self, X: torch.Tensor, y=None) -> torch.Tensor:
-        return self.fit(X).transform(X)
-
-    def _transform(self, X: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"{type(self).__name__}({params})"
+    _preserves_dtype = []  # binary encoders return uint8 whatever the input
 
 
 class SignEncoder(_Encoder):
@@ -124,8 +71,7 @@ class ThresholdEncoder(_Encoder):
     def __init__(self, threshold: float | str = 0.0):
         self.threshold = threshold
 
-    def fit(self, X, y=None):
-        X = _check_2d(X, "ThresholdEncoder.fit")
+    def _fit(self, X, kind):
         if isinstance(self.threshold, str):
             if self.threshold != "median":
                 raise ValueError(
@@ -134,16 +80,13 @@ class ThresholdEncoder(_Encoder):
                 )
             if X.shape[0] == 0:
                 raise ValueError("ThresholdEncoder('median') needs at least one training sample.")
-            self.thresholds_ = _column_median(X)
+            thresholds = _column_median(X)
         else:
-            self.thresholds_ = torch.full(
-                (X.shape[1],), float(self.threshold), dtype=torch.float32, device=X.device
-            )
-        self.n_features_in_ = X.shape[1]
-        return self
+            thresholds = torch.full((X.shape[1],), float(self.threshold), dtype=torch.float32, device=X.device)
+        self.thresholds_ = fitted(thresholds, kind)
 
     def _transform(self, X):
-        t = self.thresholds_.to(X.device)
+        t = torch.as_tensor(self.thresholds_, device=X.device)
         if not X.is_floating_point():
             X = X.to(torch.float32)
         return (X > t.to(X.dtype)).to(torch.uint8)
@@ -169,6 +112,7 @@ class IdentityEncoder(_Encoder):
     """No encoding: features returned unchanged as float32 (the control)."""
 
     name = "none"
+    _preserves_dtype = ["float32"]
 
     def _transform(self, X):
         return X.to(torch.float32)

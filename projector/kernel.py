@@ -26,17 +26,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from projector.encoders import _check_2d, _check_fitted, _check_n_features
-from projector.ridge import (
-    _GRID_SOLVERS,
-    _ClassifierBase,
-    _binarize,
-    _encode_labels,
-    _label_indices,
-    _rows_per_chunk,
-    dual_fit,
-    gram,
-)
+from projector._base import _ClassifierBase
+from projector._fits import dual_fit, dual_loo
+from projector._linalg import _rows_per_chunk, gram
+from projector._validation import _check_fitted, fitted
 
 __all__ = ["opu_kernel", "KernelRidgeClassifier"]
 
@@ -93,7 +86,9 @@ class KernelRidgeClassifier(_ClassifierBase):
     relative to the mean eigenvalue of the centred train kernel, then a refit on train
     + validation. One Gram of the train and validation rows serves all of it.
 
-    X: (n_samples, n_features), binary uint8 (the encoder's output) or float.
+    X: (n_samples, n_features), binary uint8 (the encoder's output) or float: a torch tensor
+    (CPU or CUDA), a numpy array or a pandas frame. Without validation data, alpha is chosen
+    by exact leave-one-out from one eigendecomposition of the centred kernel.
 
     Parameters
     ----------
@@ -122,32 +117,13 @@ class KernelRidgeClassifier(_ClassifierBase):
         self.grid_solver = grid_solver
 
     def fit(self, X, y, X_val=None, y_val=None) -> "KernelRidgeClassifier":
-        """X: (n_samples, n_features), y: (n_samples,); optional X_val, y_val for the alpha grid."""
-        X = _check_2d(X, "KernelRidgeClassifier.fit")
-        if self.grid_solver not in _GRID_SOLVERS:
-            raise ValueError(f"grid_solver={self.grid_solver!r} is not one of {_GRID_SOLVERS}.")
-        if (X_val is None) != (y_val is None):
-            raise ValueError("Pass both X_val and y_val, or neither.")
-        n_alphas = None if self.alphas is None else np.size(self.alphas)
-        if X_val is None and n_alphas != 1:
-            raise ValueError(
-                "KernelRidgeClassifier chooses alpha on validation data: pass X_val and y_val, "
-                "or a single alpha (e.g. alphas=1e-3 * the kernel's mean eigenvalue)."
-            )
-        n, m = X.shape
-        self.n_features_in_ = m
-        self.classes_, y_idx = _encode_labels(y, n, X.device)
-        if len(self.classes_) < 2:
-            raise ValueError(f"KernelRidgeClassifier needs at least 2 classes in y, got {len(self.classes_)}.")
-        Y = _binarize(y_idx, len(self.classes_))
-        parts, yv_idx = [X], None
-        if X_val is not None:
-            X_val = _check_2d(X_val, "KernelRidgeClassifier.fit (X_val)")
-            _check_n_features(self, X_val)
-            yv_idx = _label_indices(self.classes_, y_val, X_val.shape[0], X.device)
-            parts.append(X_val)
-            Y = torch.cat([Y, _binarize(yv_idx, len(self.classes_))])
-
+        """X: (n_samples, n_features), y: (n_samples,); optional X_val, y_val for the alpha grid
+        (without them: exact leave-one-out over the grid, from one eigendecomposition)."""
+        data = self._prepare_fit(X, y, X_val, y_val)
+        X, Y, n, m = data.X, data.Y, data.X.shape[0], data.X.shape[1]
+        parts = [X] if data.X_val is None else [X, data.X_val]
+        if data.X_val is not None:
+            Y = torch.cat([Y, data.Yv])
         G = gram(parts, None, rows=True).to(torch.float64)  # exact for binary rows
         r = G.diagonal().clone()
         K = _from_gram(G, r, r, m)
@@ -156,48 +132,53 @@ class KernelRidgeClassifier(_ClassifierBase):
             K, a = _centre_with_train(K, n)
         else:
             a = torch.zeros(K.shape[0], dtype=torch.float64, device=K.device)
-        self.alphas_ = alphas = self._resolve_alphas(float(K[:n, :n].diagonal().sum()) / n)
-        fit = dual_fit(K, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept,
-                       overwrite_gram=True)
+        if data.X_val is None and (self.alphas is None or np.size(self.alphas) > 1):
+            y_mean = Y.mean(0) if self.fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=K.device)
+            loo = dual_loo(K, Y - y_mean, y_mean, data.y_idx, self._resolve_alphas, self.fit_intercept)
+            del K
+            fit = {"alpha": loo["alpha"], "alphas": loo["alphas"], "scores": loo["scores"], "beta": loo["beta"],
+                   "offset": y_mean, "n_used": n, "grid_solver": "eigh"}
+            self.cv_ = "loo"
+        else:
+            alphas = self._resolve_alphas(float(K[:n, :n].diagonal().sum()) / n)
+            fit = dual_fit(K, Y, n, data.yv_idx, alphas, self.grid_solver, self.refit,
+                           fit_intercept=self.fit_intercept, overwrite_gram=True)
+            fit["alphas"] = alphas
+            self.cv_ = "validation" if fit["scores"] is not None else None
+        self._record(fit, data.kind)
         n_used = fit["n_used"]
         beta = fit["beta"]
         # f(x) = kz(x) beta + offset, kz centred with the train mean; sum(beta) = 0 leaves
         # K(x, X_used) beta - a_used . beta + offset with the uncentred kernel.
-        self.dual_coef_ = beta
-        self.intercept_ = fit["offset"] - (a[:n_used] @ beta if self.fit_intercept else 0.0)
-        self.X_fit_ = X if n_used == n else torch.cat(parts)
-        self.alpha_ = fit["alpha"]
-        self.grid_solver_ = fit["grid_solver"]
-        self.val_scores_ = None if fit["scores"] is None else {
-            float(al): float(s) for al, s in zip(alphas, fit["scores"])}
-        self.cv_ = "validation" if fit["scores"] is not None else None
+        self.dual_coef_ = fitted(beta, data.kind)
+        self.intercept_ = fitted(fit["offset"] - (a[:n_used] @ beta if self.fit_intercept else 0.0), data.kind)
+        self.X_fit_ = fitted(X if n_used == n else torch.cat(parts), data.kind)
         return self
 
-    def decision_function(self, X) -> torch.Tensor:
-        """X: (n_samples, n_features) -> scores (n_samples, n_classes) float32, (n_samples,) for two classes."""
-        X = _check_2d(X, "KernelRidgeClassifier.decision_function")
-        _check_fitted(self, "dual_coef_")
-        _check_n_features(self, X)
-        Xf = self.X_fit_.to(torch.float32)  # once, not per chunk
+    _fitted_attr = "dual_coef_"
+
+    def _decision(self, X) -> torch.Tensor:
+        """X: (n, m) tensor -> (n, c) float32 scores, in row chunks of the kernel."""
+        Xf = torch.as_tensor(self.X_fit_, device=X.device).to(torch.float32)  # once, not per chunk
+        coef = torch.as_tensor(self.dual_coef_, device=X.device)
+        b = torch.as_tensor(self.intercept_, device=X.device)
         r_fit = _sq_norms(Xf)
         step = max(1, _rows_per_chunk(Xf.shape[0], 8))
         out = []
         for r0 in range(0, X.shape[0], step):
             xr = X[r0:r0 + step]
             K = _from_gram(_cross(xr, Xf), _sq_norms(xr), r_fit, self.n_features_in_)
-            out.append(K @ self.dual_coef_ + self.intercept_)
-        S = torch.cat(out).float() if out else torch.zeros(0, self.dual_coef_.shape[1], device=X.device)
-        return S[:, 0] if S.shape[1] == 1 else S
+            out.append(K @ coef + b)
+        return torch.cat(out).float() if out else torch.zeros(0, coef.shape[1], device=X.device)
 
     @property
     def weight_bytes(self) -> int:
         """Bytes of what predict needs: the kept rows, the dual coefficients and the intercept."""
         _check_fitted(self, "dual_coef_")
-        return int(self.X_fit_.numel() * self.X_fit_.element_size() + self.dual_coef_.nbytes
-                   + self.intercept_.nbytes)
+        return int(self.X_fit_.nbytes + self.dual_coef_.nbytes + self.intercept_.nbytes)
 
     @property
     def param_count(self) -> int:
         """Fitted numbers: dual coefficients and intercept (the kept rows are data, counted in weight_bytes)."""
         _check_fitted(self, "dual_coef_")
-        return int(self.dual_coef_.numel() + self.intercept_.numel())
+        return int(np.prod(self.dual_coef_.shape) + np.prod(self.intercept_.shape))

@@ -30,7 +30,9 @@ import warnings
 import numpy as np
 import torch
 
-from projector.encoders import _check_2d, _check_fitted, _check_n_features
+from sklearn.base import ClassNamePrefixFeaturesOutMixin
+
+from projector._validation import _check_fitted, _Transformer
 
 __all__ = ["OPUProjection", "INSTALL_HINT"]
 
@@ -72,7 +74,7 @@ def _open_real_opu(n_components: int):
         return None
 
 
-class OPUProjection:
+class OPUProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
     """Random features ``Y = |X R|^2`` from a LightOn OPU, or lightonml's simulator.
 
     X: (n_samples, n_features) binary (uint8 or bool, values 0/1)
@@ -94,15 +96,16 @@ class OPUProjection:
     """
 
     name = "opu"
+    _fitted_attr = "opu_"
+    _preserves_dtype = []  # binary input, float32 features
 
     def __init__(self, n_components: int, seed: int = 0, simulated: bool | None = None):
         self.n_components = n_components
         self.seed = seed
         self.simulated = simulated
 
-    def fit(self, X: torch.Tensor, y=None) -> "OPUProjection":
+    def _fit(self, X: torch.Tensor, kind: str) -> None:
         """X: (n_samples, n_features) binary. Opens the OPU (builds the simulator's R)."""
-        X = _check_2d(X, "OPUProjection.fit")
         X_np = self._binary_numpy(X)
         _import_lightonml()
         from lightonml import OPU
@@ -124,19 +127,15 @@ class OPUProjection:
         opu.fit1d(X_np)
         self.opu_ = opu
         self.simulated_ = isinstance(opu.device, SimulatedOpuDevice)
-        self.n_features_in_ = m
-        return self
 
-    def transform(self, X: torch.Tensor) -> torch.Tensor:
+    @property
+    def _n_features_out(self) -> int:
+        return int(self.n_components)
+
+    def _transform(self, X: torch.Tensor) -> torch.Tensor:
         """X: (n_samples, n_features) binary -> Y: (n_samples, n_components) float32."""
-        X = _check_2d(X, "OPUProjection.transform")
-        _check_fitted(self, "opu_")
-        _check_n_features(self, X)
         Y = self.opu_.transform(self._binary_numpy(X))
         return torch.from_numpy(np.asarray(Y, dtype=np.float32)).to(X.device)
-
-    def fit_transform(self, X: torch.Tensor, y=None) -> torch.Tensor:
-        return self.fit(X).transform(X)
 
     def iter_blocks(self, X: torch.Tensor):
         yield slice(0, self.n_components), self.transform(X)
@@ -177,6 +176,3 @@ class OPUProjection:
         return 0 if R is None else int(R.nbytes)
 
     param_count = 0
-
-    def __repr__(self) -> str:
-        return f"OPUProjection(n_components={self.n_components!r}, seed={self.seed!r}, simulated={self.simulated!r})"

@@ -45,9 +45,10 @@ import math
 from typing import Iterator
 
 import torch
+from sklearn.base import OneToOneFeatureMixin
 
 from projector._blocks import BlockProjection
-from projector.encoders import _check_2d, _check_fitted, _check_n_features
+from projector._validation import _check_2d, _check_fitted, _check_n_features, _Transformer
 from projector.opu import OPUProjection
 from projector.structured import StructuredProjection
 
@@ -278,7 +279,10 @@ class _RandomProjection(BlockProjection):
         X = _check_2d(X, f"{type(self).__name__}.transform")
         _check_fitted(self)
         _check_n_features(self, X)
-        return ((cols, Ys[0]) for cols, Ys in self._blocks([X]))  # checks above run now
+        return self._blocks_of(X)  # checks above run now
+
+    def _blocks_of(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        return ((cols, Ys[0]) for cols, Ys in self._blocks([X]))
 
     def iter_blocks_multi(self, parts: list[torch.Tensor]) -> Iterator[tuple[slice, list[torch.Tensor]]]:
         """``iter_blocks`` over several inputs at once, each block of R drawn once for all:
@@ -432,9 +436,6 @@ class _RandomProjection(BlockProjection):
         """Stored parameters: none (the seed is a hyperparameter)."""
         return 0
 
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"{type(self).__name__}({params})"
 
 
 class GaussianProjection(_RandomProjection):
@@ -507,7 +508,7 @@ class LinearProjection(_RandomProjection):
         return self.n_features_in_ * self.n_components * 4
 
 
-class NoProjection:
+class NoProjection(OneToOneFeatureMixin, _Transformer):
     """No projection: features passed through as float32 (the control: ridge directly
     on encoded or raw features).
 
@@ -517,33 +518,22 @@ class NoProjection:
 
     name = "none"
 
-    def __init__(self, n_components: int | None = None, seed: int = 0, **kwargs):
+    def __init__(self, n_components: int | None = None, seed: int = 0):
         self.n_components = n_components
         self.seed = seed
 
-    def fit(self, X, y=None):
-        X = _check_2d(X, "NoProjection.fit")
-        self.n_features_in_ = X.shape[1]
-        return self
+    def _transform(self, X):
+        return X.to(torch.float32)
 
-    def transform(self, X):
+    def iter_blocks(self, X):
         X = _check_2d(X, "NoProjection.transform")
         _check_fitted(self)
         _check_n_features(self, X)
-        return X.to(torch.float32)
-
-    def fit_transform(self, X, y=None):
-        return self.fit(X).transform(X)
-
-    def iter_blocks(self, X):
-        yield slice(0, X.shape[1]), self.transform(X)
+        yield slice(0, X.shape[1]), X.to(torch.float32)
 
     nbytes = 0
     param_count = 0
     matrix_bytes = 0
-
-    def __repr__(self) -> str:
-        return "NoProjection()"
 
 
 # OPUProjection lives in projector.opu, which imports lightonml only inside fit:
@@ -566,4 +556,6 @@ def make_projection(name: str, n_components: int | None = None, seed: int = 0, *
         raise ValueError(f"Unknown projection {name!r}: choose one of {sorted(PROJECTIONS)}.") from None
     if cls is not NoProjection and n_components is None:
         raise ValueError(f"Projection {name!r} needs n_components (the number of random features).")
+    if cls is NoProjection:
+        return cls(n_components=n_components, seed=seed)  # nothing else applies to it
     return cls(n_components=n_components, seed=seed, **kwargs)

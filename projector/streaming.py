@@ -32,22 +32,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from projector.encoders import _check_2d, _check_fitted, _check_n_features
-from projector.ridge import (
-    _GRID_SOLVERS,
-    _ClassifierBase,
-    _SOLVERS,
-    _ShiftedSolver,
-    _accuracy,
-    _binarize,
-    _encode_labels,
-    _label_indices,
-    _solve_psd,
-    _symmetrize_,
-    _syrk_,
-    dual_fit,
-    grid_solver_for,
-)
+from sklearn.base import clone
+
+from projector._base import _ClassifierBase
+from projector._factor import _solve_psd
+from projector._fits import dual_fit, dual_loo, primal_loo
+from projector._labels import _accuracy
+from projector._linalg import _symmetrize_, _syrk_
+from projector._solvers import _ShiftedSolver, grid_solver_for
+from projector._validation import _check_fitted, fitted
 
 __all__ = ["StreamingRidgeClassifier", "feature_matrix_bytes"]
 
@@ -105,50 +98,38 @@ class StreamingRidgeClassifier(_ClassifierBase):
     # -- fit --
 
     def fit(self, X, y, X_val=None, y_val=None) -> "StreamingRidgeClassifier":
-        """X: (n_samples, n_features) encoded; y: (n_samples,); optional X_val, y_val."""
-        X = _check_2d(X, "StreamingRidgeClassifier.fit")
-        if self.solver not in _SOLVERS:
-            raise ValueError(f"solver={self.solver!r} is not one of {_SOLVERS}.")
-        if self.grid_solver not in _GRID_SOLVERS:
-            raise ValueError(f"grid_solver={self.grid_solver!r} is not one of {_GRID_SOLVERS}.")
-        if (X_val is None) != (y_val is None):
-            raise ValueError("Pass both X_val and y_val, or neither.")
+        """X: (n_samples, n_features) encoded; y: (n_samples,); optional X_val, y_val (without
+        them: exact leave-one-out over the grid)."""
         if not hasattr(self.projection, "iter_blocks"):
             raise TypeError(f"{type(self.projection).__name__} has no iter_blocks: it cannot be streamed.")
-        if not hasattr(self.projection, "n_features_in_"):
-            self.projection.fit(X)
-        self.n_features_in_ = X.shape[1]
-        n = X.shape[0]
-        self.classes_, y_idx = _encode_labels(y, n, X.device)
-        if len(self.classes_) < 2:
-            raise ValueError(f"StreamingRidgeClassifier needs at least 2 classes in y, got {len(self.classes_)}.")
-        Y = _binarize(y_idx, len(self.classes_))
-        parts, yv_idx = [X], None
-        if X_val is not None:
-            X_val = _check_2d(X_val, "StreamingRidgeClassifier.fit (X_val)")
-            _check_n_features(self, X_val)
-            yv_idx = _label_indices(self.classes_, y_val, X_val.shape[0], X.device)
-            parts.append(X_val)
-            Y = torch.cat([Y, _binarize(yv_idx, len(self.classes_))])
-        elif self.alphas is None or np.size(self.alphas) != 1:
-            raise ValueError("StreamingRidgeClassifier chooses alpha on validation data: pass X_val and y_val, "
-                             "or a single alpha.")
-        k = int(self.projection.n_components)
+        data = self._prepare_fit(X, y, X_val, y_val)
+        X, n = data.X, data.X.shape[0]
+        # the projection is a parameter: fitted as a copy (it only records shapes; R follows from the seed)
+        self.projection_ = clone(self.projection, safe=False).fit(X)
+        parts, Y = [X], data.Y
+        if data.X_val is not None:
+            parts.append(data.X_val)
+            Y = torch.cat([Y, data.Yv])
+        k = int(self.projection_.n_components if self.projection_.n_components is not None else X.shape[1])
         self.n_components_ = k
         solver = self.solver if self.solver != "auto" else ("dual" if k > n else "primal")
         self.solver_ = solver
         if solver == "dual":
-            W, b = self._fit_dual(parts, Y, n, yv_idx)
+            W, b = self._fit_dual(parts, Y, n, data.yv_idx, data.y_idx)
         else:
-            W, b = self._fit_primal(parts, Y, n, yv_idx)
-        self.coef_ = W.T.to(torch.float32).contiguous()
-        self.intercept_ = torch.as_tensor(b, dtype=torch.float32, device=X.device).reshape(-1).clone()
+            W, b = self._fit_primal(parts, Y, n, data.yv_idx, data.y_idx)
+        self.coef_ = fitted(W.T.to(torch.float32).contiguous(), data.kind)
+        self.intercept_ = fitted(torch.as_tensor(b, dtype=torch.float32, device=X.device).reshape(-1).clone(),
+                                 data.kind)
         return self
+
+    def _proj(self):
+        return getattr(self, "projection_", self.projection)
 
     def _stream(self, device):
         """A copy of the projection with a fixed block size (all parts share their column
         blocks) and bounded row chunks (its float copy of X stays small)."""
-        proj = self.projection
+        proj = self._proj()
         if not hasattr(proj, "block_size"):
             return proj
         proj = copy.copy(proj)
@@ -185,7 +166,8 @@ class StreamingRidgeClassifier(_ClassifierBase):
         N = sum(P.shape[0] for P in parts)
         Kz = torch.zeros(N, N, dtype=torch.float32, device=device)
         self.gram_bytes_ = Kz.nbytes
-        mu = torch.zeros(int(self.projection.n_components), dtype=torch.float64, device=device)
+        k = self._proj().n_components
+        mu = torch.zeros(int(k if k is not None else parts[0].shape[1]), dtype=torch.float64, device=device)
         for cols, blocks in self._blocks(parts, "stream pass 1/2 (Gram)"):
             Zb = torch.cat(blocks)  # (N, width) float32
             if self.fit_intercept:
@@ -196,15 +178,22 @@ class StreamingRidgeClassifier(_ClassifierBase):
             del Zb, blocks
         return _symmetrize_(Kz), mu
 
-    def _fit_dual(self, parts, Y, n, yv_idx):
+    def _fit_dual(self, parts, Y, n, yv_idx, y_idx):
         device = parts[0].device
         k = self.n_components_
         Kz, mu = self._dual_gram(parts)
-        self.alphas_ = alphas = self._resolve_alphas(float(Kz[:n, :n].diagonal().sum(dtype=torch.float64)) / n)
-        fit = dual_fit(Kz, Y, n, yv_idx, alphas, self.grid_solver, self.refit, fit_intercept=self.fit_intercept,
-                       overwrite_gram=True)
+        if yv_idx is None and (self.alphas is None or np.size(self.alphas) > 1):
+            zero = torch.zeros(Y.shape[1], dtype=torch.float64, device=device)
+            y_mean = Y.mean(0) if self.fit_intercept else zero
+            fit = dual_loo(Kz, Y - y_mean, y_mean, y_idx, self._resolve_alphas, self.fit_intercept)
+            fit.update(offset=y_mean, n_used=n, grid_solver="eigh")
+        else:
+            alphas = self._resolve_alphas(float(Kz[:n, :n].diagonal().sum(dtype=torch.float64)) / n)
+            fit = dual_fit(Kz, Y, n, yv_idx, alphas, self.grid_solver, self.refit,
+                           fit_intercept=self.fit_intercept, overwrite_gram=True)
+            fit["alphas"] = alphas
         del Kz
-        self._record(fit, alphas)
+        self._record_fit(fit, yv_idx)
         beta = fit["beta"]
         used = parts if fit["n_used"] > n else parts[:1]
         W = torch.empty(k, beta.shape[1], dtype=torch.float64, device=device)
@@ -220,14 +209,14 @@ class StreamingRidgeClassifier(_ClassifierBase):
         b = fit["offset"] - (mu @ W if self.fit_intercept else 0.0)
         return W, b
 
-    def _row_features(self, X, desc):
+    def _row_features(self, X):
         """Yield (r0, features (rows, k) float32) over row chunks of X."""
         k = self.n_components_
         step = max(1, _ROW_CHUNK_BYTES // (4 * k))
         for r0 in range(0, X.shape[0], step):
-            yield r0, self.projection.transform(X[r0:r0 + step])
+            yield r0, self._proj().transform(X[r0:r0 + step])
 
-    def _fit_primal(self, parts, Y, n, yv_idx):
+    def _fit_primal(self, parts, Y, n, yv_idx, y_idx):
         device = parts[0].device
         k = self.n_components_
         c = Y.shape[1]
@@ -239,7 +228,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
         pilot = None
         offsets = [0, parts[0].shape[0]]
         for i, P in enumerate(parts):
-            for r0, F in self._row_features(P, "stream rows"):
+            for r0, F in self._row_features(P):
                 if pilot is None:
                     pilot = F.mean(0, dtype=torch.float64) if self.fit_intercept else \
                         torch.zeros(k, dtype=torch.float64, device=device)
@@ -257,7 +246,14 @@ class StreamingRidgeClassifier(_ClassifierBase):
         mu_tr = pilot + d_tr
         G_tr = G[0].double().sub_(n * torch.outer(d_tr, d_tr))
         B_tr = B[0] - n * torch.outer(d_tr, y_tr)  # sum (y - mu)(Y - ymean)^T
-        self.alphas_ = alphas = self._resolve_alphas(float(G_tr.diagonal().sum()) / n)
+        if yv_idx is None and (self.alphas is None or np.size(self.alphas) > 1):
+            # leave-one-out: G_tr's eigenbasis, and the training rows' features streamed once more
+            Yc = Y[:n] - y_tr
+            rows = lambda: ((r0, F - mu_tr.float()) for r0, F in self._row_features(parts[0]))  # noqa: E731
+            fit = primal_loo(G_tr, B_tr, rows, Yc, y_tr, y_idx, self._resolve_alphas, n, self.fit_intercept)
+            self._record_fit({**fit, "grid_solver": "eigh"}, None)
+            return fit["W"], y_tr - mu_tr @ fit["W"]
+        alphas = self._resolve_alphas(float(G_tr.diagonal().sum()) / n)
         has_val = yv_idx is not None
         method = grid_solver_for(k, len(alphas) if has_val else 1, device, self.grid_solver)
         shifted = _ShiftedSolver(G_tr, method)
@@ -265,7 +261,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
         scores = None
         if has_val:
             Wcat = torch.cat(Ws, 1)  # (k, n_alphas * c): every alpha in one pass over the validation rows
-            S = torch.cat([(F.double() - mu_tr) @ Wcat for _, F in self._row_features(parts[1], "validation")])
+            S = torch.cat([(F.double() - mu_tr) @ Wcat for _, F in self._row_features(parts[1])])
             scores = [_accuracy(S[:, i * c:(i + 1) * c] + y_tr, yv_idx) for i in range(len(alphas))]
             best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
         else:
@@ -282,31 +278,25 @@ class StreamingRidgeClassifier(_ClassifierBase):
         else:
             W = Ws[best]
             b = y_tr - mu_tr @ W
-        self._record({"alpha": alpha, "scores": scores, "grid_solver": method}, alphas)
+        self._record_fit({"alpha": alpha, "alphas": alphas, "scores": scores, "grid_solver": method}, yv_idx)
         return W, b
 
-    def _record(self, fit, alphas):
-        self.alpha_ = fit["alpha"]
-        self.grid_solver_ = fit["grid_solver"]
-        self.val_scores_ = None if fit["scores"] is None else {
-            float(a): float(s) for a, s in zip(alphas, fit["scores"])}
-        self.cv_ = "validation" if fit["scores"] is not None else None
+    def _record_fit(self, fit, yv_idx):
+        self._record(fit, None)
+        self.cv_ = None if fit["scores"] is None else ("validation" if yv_idx is not None else "loo")
 
     # -- predict --
 
-    def decision_function(self, X) -> torch.Tensor:
-        """X: (n_samples, n_features) encoded -> scores (n_samples, n_classes) float32, streamed."""
-        X = _check_2d(X, "StreamingRidgeClassifier.decision_function")
-        _check_fitted(self, "coef_")
-        _check_n_features(self, X)
-        coef = self.coef_.to(X.device)
-        S = self.intercept_.to(X.device).expand(X.shape[0], -1).clone()
+    def _decision(self, X) -> torch.Tensor:
+        """X: (n, m) encoded tensor -> (n, c) float32 scores, the features streamed block by block."""
+        coef = torch.as_tensor(self.coef_, device=X.device)
+        S = torch.as_tensor(self.intercept_, device=X.device).expand(X.shape[0], -1).clone()
         for cols, (Yb,) in self._blocks([X], "predict"):
             S.addmm_(Yb, coef[:, cols].T)
-        return S[:, 0] if S.shape[1] == 1 else S
+        return S
 
     @property
     def weight_bytes(self) -> int:
         _check_fitted(self, "coef_")
-        return self.coef_.nbytes + self.intercept_.nbytes
+        return int(self.coef_.nbytes + self.intercept_.nbytes)
 

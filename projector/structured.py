@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from projector._blocks import BlockProjection
-from projector.encoders import _check_2d, _check_fitted, _check_n_features
+from projector._validation import _check_2d, _check_fitted, _check_n_features
 
 __all__ = ["StructuredProjection", "fwht", "hadamard", "padded_dim"]
 
@@ -148,23 +148,22 @@ class StructuredProjection(BlockProjection):
         self.n_hd = n_hd
         self.progress = progress
 
-    def fit(self, X: torch.Tensor, y=None) -> "StructuredProjection":
-        """X: (n_samples, n_features). Records the shapes only: the parameters follow from the seed."""
+    def _fit(self, X: torch.Tensor, kind: str) -> None:
+        """Records the shapes only: the parameters follow from the seed."""
         if int(self.n_hd) < 1:
             raise ValueError(f"n_hd must be >= 1, got {self.n_hd!r}.")
-        super().fit(X)
+        super()._fit(X, kind)
         self.padded_dim_ = padded_dim(self.n_features_in_)
         self.n_transforms_ = math.ceil(2 * int(self.n_components) / self.padded_dim_)
-        return self
 
     def iter_blocks(self, X: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yields ``(cols, Y[:, cols])``, ``Y_block: (n_samples, width)`` float32, block by block."""
         X = _check_2d(X, "StructuredProjection.transform")
         _check_fitted(self)
         _check_n_features(self, X)
-        return self._blocks(X)
+        return self._blocks_of(X)
 
-    def _blocks(self, X):
+    def _blocks_of(self, X):
         d, k = self.padded_dim_, int(self.n_components)
         half = d // 2
         per_block = int(self.block_size) if self.block_size else 2048
@@ -252,7 +251,3 @@ class StructuredProjection(BlockProjection):
         _check_fitted(self)
         d, m = self.padded_dim_, self.n_features_in_
         return self.n_transforms_ * ((int(self.n_hd) + 1) * d * 4 + m * 8)
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
-        return f"StructuredProjection({params})"

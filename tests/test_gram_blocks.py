@@ -1,7 +1,7 @@
 """Gram products past 2**31 elements: tiled BLAS calls, and torch for the large factorisations.
 
 scipy's BLAS/LAPACK (OpenBLAS with 32-bit integers) segfault on a matrix of 2**31 elements
-or more, e.g. the (N, N) Gram from N = 46,341 on. ``ridge._BLAS_MAX_ELEMENTS`` bounds what
+or more, e.g. the (N, N) Gram from N = 46,341 on. ``_linalg._BLAS_MAX_ELEMENTS`` bounds what
 one call sees; shrinking it here sends tiny matrices through the tiled and torch paths.
 """
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from projector import ridge as R
+from projector import _factor as F
+from projector import _linalg as L
 from projector.kernel import KernelRidgeClassifier
 from projector.projections import GaussianProjection, NoProjection
 from projector.ridge import RidgeClassifier
@@ -31,14 +32,14 @@ def _lower(C):
 def test_tiled_syrk_accumulates_the_plain_product(monkeypatch, limit, rows, n, k):
     """C += M M^T over three calls (beta = 1), M = A or A^T: uneven tiles (N not a multiple of
     the tile), the inner dimension cut too; the upper triangle is left to ``_symmetrize_``."""
-    monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", limit)
+    monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", limit)
     g = torch.Generator().manual_seed(n * k)
     C0 = torch.randn(n, n, generator=g)
     C = C0.clone()
     expected = C0.double()
     for _ in range(3):
         A = torch.randn(n, k, generator=g) if rows else torch.randn(k, n, generator=g)
-        R._syrk_(C, A, rows=rows)
+        L._syrk_(C, A, rows=rows)
         M = A.double() if rows else A.double().T
         expected = expected + M @ M.T
     torch.testing.assert_close(_lower(C), torch.tril(expected), rtol=1e-5, atol=1e-5)
@@ -46,32 +47,32 @@ def test_tiled_syrk_accumulates_the_plain_product(monkeypatch, limit, rows, n, k
 
 
 def test_tiles_are_near_equal_and_cover_the_range():
-    assert R._tiles(23, 10) == [(0, 7), (7, 15), (15, 23)]
-    assert R._tiles(20, 10) == [(0, 10), (10, 20)]
-    assert R._tiles(5, 10) == [(0, 5)]
+    assert L._tiles(23, 10) == [(0, 7), (7, 15), (15, 23)]
+    assert L._tiles(20, 10) == [(0, 10), (10, 20)]
+    assert L._tiles(5, 10) == [(0, 5)]
 
 
 @pytest.mark.parametrize("limit", [2**31 - 1, 50])
 @pytest.mark.parametrize("rows", [True, False])
 def test_gram_in_tiles_is_exact_on_binary_rows(monkeypatch, limit, rows):
     """Binary rows: integer counts below 2**24, exact in float32 whatever the tiling."""
-    monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", limit)
+    monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", limit)
     g = torch.Generator().manual_seed(1)
     X = (torch.rand(41, 19, generator=g) > 0.5).to(torch.uint8)
-    K = R.gram([X[:25], X[25:]], None, rows=rows)
+    K = L.gram([X[:25], X[25:]], None, rows=rows)
     Xd = X.double()
     torch.testing.assert_close(K.double(), Xd @ Xd.T if rows else Xd.T @ Xd, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("rows", [True, False])
 def test_centred_gram_in_tiles_matches_float64(monkeypatch, rows):
-    monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", 40)
+    monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", 40)
     g = torch.Generator().manual_seed(2)
     X = torch.rand(37, 23, generator=g)
     mu = X.double().mean(0)
     Xc = X.double() - mu
     expected = Xc @ Xc.T if rows else Xc.T @ Xc
-    torch.testing.assert_close(R.gram([X[:20], X[20:]], mu, rows=rows).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(L.gram([X[:20], X[20:]], mu, rows=rows).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -82,31 +83,31 @@ def test_large_factorisation_and_solve_go_through_torch_in_place(monkeypatch, dt
     S = (A @ A.T).to(dtype)
     B = torch.randn(60, 3, generator=g, dtype=torch.float64)
     expected = torch.linalg.solve(S.double() + 0.5 * torch.eye(60, dtype=torch.float64), B)
-    monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", 100)
+    monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", 100)
     work = torch.empty(60, 60, dtype=dtype)
-    factor = R._cholesky_shifted(S, 0.5, work)
+    factor = F._cholesky_shifted(S, 0.5, work)
     assert factor[0].data_ptr() == work.data_ptr() and factor[1]
     tol = 1e-4 if dtype == torch.float32 else 1e-10
     for rhs in (B, B.numpy()):
-        x = R._cholesky_solve(rhs, factor)
+        x = F._cholesky_solve(rhs, factor)
         assert isinstance(x, type(rhs))
         torch.testing.assert_close(torch.as_tensor(x).double(), expected, rtol=tol, atol=tol * expected.abs().max())
-    assert R._cholesky_shifted(-S, 0.5, work) is None  # not positive definite: None, as from scipy
-    torch.testing.assert_close(R._solve_psd(S, B, 0.5), expected, rtol=tol, atol=tol * expected.abs().max())
+    assert F._cholesky_shifted(-S, 0.5, work) is None  # not positive definite: None, as from scipy
+    torch.testing.assert_close(F._solve_psd(S, B, 0.5), expected, rtol=tol, atol=tol * expected.abs().max())
 
 
 def test_large_dgemm_in_row_or_column_blocks(monkeypatch):
-    monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", 50)
+    monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", 50)
     g = np.random.default_rng(4)
     A, X = g.normal(size=(23, 17)), g.normal(size=(17, 3))
-    np.testing.assert_allclose(R._dgemm(A, X), A @ X, rtol=1e-12)
-    np.testing.assert_allclose(R._dgemm(np.asfortranarray(A), X), A @ X, rtol=1e-12)
+    np.testing.assert_allclose(L._dgemm(A, X), A @ X, rtol=1e-12)
+    np.testing.assert_allclose(L._dgemm(np.asfortranarray(A), X), A @ X, rtol=1e-12)
     X = g.normal(size=(17, 7))  # the right-hand side past the limit too
-    np.testing.assert_allclose(R._dgemm(A, X), A @ X, rtol=1e-12)
+    np.testing.assert_allclose(L._dgemm(A, X), A @ X, rtol=1e-12)
 
 
 def test_eigendecomposition_past_the_limit_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", 100)
+    monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", 100)
     X = torch.rand(20, 30)  # dual: a (20, 20) kernel
     with pytest.raises(ValueError, match="validation data"):
         RidgeClassifier(alphas=[1.0, 10.0]).fit(X, torch.arange(20) % 2)  # leave-one-out needs eigh
@@ -128,7 +129,7 @@ def _fits(monkeypatch, make, limit):
     Xt, _ = _binary_data(20, 30, 2)
     out = []
     for lim in (2**31 - 1, limit):
-        monkeypatch.setattr(R, "_BLAS_MAX_ELEMENTS", lim)
+        monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", lim)
         model = make().fit(X, y, Xv, yv)
         out.append((model.alpha_, model.decision_function(Xt).double()))
     return out
@@ -170,7 +171,7 @@ def test_gram_past_2_31_elements():
     Xf = X.to(torch.float32)
     check = torch.tensor([0, 1, 46_339, 46_340, 46_341, N_PAST - 1])
 
-    K = R.gram([X], None, rows=True)
+    K = L.gram([X], None, rows=True)
     assert K.shape == (N_PAST, N_PAST)
     exact = Xf[check] @ Xf.T  # (6, N), integer counts: exact in float32
     torch.testing.assert_close(K[check], exact, rtol=0, atol=0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from projector import ridge as R
+from projector import _linalg as L
+from projector import _solvers as R
 from projector.kernel import KernelRidgeClassifier, opu_kernel
 from projector.projections import GaussianProjection
 from projector.ridge import RidgeClassifier
@@ -76,10 +77,29 @@ def test_kernel_ridge_two_classes_and_labels():
     assert kr.predict(Xv).dtype.kind == "U"
 
 
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_kernel_ridge_without_validation_is_exact_leave_one_out(fit_intercept):
+    """No validation rows: alpha by leave-one-out from one eigendecomposition of the centred
+    kernel, against brute force (n refits of the single-alpha kernel ridge on n - 1 rows)."""
+    X, y = _data(24, 10)
+    y[::3] = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(5))  # noisy: alphas differ
+    alphas = [1e-4, 1e-2, 1.0, 30.0]
+    kr = KernelRidgeClassifier(alphas=alphas, fit_intercept=fit_intercept).fit(X, y)
+    assert kr.cv_ == "loo" and kr.grid_solver_ == "eigh"
+    for a in alphas:
+        hits = 0
+        for i in range(len(X)):
+            keep = torch.arange(len(X)) != i
+            one = KernelRidgeClassifier(alphas=a, fit_intercept=fit_intercept).fit(X[keep], y[keep])
+            hits += int(one.predict(X[i:i + 1])[0] == y[i])
+        assert kr.val_scores_[a] == pytest.approx(hits / len(X), abs=1.01 / len(X)), a
+    assert kr.alpha_ == max(alphas, key=lambda a: (kr.val_scores_[a], a))
+    single = KernelRidgeClassifier(alphas=kr.alpha_, fit_intercept=fit_intercept).fit(X, y)
+    torch.testing.assert_close(kr.decision_function(X), single.decision_function(X), rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_ridge_errors():
     X, y = _data(20, 10)
-    with pytest.raises(ValueError, match="validation data"):
-        KernelRidgeClassifier().fit(X, y)
     KernelRidgeClassifier(alphas=1.0).fit(X, y)  # one alpha needs no validation
     with pytest.raises(ValueError, match="both X_val and y_val"):
         KernelRidgeClassifier().fit(X, y, X_val=X)
@@ -160,7 +180,7 @@ def test_gram_by_syrk_is_the_plain_product(rows):
     mu = X.double().mean(0)
     Xc = (X.double() - mu)
     expected = Xc @ Xc.T if rows else Xc.T @ Xc
-    torch.testing.assert_close(R.gram([X[:20], X[20:]], mu, rows=rows).double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(L.gram([X[:20], X[20:]], mu, rows=rows).double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("float64_copy", [True, False])

@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.linear_model import RidgeClassifier as SkRidgeClassifier
 
-from projector import ridge as R
+from projector import _factor as F
+from projector import _linalg as L
 from projector.projections import NoProjection
 from projector.ridge import RidgeClassifier
 from projector.streaming import StreamingRidgeClassifier
@@ -63,8 +64,8 @@ def test_leave_one_out_matches_brute_force_at_small_alpha(n, d, solver, fit_inte
 def test_centred_eigenbasis_excludes_the_constant_direction():
     X, _ = _offset_data(30, 200, 3, 50.0)
     Xt = torch.from_numpy(X)
-    K = R.gram([Xt], R._mean([Xt]), rows=True)
-    lam, U = R._eigh64_centred(K)
+    K = L.gram([Xt], L._mean([Xt]), rows=True)
+    lam, U = F._eigh64_centred(K)
     n = K.shape[0]
     assert lam.shape == (n - 1,) and U.shape == (n, n - 1)
     torch.testing.assert_close(U.sum(0), torch.zeros(n - 1, dtype=torch.float64), rtol=0, atol=1e-12)

@@ -70,10 +70,27 @@ def test_block_size_does_not_change_the_model():
     torch.testing.assert_close(a.coef_, b.coef_, rtol=1e-4, atol=1e-5 * a.coef_.abs().max().item())
 
 
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("k,solver", [(40, "primal"), (300, "dual")])
+def test_streamed_leave_one_out_is_the_ridges_on_materialised_features(k, solver, fit_intercept):
+    """No validation rows: the streamed fit scores the grid by leave-one-out (primal: G's
+    eigenbasis and one more pass over the rows; dual: the centred kernel) as RidgeClassifier
+    does on the materialised features, and fits the same model."""
+    X, y = _data(60)
+    Xt, _ = _data(40, seed=2)
+    proj = GaussianProjection(k, seed=1).fit(X)
+    st = StreamingRidgeClassifier(proj, fit_intercept=fit_intercept, block_size=256).fit(X, y)
+    rc = RidgeClassifier(fit_intercept=fit_intercept, solver=solver).fit(proj.transform(X), y)
+    assert st.solver_ == rc.solver_ == solver and st.cv_ == rc.cv_ == "loo"
+    assert st.alpha_ == pytest.approx(rc.alpha_, rel=1e-6)
+    for (a, s1), (b, s2) in zip(st.val_scores_.items(), rc.val_scores_.items()):
+        assert a == pytest.approx(b, rel=1e-6) and s1 == pytest.approx(s2, abs=1.01 / 60)
+    S1, S2 = st.decision_function(Xt), rc.decision_function(proj.transform(Xt))
+    torch.testing.assert_close(S1, S2, rtol=1e-3, atol=1e-3 * S2.abs().max().item())
+
+
 def test_errors_speak():
     X, y = _data(20)
-    with pytest.raises(ValueError, match="validation data"):
-        StreamingRidgeClassifier(GaussianProjection(50)).fit(X, y)
     with pytest.raises(ValueError, match="solver"):
         StreamingRidgeClassifier(GaussianProjection(50), solver="qr").fit(X, y, X, y)
 

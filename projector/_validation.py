@@ -1,0 +1,161 @@
+"""Input checks and the numpy / pandas / torch boundary of every projector estimator.
+
+The estimators compute in torch, on the device of their input. A torch tensor (CPU or CUDA)
+goes through as it is, with only the shape checks below: no copy to numpy on the way. A
+numpy array, a pandas frame or anything array-like is validated by scikit-learn
+(``validate_data``: finite numbers, 2-d, at least one sample and feature, consistent
+feature names), then viewed as a CPU tensor without a copy where numpy allows. Outputs go
+back in the caller's type: a tensor for a tensor, a numpy array for an array, a frame (same
+index) for a frame from ``transform``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from sklearn.exceptions import NotFittedError
+
+__all__ = []
+
+TORCH, NUMPY, PANDAS = "torch", "numpy", "pandas"
+
+
+def _check_2d(X, who: str) -> torch.Tensor:
+    """Return X if it is a 2-d torch tensor, else raise a message saying what to pass."""
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(
+            f"{who} expects a torch.Tensor of shape (n_samples, n_features), got "
+            f"{type(X).__name__}. Convert with torch.as_tensor(X) first."
+        )
+    if X.ndim != 2:
+        raise ValueError(
+            f"{who} expects a 2-d tensor (n_samples, n_features), got shape "
+            f"{tuple(X.shape)}. Flatten with X.reshape(len(X), -1) first."
+        )
+    return X
+
+
+def _check_fitted(est, attr: str = "n_features_in_") -> None:
+    if not hasattr(est, attr):
+        raise NotFittedError(
+            f"This {type(est).__name__} is not fitted yet: call fit(X) "
+            f"(or fit_transform(X)) on the training data before transform."
+        )
+
+
+def _check_n_features(est, X) -> None:
+    if X.shape[1] != est.n_features_in_:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
+            f"{est.n_features_in_} features as input: it was fitted on {est.n_features_in_} features "
+            f"but X has {X.shape[1]} (shape {tuple(X.shape)}). Pass data encoded the same way as "
+            f"the training data, or refit."
+        )
+
+
+def as_tensor(est, X, who: str, reset: bool, device=None):
+    """X in torch: ``(tensor (n_samples, n_features), kind, index)``.
+
+    ``reset=True`` (fit) records ``n_features_in_`` (and, for a frame, ``feature_names_in_``);
+    else X is checked against them. ``kind`` is ``"torch"``, ``"numpy"`` or ``"pandas"``;
+    ``index`` the frame's index (else None). ``device``: where a non-tensor X is moved (the
+    device of the training tensors when a second input, e.g. validation rows, comes as numpy).
+    """
+    if isinstance(X, torch.Tensor):
+        _check_2d(X, who)
+        if reset:
+            est.n_features_in_ = int(X.shape[1])
+            if hasattr(est, "feature_names_in_"):
+                del est.feature_names_in_
+        else:
+            _check_n_features(est, X)
+        return X, TORCH, None
+    from sklearn.utils.validation import validate_data
+
+    kind = PANDAS if hasattr(X, "iloc") and hasattr(X, "columns") else NUMPY
+    index = X.index if kind == PANDAS else None
+    A = validate_data(est, X, reset=reset, dtype="numeric", accept_sparse=False)
+    with warnings.catch_warnings():  # a read-only array (a memmap) is only ever read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        T = torch.from_numpy(A if min(A.strides, default=0) >= 0 else A.copy())  # torch: no negative strides
+    if device is not None and T.device != torch.device(device):
+        T = T.to(device)
+    return T, kind, index
+
+
+def as_targets(est, y, n_samples: int):
+    """y as 1-d class labels: a tensor as it is, anything else validated by scikit-learn
+    (finite, one column: an (n, 1) y warns; classification targets, not continuous values)."""
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import check_array, column_or_1d
+
+    if y is None:
+        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None.")
+    if isinstance(y, torch.Tensor):
+        y_np = y.detach().reshape(-1).cpu().numpy()
+    else:
+        y = y_np = column_or_1d(check_array(y, ensure_2d=False, dtype=None, input_name="y"), warn=True)
+    check_classification_targets(y_np)
+    if len(y_np) != n_samples:
+        raise ValueError(f"y has {len(y_np)} labels but X has {n_samples} samples.")
+    return y
+
+
+def to_caller(T: torch.Tensor, kind: str, index=None, columns=None):
+    """T in the caller's type: the tensor itself, a numpy array, or a frame with ``index``."""
+    if kind == TORCH:
+        return T
+    A = T.detach().cpu().numpy()
+    if kind == PANDAS and columns is not None:
+        import pandas as pd
+
+        return pd.DataFrame(A, index=index, columns=columns)
+    return A
+
+
+def fitted(value, kind: str):
+    """A fitted attribute in the type of the training data: numpy for numpy or pandas input."""
+    if kind != TORCH and isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return value
+
+
+from sklearn.base import BaseEstimator, TransformerMixin  # noqa: E402
+
+
+class _Transformer(TransformerMixin, BaseEstimator):
+    """fit / transform / fit_transform of the encoders and projections: the caller's X checked
+    and viewed in torch, ``_fit(X)`` and ``_transform(X)`` on tensors, the output in the
+    caller's type (a frame keeps X's index; column names from ``get_feature_names_out``)."""
+
+    _fitted_attr = "n_features_in_"
+    _preserves_dtype = ["float32"]  # what transform returns for that input dtype
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = list(self._preserves_dtype)
+        return tags
+
+    def fit(self, X, y=None):
+        """X: (n_samples, n_features). Returns self."""
+        X, kind, _ = as_tensor(self, X, f"{type(self).__name__}.fit", reset=True)
+        self._fit(X, kind)
+        return self
+
+    def _fit(self, X: torch.Tensor, kind: str) -> None:
+        """Subclasses that learn more than the shape: from the checked tensor X."""
+
+    def transform(self, X):
+        """X: (n_samples, n_features) -> the transformed rows, in X's type."""
+        _check_fitted(self, self._fitted_attr)
+        X, kind, index = as_tensor(self, X, f"{type(self).__name__}.transform", reset=False)
+        Y = self._transform(X)
+        return to_caller(Y, kind, index, self.get_feature_names_out() if kind == PANDAS else None)
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X).transform(X)
+
+    def _transform(self, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
