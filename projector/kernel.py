@@ -55,10 +55,13 @@ def _from_gram(G: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor, m: int) -> t
 
 
 def _cross(A, B) -> torch.Tensor:
-    """A B^T in float64, through float32 GEMMs over row chunks of A (exact for binary rows)."""
-    Bf = B.to(torch.float32)
+    """A B^T in float64, over row chunks of A: through float32 GEMMs for integer (binary) rows,
+    whose products are exact in float32; in float64 for real-valued rows (float32 rounding would
+    make a sample's scores depend on the rows it is batched with)."""
+    dt = torch.float64 if (A.is_floating_point() or B.is_floating_point()) else torch.float32
+    Bf = B.to(dt)
     step = _rows_per_chunk(A.shape[1], 4)
-    return torch.cat([(A[r0:r0 + step].to(torch.float32) @ Bf.T).double() for r0 in range(0, A.shape[0], step)]) \
+    return torch.cat([(A[r0:r0 + step].to(dt) @ Bf.T).double() for r0 in range(0, A.shape[0], step)]) \
         if A.shape[0] else torch.zeros(0, B.shape[0], dtype=torch.float64, device=A.device)
 
 
@@ -159,7 +162,8 @@ class KernelRidgeClassifier(_ClassifierBase):
 
     def _decision(self, X) -> torch.Tensor:
         """X: (n, m) tensor -> (n, c) float32 scores, in row chunks of the kernel."""
-        Xf = torch.as_tensor(self.X_fit_, device=X.device).to(torch.float32)  # once, not per chunk
+        Xf = torch.as_tensor(self.X_fit_, device=X.device)
+        Xf = Xf.to(torch.float64 if Xf.is_floating_point() else torch.float32)  # once, not per chunk
         coef = torch.as_tensor(self.dual_coef_, device=X.device)
         b = torch.as_tensor(self.intercept_, device=X.device)
         r_fit = _sq_norms(Xf)
