@@ -333,7 +333,14 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
             "train_precision": precision_label(feed.amp_dtype)}
 
 
-def tune(ctx, grid, train_one: Callable) -> dict:
+def budget_epochs(epochs: int, lr_grid=None, tune_epochs: int | None = None) -> int:
+    """The most epochs a trainer may run: the grid's runs (short with ``tune_epochs``) and the final one."""
+    if not lr_grid:
+        return epochs
+    return len(lr_grid) * tune_epochs + epochs if tune_epochs else len(lr_grid) * epochs
+
+
+def tune(ctx, grid, train_one: Callable, retrain: Callable | None = None) -> dict:
     """Choose a hyperparameter on validation: one training per value of ``grid``, the best validation
     accuracy kept, the test split scored once, for that model only.
 
@@ -341,8 +348,25 @@ def tune(ctx, grid, train_one: Callable) -> dict:
     Each value runs on a clock of its own; the chosen run's phases are booked to the runner's clock
     (its training time is the cell's ``train_total_s``, its epoch rows the cell's curve), the others'
     counted seconds to ``tune_s``, measured and reported but not counted: the grid's cost, beside the
-    training time, never hidden in it nor dropped.
+    training time, never hidden in it nor dropped. With ``retrain(ctx, value)`` (the grid ran on a
+    short budget), every grid run is tuning and the chosen value is trained again in full: that run
+    is the cell's training time and curve.
     """
+    if retrain is not None:
+        scores, tune_s = {}, 0.0
+        best_value, best_acc = None, -1.0
+        for value in grid:
+            sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=lambda row: None)
+            _, out, _ = train_one(sub, value)
+            scores[str(value)] = out["val_acc"]
+            tune_s += sub.clock.counted_s
+            if out["val_acc"] > best_acc:
+                best_value, best_acc = value, out["val_acc"]
+        ctx.clock.book("tune_s", tune_s, counted=False)
+        model, out, feed = retrain(ctx, best_value)
+        with ctx.clock.phase("eval_s", counted=False):
+            out["test_acc"] = evaluate(model, ctx.data.test, feed)
+        return {**out, "tuned_value": best_value, "tune_s": tune_s, "grid_val_acc": scores, "model": model}
     best, tune_s, scores = None, 0.0, {}
     for value in grid:
         rows: list[dict] = []

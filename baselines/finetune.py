@@ -74,6 +74,7 @@ class FineTuneConfig:
     preset: str | None = None  # a key of PRESETS, e.g. "seed-paper"
     patience: int | None = None  # early stopping: stop after this many epochs without a better val_acc
     lr_grid: tuple[float, ...] | None = None  # learning rates tried, the best on validation kept (cost: tune_s)
+    tune_epochs: int | None = None  # with lr_grid: try each rate for this many epochs, then train the best in full
 
     def __post_init__(self):
         checks = (("mode", MODES), ("head", HEADS), ("optimizer", _training.OPTIMIZERS),
@@ -88,6 +89,8 @@ class FineTuneConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.tune_epochs is not None and (self.tune_epochs < 1 or not self.lr_grid):
+            raise ValueError(f"tune_epochs must be >= 1 and needs an lr_grid, got {self.tune_epochs}")
         if self.lr_grid is not None and (not self.lr_grid or min(self.lr_grid) <= 0):
             raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.unfreeze_blocks < 0:
@@ -170,8 +173,8 @@ class FineTune:
             cfg = apply_preset(FineTuneConfig(**config))
         dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size)
         factor = 1.0 if cfg.mode == "linear-probe" else 3.0  # forward only / forward + backward
-        runs = len(cfg.lr_grid) if cfg.lr_grid else 1  # each learning rate of the grid is one training
-        return ({"train": factor * fwd * shape.n_train * cfg.epochs * runs},
+        epochs = _training.budget_epochs(cfg.epochs, cfg.lr_grid, cfg.tune_epochs)
+        return ({"train": factor * fwd * shape.n_train * epochs},
                 {"feature_dim": dim, "k": 0, "params": params})
 
     @classmethod
@@ -196,7 +199,8 @@ class FineTune:
     def run(self, ctx) -> dict:
         cfg = self.config
         if cfg.lr_grid:
-            out = _training.tune(ctx, cfg.lr_grid, self._train)
+            short = (lambda c, lr: self._train(c, lr, epochs=cfg.tune_epochs)) if cfg.tune_epochs else None
+            out = _training.tune(ctx, cfg.lr_grid, short or self._train, retrain=self._train if short else None)
             model = out.pop("model")
         else:
             model, out, _ = self._train(ctx, cfg.lr, score_test=True)
@@ -207,9 +211,11 @@ class FineTune:
                 "unfrozen_blocks": model.unfrozen_blocks,
                 "backbone_weights": ext.weights}  # the resolved weights name (DEFAULT -> IMAGENET1K_...)
 
-    def _train(self, ctx, lr: float, score_test: bool = False):
-        """One training at learning rate ``lr``: (model at its best epoch, metrics, feed)."""
+    def _train(self, ctx, lr: float, score_test: bool = False, epochs: int | None = None):
+        """One training at learning rate ``lr`` for ``epochs`` (the Config's by default):
+        (model at its best epoch, metrics, feed)."""
         cfg = self.config
+        epochs = epochs or cfg.epochs
         _training.seed_everything(ctx.seed)
         data = ctx.data
         device = torch.device(ctx.device)
@@ -223,9 +229,9 @@ class FineTune:
             channels_last=device.type == "cuda",  # build_backbone lays the backbone out channels-last on CUDA
         )
         optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
-        steps = cfg.epochs * _training.n_train_batches(len(data.train), feed.batch_size)
+        steps = epochs * _training.n_train_batches(len(data.train), feed.batch_size)
         scheduler = _training.make_scheduler(cfg.schedule, optimizer, lr, steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name,
+        out = _training.fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=self.name,
                             patience=cfg.patience, score_test=score_test)
         return model, out, feed

@@ -73,6 +73,7 @@ class SmallCNNConfig:
     channels_last: bool = False
     patience: int | None = None  # early stopping: stop after this many epochs without a better val_acc
     lr_grid: tuple[float, ...] | None = None  # learning rates tried, the best on validation kept (cost: tune_s)
+    tune_epochs: int | None = None  # with lr_grid: try each rate for this many epochs, then train the best in full
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -81,6 +82,8 @@ class SmallCNNConfig:
             raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.tune_epochs is not None and (self.tune_epochs < 1 or not self.lr_grid):
+            raise ValueError(f"tune_epochs must be >= 1 and needs an lr_grid, got {self.tune_epochs}")
         if self.lr_grid is not None and (not self.lr_grid or min(self.lr_grid) <= 0):
             raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
         if self.optimizer not in _training.OPTIMIZERS:
@@ -105,7 +108,8 @@ class SmallCNN:
 
     @classmethod
     def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
-        epochs = config.get("epochs", SmallCNNConfig.epochs) * len(config.get("lr_grid") or (1,))
+        epochs = _training.budget_epochs(config.get("epochs", SmallCNNConfig.epochs), config.get("lr_grid"),
+                                         config.get("tune_epochs"))
         fwd, params = network_shape(cls(SmallCNNConfig(**config)).build(shape.n_classes, shape.image_size), shape.image_size)
         return {"train": 3.0 * fwd * shape.n_train * epochs}, {"feature_dim": 0, "k": 0, "params": params}
 
@@ -130,16 +134,19 @@ class SmallCNN:
     def run(self, ctx) -> dict:
         cfg = self.config
         if cfg.lr_grid:
-            out = _training.tune(ctx, cfg.lr_grid, self._train)
+            short = (lambda c, lr: self._train(c, lr, epochs=cfg.tune_epochs)) if cfg.tune_epochs else None
+            out = _training.tune(ctx, cfg.lr_grid, short or self._train, retrain=self._train if short else None)
             model = out.pop("model")
         else:
             model, out, _ = self._train(ctx, cfg.lr, score_test=True)
         self.model_ = model
         return {**out, "lr": out.get("tuned_value", cfg.lr)}
 
-    def _train(self, ctx, lr: float, score_test: bool = False):
-        """One training at learning rate ``lr``: (model at its best epoch, metrics, feed)."""
+    def _train(self, ctx, lr: float, score_test: bool = False, epochs: int | None = None):
+        """One training at learning rate ``lr`` for ``epochs`` (the Config's by default):
+        (model at its best epoch, metrics, feed)."""
         cfg = self.config
+        epochs = epochs or cfg.epochs
         _training.seed_everything(ctx.seed)
         data = ctx.data
         model = self.build(data.n_classes, data.image_size).to(ctx.device)
@@ -153,9 +160,9 @@ class SmallCNN:
             flip=cfg.augment, channels_last=cfg.channels_last,
         )
         optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
-        steps = cfg.epochs * _training.n_train_batches(len(data.train), feed.batch_size)
+        steps = epochs * _training.n_train_batches(len(data.train), feed.batch_size)
         scheduler = _training.make_scheduler(cfg.schedule, optimizer, lr, steps)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        out = _training.fit(model, ctx, optimizer, loss_fn, feed, cfg.epochs, scheduler, desc=self.name,
+        out = _training.fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=self.name,
                             patience=cfg.patience, score_test=score_test)
         return model, out, feed

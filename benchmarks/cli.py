@@ -32,6 +32,8 @@ METHOD_OPTIONS = {
                    "accuracy before stopping (--epochs is then the budget) [none]"),
     "--lr-grid": ("lr_grid", "floats", "finetune/small_cnn: comma-separated learning rates, the best on validation "
                   "kept; the others' training time is reported as tune_s [none: --lr]"),
+    "--tune-epochs": ("tune_epochs", int, "finetune/small_cnn with --lr-grid: try each rate for this many epochs, "
+                      "then train the best for --epochs [each rate for --epochs]"),
     "--no-augment": ("augment", "false", "trainers: switch off random-crop and flip augmentation"),
     "--width": ("width", int, "small_cnn: channels of the first conv layer"),
     "--depth": ("depth", int, "small_cnn: number of conv + max-pool blocks"),

@@ -279,8 +279,9 @@ def test_patience_stops_when_validation_stops_improving(name):
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("tune_epochs", [None, 1])
 @pytest.mark.parametrize("name", ["small_cnn", "finetune"])
-def test_lr_grid_is_chosen_on_validation_its_cost_reported_and_test_scored_once(name, monkeypatch):
+def test_lr_grid_is_chosen_on_validation_its_cost_reported_and_test_scored_once(name, tune_epochs, monkeypatch):
     test_calls = []
     evaluate = _training.evaluate
 
@@ -292,7 +293,7 @@ def test_lr_grid_is_chosen_on_validation_its_cost_reported_and_test_scored_once(
     ctx_holder = []
     cls, image_size, options = TINY[name]
     data = synthetic_bundle(n_per_class=12, image_size=image_size, n_classes=3)
-    method = cls(cls.Config(**{**options, "epochs": 3, "lr_grid": (1e-12, 0.05)}))
+    method = cls(cls.Config(**{**options, "epochs": 3, "lr_grid": (1e-12, 0.05), "tune_epochs": tune_epochs}))
     rows: list[dict] = []
     ctx = make_ctx(data, rows)
     ctx_holder.append(ctx)
