@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from benchmarks import results as res
+from benchmarks.metadata import write_metadata
 from benchmarks.cells import Cell, describe, validate
 from benchmarks.runner import Runner, failed_row
 
@@ -203,7 +204,7 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
     with res.ResultsFile(Path(out_dir)) as results:
         for notice in results.notices:
             print(f"note: {notice}")
-        res.write_metadata(out_dir, runner.run_id, {
+        write_metadata(out_dir, runner.run_id, {
             **(metadata or {}), "executor": executor.name,
             "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})
         return executor.run(runner, cells, results)

@@ -1,4 +1,4 @@
-"""Tidy results: one fixed schema, crash-safe appends, one run per folder, a metadata file per run.
+"""Tidy results: one fixed schema, crash-safe appends, one run per folder.
 
 ``results.csv`` holds one row per (cell, row type): ``final`` rows carry a
 cell's scores, times and sizes; ``epoch`` rows carry the time-to-accuracy curve
@@ -33,6 +33,10 @@ What survives what:
 
 A file of another column layout (an older gradfree) is never modified: it is an
 error that asks for another ``--out``. A read-only ``results.csv`` is refused.
+
+Below this module: :mod:`benchmarks.atomic` (fsynced temporary files, renames and links)
+and :mod:`benchmarks.csvscan` (the strict reader). Each run's ``metadata.json`` is written
+by :mod:`benchmarks.metadata`.
 """
 
 from __future__ import annotations
@@ -46,22 +50,18 @@ import json
 import os
 import platform
 import stat
-import subprocess
 import sys
-import tempfile
 import threading
 import warnings
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import torch
+from benchmarks.atomic import atomic_write_bytes, create_exclusive, create_new, not_writable, read_fd, same_file
+from benchmarks.csvscan import ROW_TYPES, Scan, describe_bad, scan_rows  # noqa: F401 (ROW_TYPES: public)
 
 RESULTS_FILE = "results.csv"
 INTERRUPTED_FILE = "results.interrupted.csv"
 LOCK_FILE = ".gradfree.lock"
-ROW_TYPES = ("final", "epoch", "failed")
 
 SCHEMA = (
     # identity
@@ -127,182 +127,9 @@ def _encode(rows: list[dict]) -> bytes:
     return buf.getvalue().encode()
 
 
-@dataclass
-class _Scan:
-    """A results file parsed with the byte range of each row and of each malformed stretch."""
-
-    header: list[str] | None  # None: not even one complete line
-    body_start: int  # the byte after the header line
-    rows: list[tuple[int, int, dict[str, str]]] = field(default_factory=list)  # (start, end, row)
-    bad: list[tuple[int, int]] = field(default_factory=list)  # (start, end), merged, in file order
-
-
-def _scan(data: bytes) -> _Scan:
-    """Parse ``data`` strictly, one record at a time, resynchronising on the next line after a bad one.
-
-    A record is good when it ends with a newline, its quoting is strict (an
-    unterminated quote or text after a closing quote is an error, so an open
-    quote cannot silently swallow the rows after it), it has as many fields as
-    the header and its ``row_type``/``status`` are ones gradfree writes.
-    """
-    first = data.find(b"\n")
-    if first < 0:
-        return _Scan(None, 0, bad=[(0, len(data))] if data else [])
-    try:
-        header = next(csv.reader([data[:first + 1].decode()], strict=True))
-    except (csv.Error, UnicodeDecodeError, StopIteration):
-        header = []
-    scan = _Scan(header, first + 1)
-    starts, ends = [], []
-    pos = first + 1
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        end = len(data) if nl < 0 else nl + 1
-        starts.append(pos)
-        ends.append(end)
-        pos = end
-    i = 0
-    while i < len(starts):
-        j, row = _parse_record(data, starts, ends, i, header)
-        if row is not None:
-            scan.rows.append((starts[i], ends[j - 1], row))
-            i = j
-            continue
-        if scan.bad and scan.bad[-1][1] == starts[i]:
-            scan.bad[-1] = (scan.bad[-1][0], ends[i])
-        else:
-            scan.bad.append((starts[i], ends[i]))
-        i += 1
-    return scan
-
-
-def _parse_record(data: bytes, starts: list[int], ends: list[int], i: int,
-                  header: list[str]) -> tuple[int, dict[str, str] | None]:
-    consumed = i
-
-    def lines():
-        nonlocal consumed
-        for k in range(i, len(starts)):
-            consumed = k + 1
-            yield data[starts[k]:ends[k]].decode()
-
-    try:
-        fields = next(csv.reader(lines(), strict=True))
-    except (csv.Error, UnicodeDecodeError, StopIteration):
-        return i + 1, None
-    if data[ends[consumed - 1] - 1:ends[consumed - 1]] != b"\n" or len(fields) != len(header):
-        return i + 1, None
-    row = dict(zip(header, fields))
-    if row.get("row_type", "") not in (*ROW_TYPES, "") or row.get("status", "") not in ("ok", "failed", ""):
-        return i + 1, None
-    return consumed, row
-
-
-def _describe_bad(scan: _Scan) -> str:
-    where = ", ".join(f"bytes {s}-{e}" for s, e in scan.bad[:5]) + (" ..." if len(scan.bad) > 5 else "")
-    return f"{sum(e - s for s, e in scan.bad)} malformed byte(s) ({where})"
-
-
 # ----------------------------------------------------------------------------
 # Low-level writes
 # ----------------------------------------------------------------------------
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_tmp(folder: Path, name: str, data: bytes, mode: int) -> str:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # mkstemp creates 0600; results are for everyone to read
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _write_tmp(path.parent, path.name, data, mode)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a fsynced temporary file and a rename."""
-    _atomic_write_bytes(Path(path), text.encode())
-
-
-def _create_exclusive(path: Path, data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists (never half-written); True if this call made it."""
-    tmp = _write_tmp(path.parent, path.name, data, 0o644)
-    try:
-        try:
-            os.link(tmp, path)  # unlike a rename, never replaces a file that is there
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links
-            if path.exists():
-                return False
-            os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _create_new(path: Path, data: bytes) -> Path:
-    """Create ``path``, or ``path.1``, ``path.2``, ... when taken, holding ``data``; return its path."""
-    for n in range(1000):
-        target = path if n == 0 else path.with_name(f"{path.name}.{n}")
-        if _create_exclusive(target, data):
-            return target
-    raise ResultsError(f"too many files named {path}.*; move some away.")
-
-
-def _not_writable(st: os.stat_result, path: Path) -> bool:
-    # Mode bits too: a file someone made read-only stays refused even for root.
-    return not os.access(path, os.W_OK) or not st.st_mode & 0o222
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        now_st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    st = os.fstat(fd)
-    return (st.st_ino, st.st_dev) == (now_st.st_ino, now_st.st_dev)
-
-
-def _read_fd(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    chunks, pos = [], 0
-    while pos < size:
-        chunk = os.pread(fd, size - pos, pos)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        pos += len(chunk)
-    return b"".join(chunks)
-
 
 def _append_bytes(path: Path, data: bytes) -> None:
     """Append complete CSV lines to ``path``: one ``os.write`` to the file opened ``O_APPEND``, then fsync.
@@ -319,7 +146,7 @@ def _append_bytes(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _create_exclusive(path, _HEADER)  # whoever links it first wins; the others append
+                create_exclusive(path, _HEADER)  # whoever links it first wins; the others append
             except OSError as err:
                 raise ResultsError(f"cannot create {path}: {err.strerror or err}; "
                                    "give this run a writable --out folder.") from err
@@ -328,10 +155,10 @@ def _append_bytes(path: Path, data: bytes) -> None:
             raise ResultsError(_read_only_message(path)) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if not _same_file(fd, path):
+            if not same_file(fd, path):
                 continue  # replaced (repaired) while we waited: append to the new file
             st = os.fstat(fd)
-            if _not_writable(st, path):
+            if not_writable(st, path):
                 raise ResultsError(_read_only_message(path))
             if st.st_size == 0:
                 payload = _HEADER + data
@@ -406,9 +233,9 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    scan = _scan(data)
+    scan = scan_rows(data)
     if scan.bad:
-        warnings.warn(f"{path}: skipped {_describe_bad(scan)}, e.g. a row torn by a crash; the file is "
+        warnings.warn(f"{path}: skipped {describe_bad(scan)}, e.g. a row torn by a crash; the file is "
                       "left as it is (the next run into its folder sets them aside).", ResultsWarning,
                       stacklevel=2)
     return [row for _, _, row in scan.rows]
@@ -495,7 +322,7 @@ class ResultsFile:
         except OSError as err:
             raise ResultsError(f"cannot create the results folder {out} ({err.strerror or err}); "
                                "give a --out folder in a writable place.") from err
-        if _not_writable(out.stat(), out) or not os.access(out, os.X_OK):
+        if not_writable(out.stat(), out) or not os.access(out, os.X_OK):
             raise ResultsError(f"the results folder {out} is not writable; make it writable "
                                f"(chmod u+w {out}) or give this run another --out folder.")
 
@@ -504,7 +331,7 @@ class ResultsFile:
             return
         if not self.path.is_file():
             raise ResultsError(f"{self.path} is not a file; move it away or give this run another --out folder.")
-        if _not_writable(self.path.stat(), self.path):
+        if not_writable(self.path.stat(), self.path):
             raise ResultsError(_read_only_message(self.path))
 
     def _claim(self) -> bool:
@@ -523,7 +350,7 @@ class ResultsFile:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _describe_holder(_read_fd(fd))
+                holder = _describe_holder(read_fd(fd))
                 os.close(fd)
                 raise ResultsError(f"{self.out_dir} is in use by another gradfree run ({holder}); "
                                    "wait for it to finish, or give this run another --out folder.") from None
@@ -566,13 +393,13 @@ class ResultsFile:
         fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # appenders outside the claim (a Ray driver, old code) wait
-            data = _read_fd(fd)
-            scan = _scan(data)
+            data = read_fd(fd)
+            scan = scan_rows(data)
             if scan.header is not None and scan.header != list(SCHEMA):
                 raise ResultsError(_foreign_message(self.path))
             if scan.header is None and not data:
                 self.notices.append(f"{self.path} was empty; wrote its header")
-                _atomic_write_bytes(self.path, _HEADER, stat.S_IMODE(os.fstat(fd).st_mode))
+                atomic_write_bytes(self.path, _HEADER, stat.S_IMODE(os.fstat(fd).st_mode))
                 return
             orphans = _orphan_epochs(scan)
             if not scan.bad and not orphans:
@@ -586,7 +413,7 @@ class ResultsFile:
             # The side files first: a crash before the main file changes loses nothing.
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             for start, end in scan.bad:
-                side = _create_new(self.out_dir / f"{RESULTS_FILE}.torn-{stamp}-at{start}", data[start:end])
+                side = create_new(self.out_dir / f"{RESULTS_FILE}.torn-{stamp}-at{start}", data[start:end])
                 self.notices.append(f"{self.path}: set aside {end - start} malformed byte(s) at byte {start} "
                                     f"(a row torn by a crash, or garbage) in {side}; its cell runs again")
             if orphans:
@@ -599,7 +426,7 @@ class ResultsFile:
                 os.ftruncate(fd, len(new))  # only a torn tail: cut it off in place
                 os.fsync(fd)
             else:
-                _atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+                atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
         finally:
             os.close(fd)
 
@@ -607,21 +434,21 @@ class ResultsFile:
         # A crash between this append and the rewrite would set the rows aside twice: skip duplicates.
         if side.exists():
             old = side.read_bytes()
-            seen = {old[s:e] for s, e, _ in _scan(old).rows}
+            seen = {old[s:e] for s, e, _ in scan_rows(old).rows}
             lines = [line for line in lines if line not in seen]
         _append_bytes(side, b"".join(lines))
 
 
-def _orphan_epochs(scan: _Scan) -> list[tuple[int, int, dict[str, str]]]:
+def _orphan_epochs(scan: Scan) -> list[tuple[int, int, dict[str, str]]]:
     """Epoch rows whose (cell_key, run_id) has no final or failed row: an interrupted attempt."""
     ended = {(r.get("cell_key"), r.get("run_id")) for _, _, r in scan.rows if r.get("row_type") in ("final", "failed")}
     return [(s, e, r) for s, e, r in scan.rows
             if r.get("row_type") == "epoch" and (r.get("cell_key"), r.get("run_id")) not in ended]
 
 
-def _check_rewrite(scan: _Scan, keep: list, new: bytes) -> None:
+def _check_rewrite(scan: Scan, keep: list, new: bytes) -> None:
     """Refuse a rewrite that would lose a final or failed row (it never should)."""
-    after = _scan(new)
+    after = scan_rows(new)
     ended = [r for _, _, r in scan.rows if r.get("row_type") != "epoch"]
     ended_after = [r for _, _, r in after.rows if r.get("row_type") != "epoch"]
     if after.bad or len(after.rows) != len(keep) or ended_after != ended:
@@ -636,76 +463,6 @@ def _describe_holder(blob: bytes) -> str:
         return f"pid {owner['pid']} on {owner['host']}, since {owner['started_at']}: {command}"
     except (ValueError, KeyError, TypeError):
         return "a process that has not written its pid yet"
-
-
-# ----------------------------------------------------------------------------
-# Metadata
-# ----------------------------------------------------------------------------
-
-_PACKAGES = ("gradfree", "torch", "torchvision", "numpy", "scikit-learn", "pandas", "seaborn",
-             "fastai", "lightonml", "ray")
-
-
-def _git_commit() -> dict:
-    here = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return {"commit": commit or None, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({os.cpu_count()} logical cores)"
-
-
-def environment() -> dict:
-    versions = {}
-    for pkg in _PACKAGES:
-        try:
-            versions[pkg] = importlib_metadata.version(pkg)
-        except importlib_metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "git": _git_commit(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-        "packages": versions,
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [],
-    }
-
-
-def write_metadata(out_dir: str | Path, run_id: str, config: dict, argv: list[str] | None = None) -> Path:
-    """``out_dir/runs/<run_id>/metadata.json``: environment, command line, resolved config."""
-    path = Path(out_dir) / "runs" / run_id / "metadata.json"
-    meta = {
-        "run_id": run_id,
-        "started_at": now(),
-        "command_line": list(sys.argv if argv is None else argv),
-        "config": config,
-        **environment(),
-    }
-    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    return path
 
 
 def now() -> str:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks import results as res
+from benchmarks.metadata import device_name
 from benchmarks.backbones import resolve_cut, resolve_weights
 from benchmarks.cells import Cell, describe, resolve_device
 from benchmarks.data import DataBundle, load_dataset
@@ -73,7 +74,7 @@ class Runner:
                 torch.backends.cudnn.benchmark = True
             if cell.threads:
                 torch.set_num_threads(cell.threads)
-            common.update(device=str(device), device_name=res.device_name(device),
+            common.update(device=str(device), device_name=device_name(device),
                           threads=torch.get_num_threads())
             method_cls = get_method(cell.method)
             config = make_config(method_cls, cell.option_dict())

@@ -49,7 +49,9 @@ def test_append_refuses_a_foreign_layout(tmp_path):
 
 
 def test_metadata_records_environment(tmp_path):
-    path = res.write_metadata(tmp_path, "run1", {"k": 1}, argv=["gradfree", "run"])
+    from benchmarks.metadata import write_metadata
+
+    path = write_metadata(tmp_path, "run1", {"k": 1}, argv=["gradfree", "run"])
     meta = json.loads(path.read_text())
     assert meta["config"] == {"k": 1}
     assert meta["command_line"] == ["gradfree", "run"]

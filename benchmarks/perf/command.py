@@ -24,7 +24,8 @@ from benchmarks.perf.ridge import section_ridge
 from benchmarks.perf.streaming import section_streaming
 from benchmarks.perf.structured import section_structured
 from benchmarks.perf.task import section_task
-from benchmarks.results import atomic_write_text, write_metadata
+from benchmarks.atomic import atomic_write_text
+from benchmarks.metadata import write_metadata
 
 DEFAULT_OUT = "results/perf"
 SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.results import atomic_write_text
+from benchmarks.atomic import atomic_write_text
 from benchmarks.timing import synchronize
 
 TARGETS = {  # metric -> (comparison, threshold, what the issue asks)
