@@ -30,16 +30,12 @@ from typing import Any
 import torch
 
 from benchmarks.backbones import PRECISIONS, BackboneError, resolve_cut
-from benchmarks.data import DATASET_NAMES, IMAGE_SUFFIXES, DatasetError
+from benchmarks.datasets import DATASET_NAMES, FULL_SIZES, IMAGE_SUFFIXES, N_CLASSES, DatasetError
 from benchmarks.methods import REGISTRY, config_fields, full_config, get_method, make_config
 from benchmarks.protocol import CellShape
 
 #: Other names accepted for options, in suites and --set.
 ALIASES = {"projector": "projection", "k": "n_components", "n_random_features": "n_components"}
-#: Full training / test set sizes (images) when train_per_class / test_per_class is all (0).
-FULL_SIZES = {"cifar10": (50000, 10000), "stl10": (5000, 8000), "fashion-mnist": (60000, 10000),
-              "animals10": (20943, 5236)}
-N_CLASSES = {"cifar10": 10, "stl10": 10, "fashion-mnist": 10, "animals10": 10}
 
 
 class CellError(ValueError):

@@ -1,11 +1,12 @@
-"""Datasets, looked up by name, behind one loader interface.
+"""Loading a dataset by name: stratified subsets, decoded once, behind one interface.
 
 Every dataset becomes a :class:`DataBundle`: three :class:`ImageSplit` (train,
 validation, test) of decoded ``uint8`` images ``(n, 3, H, W)`` resized to one
 square size, with ``int64`` labels. Images are decoded once and kept as
 ``uint8`` (a quarter of float32 memory); methods convert batches to float and
-normalise on the device with :func:`to_float`. Files of any PIL mode are decoded
-to 8-bit RGB by :func:`to_rgb`, each scaled from its own range (16-bit grey by 255/65535,
+normalise on the device with :func:`to_float`. How each dataset is read is
+:mod:`benchmarks.datasets`'s; files of any PIL mode are decoded
+to 8-bit RGB by its :func:`to_rgb`, each scaled from its own range (16-bit grey by 255/65535,
 not clipped to white) and transparent pixels composited onto white.
 
 Subsets are deterministic and stratified: ``train_per_class`` images of each
@@ -18,13 +19,11 @@ user's own folder) the sizes are upper bounds: such a class gives all its images
 one notice says so (``clamp_per_class`` of :func:`load_dataset` overrides either).
 
 Names: ``cifar10``, ``stl10``, ``animals10``, ``fashion-mnist`` and
-``imagefolder:PATH``. See :func:`load_dataset`.
+``imagefolder:PATH`` (:data:`benchmarks.datasets.READERS`). See :func:`load_dataset`.
 """
 
 from __future__ import annotations
 
-import gzip
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.datasets import (  # noqa: F401 (re-exported: the data API's names)
+    DATASET_NAMES, DEBIAN_FASHION_MNIST, IMAGE_SUFFIXES, DatasetError, Source, read_dataset, to_rgb)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-# Debian's package `dataset-fashion-mnist` installs the original idx files here.
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DATASET_NAMES = ("cifar10", "stl10", "animals10", "fashion-mnist", "imagefolder:PATH")
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing or malformed; the message says where we looked and what to do."""
 
 
 @dataclass
@@ -124,249 +118,6 @@ def to_float(
 
 
 # ----------------------------------------------------------------------------
-# Raw sources: each returns (classes, train_items, test_items) where items are
-# a list of labels plus a way to fetch image i as an HxWxC uint8 array.
-# ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Source:
-    classes: list[str]
-    labels: np.ndarray  # (n,) int64
-    get: object  # callable(i) -> PIL.Image
-    origin: str
-    where: object = None  # callable(i) -> str naming image i in messages (its file), or None
-
-
-def _array_source(classes, data: np.ndarray, labels, origin: str) -> _Source:
-    from PIL import Image
-
-    data = np.asarray(data)
-    return _Source(list(classes), np.asarray(labels, dtype=np.int64),
-                   lambda i: Image.fromarray(data[i]), origin)
-
-
-# Transparent pixels are composited onto this background, so that what is hidden under
-# alpha = 0 (often black, sometimes anything) does not leak into the features.
-ALPHA_BACKGROUND = (255, 255, 255)
-
-
-def _scale_16_to_8(x: np.ndarray) -> np.ndarray:
-    """0..65535 -> 0..255, rounded to the nearest (65535 -> 255, 32896 -> 128)."""
-    x = np.clip(x.astype(np.int64), 0, 65535)
-    return ((x * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def to_rgb(img):
-    """Any PIL image as 8-bit ``RGB``, every mode scaled to its own range.
-
-    * ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (16-bit grey: PNG, TIFF): scaled by 255/65535.
-      PIL's own ``convert("RGB")`` clips them at 255, which turns almost every pixel white.
-    * ``I`` (32-bit integers: 16-bit PGM, integer TIFF): as 8-bit when every value is in
-      0..255, else clipped to 0..65535 and scaled as 16-bit.
-    * ``F`` (floats): as [0, 1] when every value is, else as 0..255; clipped, NaN as 0.
-    * ``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, and ``P``, ``L`` or ``RGB`` with a
-      transparent colour: composited onto :data:`ALPHA_BACKGROUND` (white).
-    * ``CMYK``, ``YCbCr``, ``HSV``, ``1``, ``L``, ``P``: PIL's conversion (Adobe's inverted
-      CMYK JPEGs are undone by PIL when it reads them).
-    """
-    from PIL import Image
-
-    mode = img.mode
-    keyed = mode in ("P", "L", "RGB") and "transparency" in img.info  # a transparent colour (PNG tRNS)
-    if mode == "RGB" and not keyed:
-        return img
-    if mode.startswith("I;16") or mode == "I":
-        x = np.asarray(img)
-        grey = x.astype(np.uint8) if mode == "I" and x.size and 0 <= x.min() and x.max() <= 255 \
-            else _scale_16_to_8(x)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if mode == "F":
-        x = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        if x.size and x.min() >= 0.0 and x.max() <= 1.0:
-            x = x * 255.0
-        return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed:
-        background = Image.new("RGBA", img.size, ALPHA_BACKGROUND + (255,))
-        return Image.alpha_composite(background, img.convert("RGBA")).convert("RGB")
-    return img.convert("RGB")
-
-
-def _file_source(classes, paths: list[Path], labels, origin: str) -> _Source:
-    from PIL import Image, UnidentifiedImageError
-
-    def get(i):
-        try:
-            img = Image.open(paths[i])
-            img.load()
-            return img
-        except (UnidentifiedImageError, OSError) as err:
-            raise DatasetError(
-                f"cannot read {paths[i]} as an image ({err.__class__.__name__}). "
-                "Remove or convert that file: every file under a class folder must be an image."
-            ) from err
-
-    return _Source(list(classes), np.asarray(labels, dtype=np.int64), get, origin,
-                   where=lambda i: str(paths[i]))
-
-
-def _scan_class_folders(root: Path) -> tuple[list[str], list[Path], list[int]]:
-    """An ImageFolder tree: root/<class>/<file>. Non-image files are an error."""
-    if not root.is_dir():
-        raise DatasetError(
-            f"image folder {root} does not exist: point it at a folder of <class name>/<image files> "
-            "(imagefolder:PATH takes train/ and test/ below PATH, or one such folder split by gradfree)."
-        )
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DatasetError(
-            f"no class sub-folders in {root}: expected {root}/<class name>/<image files>."
-        )
-    paths, labels = [], []
-    for c, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
-        bad = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if bad:
-            raise DatasetError(
-                f"{bad[0]} is not an image file (suffix {bad[0].suffix or 'none'!r}; "
-                f"{len(bad)} such file(s) under {root / name}). Every file under a class "
-                f"folder must be an image ({', '.join(sorted(IMAGE_SUFFIXES))}): move the others out."
-            )
-        if not files:
-            raise DatasetError(f"class folder {root / name} holds no images.")
-        paths += files
-        labels += [c] * len(files)
-    return classes, paths, labels
-
-
-def _split_folder(root: Path, train_fraction: float = 0.8):
-    """One class-folder tree, split per class by sorted file name (first 80 % train)."""
-    classes, paths, labels = _scan_class_folders(root)
-    labels = np.asarray(labels)
-    tr, te = [], []
-    for c in range(len(classes)):
-        idx = np.flatnonzero(labels == c)  # already in sorted-name order
-        n_train = int(round(train_fraction * len(idx)))
-        tr += idx[:n_train].tolist()
-        te += idx[n_train:].tolist()
-    origin = str(root)
-    return (_file_source(classes, [paths[i] for i in tr], labels[tr], origin),
-            _file_source(classes, [paths[i] for i in te], labels[te], origin))
-
-
-def _train_test_folders(root: Path, hint: str):
-    train, test = root / "train", root / "test"
-    if not train.is_dir() or not test.is_dir():
-        raise DatasetError(
-            f"{root} is not an image-folder dataset: expected {train}/<class>/* and "
-            f"{test}/<class>/*. {hint}"
-        )
-    c1, p1, l1 = _scan_class_folders(train)
-    c2, p2, l2 = _scan_class_folders(test)
-    if c1 != c2:
-        raise DatasetError(f"class folders differ between {train} ({c1}) and {test} ({c2}).")
-    return _file_source(c1, p1, l1, str(root)), _file_source(c2, p2, l2, str(root))
-
-
-def default_data_root() -> Path:
-    return Path(os.environ.get("GRADFREE_DATA", Path.home() / ".cache" / "gradfree" / "data"))
-
-
-def _torchvision(make, root: Path, what: str):
-    try:
-        return make(download=True)
-    except Exception as err:  # network errors come in many classes
-        raise DatasetError(
-            f"{what} is not in {root} and could not be downloaded ({err.__class__.__name__}: "
-            f"{str(err)[:200]}). Connect to the internet once, or pass --data-dir pointing "
-            "at a local copy (see `gradfree run --help`)."
-        ) from err
-
-
-def _cifar10(data_dir: Path | None):
-    hint = ("Give --data-dir a folder with train/<class>/*.png|jpg and test/<class>/*, or omit "
-            "--data-dir to let torchvision download CIFAR-10.")
-    if data_dir is not None and (data_dir / "train").exists():
-        return _train_test_folders(data_dir, hint)
-    from torchvision.datasets import CIFAR10
-
-    root = data_dir or default_data_root()
-    if data_dir is not None and not (root / "cifar-10-batches-py").exists():
-        raise DatasetError(f"no CIFAR-10 in {root}: expected {root}/train and {root}/test, or "
-                           f"{root}/cifar-10-batches-py. {hint}")
-    sets = [_torchvision(lambda download, t=t: CIFAR10(str(root), train=t, download=download),
-                         root, "CIFAR-10") for t in (True, False)]
-    return tuple(_array_source(s.classes, s.data, s.targets, f"torchvision:{root}") for s in sets)
-
-
-def _stl10(data_dir: Path | None):
-    from torchvision.datasets import STL10
-
-    root = data_dir or default_data_root()
-    if data_dir is not None and (data_dir / "train").exists():
-        return _train_test_folders(data_dir, "")
-    out = []
-    for split in ("train", "test"):
-        s = _torchvision(lambda download, sp=split: STL10(str(root), split=sp, download=download),
-                         root, "STL-10")
-        out.append(_array_source(s.classes, s.data.transpose(0, 2, 3, 1), s.labels, f"torchvision:{root}"))
-    return tuple(out)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def _fashion_mnist(data_dir: Path | None):
-    for folder in [data_dir] if data_dir is not None else [DEBIAN_FASHION_MNIST]:
-        files = {k: folder / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
-                 for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-        if all(p.exists() for p in files.values()):
-            return (_array_source(FASHION_CLASSES, _read_idx(files["train-images"]),
-                                  _read_idx(files["train-labels"]), str(folder)),
-                    _array_source(FASHION_CLASSES, _read_idx(files["t10k-images"]),
-                                  _read_idx(files["t10k-labels"]), str(folder)))
-        if data_dir is not None:
-            raise DatasetError(
-                f"no Fashion-MNIST idx files in {folder}: expected {', '.join(p.name for p in files.values())}. "
-                "On Debian: `apt-get install dataset-fashion-mnist` (files land in "
-                f"{DEBIAN_FASHION_MNIST}); or omit --data-dir to let torchvision download it."
-            )
-    from torchvision.datasets import FashionMNIST
-
-    root = default_data_root()
-    sets = [_torchvision(lambda download, t=t: FashionMNIST(str(root), train=t, download=download),
-                         root, f"Fashion-MNIST (looked in {DEBIAN_FASHION_MNIST} and {root})")
-            for t in (True, False)]
-    return tuple(_array_source(FASHION_CLASSES, s.data.numpy(), s.targets.numpy(), f"torchvision:{root}")
-                 for s in sets)
-
-
-def _animals10(data_dir: Path | None):
-    if data_dir is None:
-        raise DatasetError(
-            "animals10 has no torchvision download: get the Kaggle 'Animals-10' archive, unpack it "
-            "and pass --data-dir pointing at the folder of its 10 class folders (raw-img/)."
-        )
-    return _split_folder(data_dir)
-
-
-def _imagefolder(path: Path):
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return _train_test_folders(path, "")
-    return _split_folder(path)
-
-
-# ----------------------------------------------------------------------------
 
 
 def _stratified(labels: np.ndarray, per_class: int | None, rng: np.random.Generator, classes: list[str],
@@ -414,7 +165,7 @@ def _notice_once(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _decode(source: _Source, index: np.ndarray, image_size: int, desc: str, progress: bool) -> ImageSplit:
+def _decode(source: Source, index: np.ndarray, image_size: int, desc: str, progress: bool) -> ImageSplit:
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -466,18 +217,7 @@ def load_dataset(
             f"--data-dir {data_dir} does not exist: fix the path, or leave --data-dir out to use "
             "torchvision's copy under the default data folder (downloaded when online)."
         )
-    if name == "cifar10":
-        train, test = _cifar10(data_dir)
-    elif name == "stl10":
-        train, test = _stl10(data_dir)
-    elif name == "fashion-mnist":
-        train, test = _fashion_mnist(data_dir)
-    elif name == "animals10":
-        train, test = _animals10(data_dir)
-    elif name.startswith("imagefolder:"):
-        train, test = _imagefolder(Path(name.split(":", 1)[1]).expanduser())
-    else:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_NAMES)}")
+    train, test = read_dataset(name, data_dir)
 
     rng = np.random.default_rng(data_seed)
     tr_idx, va_idx, short_train, short_test = [], [], [], []
