@@ -81,7 +81,9 @@ def test_row_chunk_invariant(row_chunk_size, X):
 
 def test_tiny_memory_budget_still_correct(X, monkeypatch):
     ref = GaussianProjection(K, seed=3).fit_transform(X)
-    monkeypatch.setattr(P, "available_memory_bytes", lambda device: 4 * X.shape[1] * 4 * 3)
+    import projector.gaussian as G
+
+    monkeypatch.setattr(G, "available_memory_bytes", lambda device: 4 * X.shape[1] * 4 * 3)
     Y = GaussianProjection(K, seed=3).fit_transform(X)  # one tile per block, row chunks
     assert torch.allclose(Y, ref, rtol=1e-5, atol=1e-6)
 

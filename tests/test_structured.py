@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-import projector.projections as P
+import projector._random_matrix as P
 from projector.projections import PROJECTIONS, GaussianProjection, make_projection, resolve_compute_mode
 from projector.structured import StructuredProjection, fwht, hadamard, padded_dim
 from tiny_data import binary

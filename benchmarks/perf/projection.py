@@ -14,8 +14,8 @@ from benchmarks.perf.common import Report, Sizes, alternate, binary_matrix, time
 
 def section_projection(rep: Report, sz: Sizes, device) -> None:
     """Dense gaussian against the bare GEMM of the same shapes, and its generation share."""
-    from projector.projections import _MODES, TILE_COLS, GaussianProjection, _mm_f32, gaussian_tiles, \
-        resolve_compute_mode
+    from projector._random_matrix import _MODES, TILE_COLS, _mm_f32, gaussian_tiles, resolve_compute_mode
+    from projector.gaussian import GaussianProjection
 
     n, m, k = sz.proj_n, sz.proj_m, sz.proj_k
     rep.log(f"projection: dense gaussian n={n} m={m} k={k} vs bare matmul")
