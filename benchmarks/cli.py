@@ -268,18 +268,43 @@ def print_table(rows: list[dict]) -> None:
 
 
 def cmd_cuts(args: argparse.Namespace) -> int:
-    from benchmarks.backbones import build_base, list_cuts, resolve_weights, truncate
+    """`gradfree cuts`: the cut points of a backbone, read from its module tree (--shapes: sizes)."""
+    from benchmarks.backbones import cut_shapes, list_cuts, readouts
 
     cuts = list_cuts(args.backbone)
     if not args.shapes:
         print("\n".join(cuts))
-        return 0
-    base = build_base(args.backbone, "none")
-    print(f"{'cut':32s} {'shape at ' + str(args.image_size) + ' px':>22s} {'features':>10s} {'params':>11s}")
-    for cut in cuts:
-        ext = truncate(args.backbone, base, cut, resolve_weights(args.backbone, "none"))
-        c, h, w = ext.out_shape(args.image_size)
-        print(f"{cut:32s} {str((c, h, w)):>22s} {c * h * w:>10d} {ext.param_count:>11,d}")
+    else:
+        print(f"{'cut':36s} {'shape at ' + str(args.image_size) + ' px':>20s} {'features':>10s} {'params':>13s}")
+        for row in cut_shapes(args.backbone, args.image_size):
+            shape = str(row["shape"]) if row["shape"] else "input too small"
+            features = f"{row['features']:,d}" if row["features"] else "-"
+            print(f"{row['cut']:36s} {shape:>20s} {features:>10s} {row['params']:>13,d}")
+    kinds = readouts(args.backbone)
+    if len(kinds) > 1:
+        print(f"\n{args.backbone} gives token maps: a cut may name its readout as CUT:READOUT, one of "
+              f"{', '.join(kinds)} ({kinds[0]} when none is named; shapes above are for {kinds[0]}).", file=sys.stderr)
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    """`gradfree backbones`: every torchvision classification model, its weights and which are cached."""
+    import torch
+
+    from benchmarks.backbones import BACKBONES, weights_table
+
+    print(f"{'backbone':20s} {'family':18s} {'params':>8s}  weights (* DEFAULT, [cached] file in the torch hub cache)")
+    for name, spec in BACKBONES.items():
+        table = weights_table(name)
+        if args.cached and not any(w["cached"] for w in table):
+            continue
+        params = next((w["params"] for w in table if w["params"]), None)
+        weights = ", ".join(f"{w['weights']}{'*' if w['default'] else ''}{' [cached]' if w['cached'] else ''}"
+                            for w in table)
+        print(f"{name:20s} {spec.family:18s} {params / 1e6 if params else float('nan'):>7.1f}M  {weights}")
+    print(f"\ntorch hub cache: {torch.hub.get_dir()}/checkpoints. A checkpoint not there is downloaded on first "
+          "use, with a notice (never with GRADFREE_OFFLINE=1); --weights none runs random weights. "
+          "params: the whole model, classifier included.")
     return 0
 
 
@@ -300,11 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "re-running skips cells already done.")
     _add_run_args(p)
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("cuts", help="list the cut points of a backbone")
-    p.add_argument("--backbone", default="densenet169", choices=list(BACKBONES))
+    p = sub.add_parser("cuts", help="list the cut points of a backbone",
+                       description="The cut points of a torchvision backbone, read from its module tree "
+                                   "(block-level nodes, input side first; the last is the default).")
+    p.add_argument("--backbone", default="densenet169", choices=list(BACKBONES), metavar="NAME",
+                   help="any torchvision classification model (list them with `gradfree backbones`) [densenet169]")
     p.add_argument("--shapes", action="store_true", help="also print output shape, feature count, parameters")
     p.add_argument("--image-size", type=int, default=224, help="input size for --shapes [224]")
     p.set_defaults(func=cmd_cuts)
+    p = sub.add_parser("backbones", help="list the backbones: torchvision's classification models and their weights",
+                       description="Every torchvision classification model usable as --backbone, with its "
+                                   "family, size, weights names and whether each weights file is in the "
+                                   "torch hub cache.")
+    p.add_argument("--cached", action="store_true", help="only backbones with a weights file in the cache")
+    p.set_defaults(func=cmd_backbones)
     _add_optional_commands(sub)
     return parser
 

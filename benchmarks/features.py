@@ -51,7 +51,7 @@ class FeatureCache:
         self._swept = False
 
     def key(self, data: DataBundle, ext, split: str, pool_size: int) -> str:
-        dtype = str(next(ext.parameters()).dtype)
+        dtype = ext.dtype_name  # torch.float32, torch.float16... or int8 (float32 out, not the same features)
         blob = f"{data.fingerprint()}|{data.image_size}|{ext.name}|{ext.cut}|{ext.weights}|{dtype}|{pool_size}|{split}"
         return hashlib.sha1(blob.encode()).hexdigest()[:20]
 

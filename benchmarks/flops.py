@@ -1,4 +1,4 @@
-"""Sizes and forward FLOPs of networks, counted once on the meta device (no weights loaded).
+"""Sizes and forward FLOPs of networks, counted once on the meta device (no weights allocated).
 
 Used by each method's ``flops`` and ``memory_bytes`` (see :mod:`benchmarks.protocol`):
 a cut backbone's feature dimension, forward FLOPs per image and parameter count, and the
@@ -12,10 +12,11 @@ import functools
 
 import torch
 
-from benchmarks.backbones import build_base, truncate
+from benchmarks.backbones import truncate
+from benchmarks.cuts import skeleton
 
 #: Bytes per element of each extraction precision.
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 4}  # int8 features come out dequantized
 
 
 def forward_flops(model: torch.nn.Module, image_size: int) -> int:
@@ -29,14 +30,9 @@ def forward_flops(model: torch.nn.Module, image_size: int) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _base(backbone: str):
-    return build_base(backbone, "none").eval()  # eval: out_shape runs a batch of one through BatchNorm
-
-
-@functools.lru_cache(maxsize=None)
 def backbone_shape(backbone: str, cut: str | None, image_size: int, pool_size: int = 0) -> tuple[int, int, int]:
     """(feature_dim, forward FLOPs per image, parameter count) of the backbone cut at ``cut``."""
-    ext = truncate(backbone, _base(backbone), cut)
+    ext = truncate(backbone, skeleton(backbone), cut)  # meta weights: eval mode, nothing allocated
     c, h, w = ext.out_shape(image_size)
     dim = c * pool_size * pool_size if pool_size else c * h * w
     return dim, forward_flops(ext, image_size), ext.param_count

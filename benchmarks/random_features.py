@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from benchmarks.backbones import build_backbone, extract_features
+from benchmarks.backbones import build_backbone, extract_features, quantize_extractor
 from benchmarks.flops import PRECISION_BYTES, backbone_shape
 from benchmarks.protocol import CellShape, RunContext
 
@@ -160,6 +160,11 @@ class RandomFeatures:
         cfg = self.config
         clock = ctx.clock
         ext = build_backbone(ctx.backbone, ctx.cut, ctx.weights, ctx.precision, ctx.device)
+        if ctx.precision == "int8":
+            # Post-training static quantization, calibrated on training images only (never validation
+            # or test); counted with the extraction it serves.
+            with clock.phase("extract_s"):
+                ext = quantize_extractor(ext, ctx.data.train.images, ctx.data.mean, ctx.data.std)
 
         with clock.phase("warmup_s", counted=False):
             extract_features(ext, ctx.data.train.images[: min(8, len(ctx.data.train))],

@@ -1,4 +1,5 @@
-"""Every cut of every backbone: declared shape, declared parameter count, same output as the full net."""
+"""DenseNet169 and MobileNetV2, whose cut names committed results use: each cut's declared shape and
+parameter count, same output as the full net; the registry, weights names and errors, precisions."""
 
 import pytest
 import torch
@@ -55,7 +56,7 @@ def mobilenet_v2_declared_shape(cut: str, size: int):
 
 @pytest.fixture(scope="module")
 def bases():
-    return {name: build_base(name, "none").eval() for name in BACKBONES}
+    return {name: build_base(name, "none").eval() for name in ("densenet169", "mobilenet_v2")}
 
 
 def _hook_outputs(base, names, x):
@@ -70,11 +71,25 @@ def _hook_outputs(base, names, x):
     return outs
 
 
-def test_cut_lists():
-    assert len(list_cuts("densenet169")) == sum(_BLOCKS) + 4
-    assert list_cuts("densenet169")[-1] == "norm5"
-    assert "denseblock3.denselayer12" in list_cuts("densenet169")
+def test_committed_cut_names_are_unchanged():
+    # Read from the models' module trees now; the names (and so the results' cell keys) are the old ones.
+    densenet = []
+    for b, n_layers in enumerate(_BLOCKS, start=1):
+        densenet += [f"denseblock{b}.denselayer{j}" for j in range(1, n_layers + 1)]
+        densenet.append(f"transition{b}" if b < len(_BLOCKS) else "norm5")
+    assert list_cuts("densenet169") == densenet and len(densenet) == 86
     assert list_cuts("mobilenet_v2") == [f"features.{i}" for i in range(19)]
+    assert BACKBONES["densenet169"].default_cut == "norm5"
+    assert BACKBONES["mobilenet_v2"].default_cut == "features.18"
+
+
+def test_every_torchvision_classification_model_is_a_backbone():
+    import torchvision.models as tvm
+
+    assert list(BACKBONES) == tvm.list_models(module=tvm)
+    assert BACKBONES["resnet50"].family == "resnet" and "vit_b_16" in BACKBONES
+    with pytest.raises(BackboneError, match="gradfree backbones"):
+        list_cuts("resnet9000")
 
 
 @pytest.mark.parametrize("cut", list_cuts("densenet169"))
@@ -143,7 +158,7 @@ def test_pretrained_weights_load_and_differ_from_random(mobilenet_weights):
     assert not any(p.requires_grad for p in pre.parameters())
 
 
-def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
+def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path, capsys):
     # An empty hub cache and no network: DenseNet169 weights cannot be had.
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     import torch.hub as hub
@@ -152,8 +167,44 @@ def test_missing_weights_give_a_clear_error(monkeypatch, tmp_path):
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(hub, "download_url_to_file", offline)
-    with pytest.raises(BackboneError, match="--weights none"):
+    with pytest.raises(BackboneError, match="--weights none") as err:
         build_backbone("densenet169", "transition1", "DEFAULT")
+    assert "densenet169-b2777c0a.pth" in str(err.value) and str(tmp_path / "checkpoints") in str(err.value)
+    assert "downloading https://" in capsys.readouterr().err  # the attempt is announced, not silent
+
+
+def test_offline_never_tries_the_network(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("GRADFREE_OFFLINE", "1")
+    import torch.hub as hub
+
+    def network(*a, **k):
+        raise AssertionError("tried the network")
+
+    monkeypatch.setattr(hub, "download_url_to_file", network)
+    with pytest.raises(BackboneError, match=r"resnet50-11ad3fa6\.pth.*GRADFREE_OFFLINE.*--weights none"):
+        build_backbone("resnet50", "layer1.0", "IMAGENET1K_V2")
+
+
+def test_weights_names():
+    from benchmarks.backbones import resolve_weights
+
+    assert resolve_weights("resnet50", "ResNet50_Weights.IMAGENET1K_V1") == "IMAGENET1K_V1"
+    assert resolve_weights("resnet50", "none") == "none"
+    with pytest.raises(BackboneError, match="IMAGENET1K_V2"):
+        resolve_weights("resnet50", "IMAGENET9K")
+
+
+def test_cuts_and_backbones_commands(capsys):
+    from benchmarks.cli import main
+
+    assert main(["cuts", "--backbone", "resnet50", "--shapes"]) == 0
+    out = capsys.readouterr().out
+    assert "layer3.5" in out and "(2048, 7, 7)" in out and "23,508,032" in out  # resnet50 less avgpool and fc
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "vit_b_16" in out and "ViT" not in out and "IMAGENET1K_SWAG_E2E_V1" in out
+    assert main(["backbones", "--cached"]) == 0
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
