@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from baselines.airbench import Airbench
 from baselines.finetune import FineTune
 from baselines.small_cnn import SmallCNN
 from baselines.wrn22 import WRN22OneCycle
 from benchmarks.random_features import RandomFeatures
 
 #: name -> method class, in report order (the method under test first).
-REGISTRY: dict[str, type] = {m.name: m for m in (RandomFeatures, FineTune, WRN22OneCycle, SmallCNN)}
+REGISTRY: dict[str, type] = {m.name: m for m in (RandomFeatures, FineTune, WRN22OneCycle, SmallCNN, Airbench)}
 
 METHOD_NAMES = tuple(REGISTRY)
 

@@ -1,0 +1,469 @@
+"""airbench94: the CIFAR-10 speed-record recipe (Keller Jordan, arXiv 2404.00498), on the runner's clock.
+
+The published ``airbench94`` reaches 94 % test accuracy on CIFAR-10 in 3.83 s on one A100
+(3.29 s compiled). Its ingredients, rebuilt here from the paper and the reference code
+(``KellerJordan/cifar10-airbench``, the ``airbench`` package's ``train94``):
+
+* **network** (:class:`AirbenchNet`): a frozen 2x2 *whitening* convolution (3 -> 24
+  channels, no padding, trainable bias for the first 3 epochs only) + GELU, then three
+  blocks of conv 3x3 -> max-pool 2 -> BatchNorm -> GELU -> conv 3x3 -> BatchNorm -> GELU
+  of 64, 256 and 256 channels, a global max-pool, a bias-free linear layer and logits
+  scaled by 1/9. Convolutions have no bias; each is initialised as PyTorch does, then its
+  first ``in_channels`` filters are set to the identity (Dirac). BatchNorm: eps 1e-12,
+  running statistics kept as ``0.6 * old + 0.4 * new``, scale frozen at 1, bias trained.
+* **whitening**: the first layer's 12 filters are the eigenvectors of the (uncentred)
+  covariance of the 2x2 patches of 5,000 training images, scaled by
+  ``1 / sqrt(eigenvalue + 5e-4)``, and their negatives (24 filters).
+* **optimiser** (:func:`make_optimizer`): Nesterov SGD, momentum 0.85, on the *sum* of
+  label-smoothed (0.2) cross-entropy over the batch; learning rate 11.5 and weight decay
+  0.0153 "per 1024 examples" in the decoupled form of the paper (divided by
+  ``1024 * (1 + 1 / (1 - momentum))``); BatchNorm biases get 64x the learning rate (not the
+  decay). Schedule (:func:`lr_factor`): linear from 0.2 to 1 over the first 23 % of the
+  steps, then linear down to 0.07. Batches of 1,024; 9.9 epochs (the last one cut short).
+* **Lookahead** (:class:`Lookahead`): every 5 steps the weights (and BatchNorm statistics)
+  are pulled into an average, ``avg = d * avg + (1 - d) * w`` with
+  ``d = 0.95**5 * (step / total)**3``, and copied back; the last step copies the average.
+* **augmentation**: random translation by up to 2 px (reflect padding) and *alternating
+  flip*: each image gets a random flip in the first epoch and the opposite one in every
+  odd epoch (``alt_flip = false``: a fresh random flip each epoch).
+* **test-time augmentation** (``tta_level`` 2): logits averaged over the image and its
+  mirror (weight 1/2) and, mirrored too, the image shifted one pixel up-left and one
+  down-right (1/4 each).
+
+Precision as published: on CUDA the weights are fp16 (BatchNorm kept in fp32) and inputs
+are fp16, channels-last; on CPU everything is fp32.
+
+Under gradfree's contract (see :mod:`baselines._training`): one warm-up step, then the
+state put back, in ``warmup_s``; the whitening and each epoch in ``train_s`` (counted);
+the validation split scored after each epoch without TTA (airbench's own per-epoch log)
+in ``eval_s``, with an epoch row; then the final model (no early stopping: the schedule
+and the average end at the last step) is scored with TTA on validation and test (test
+once), and without TTA on the training split (a diagnostic, 6x cheaper).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines import _training
+from benchmarks.flops import network_shape
+
+_EVAL_BATCH = 2000  # images per inference batch (airbench's)
+_WHITEN_CHUNK = 500  # images per chunk of the patch covariance
+
+
+# ----------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------
+
+
+def _conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    # Partial identity: the first c_in filters pass their input through unchanged.
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
+def _batch_norm(channels: int, momentum: float, eps: float) -> nn.BatchNorm2d:
+    # airbench's momentum is the weight of the old statistics; PyTorch's is that of the new.
+    bn = nn.BatchNorm2d(channels, eps=eps, momentum=1.0 - momentum)
+    bn.weight.requires_grad_(False)  # scale frozen at 1; only the bias trains
+    return bn
+
+
+class ConvGroup(nn.Module):
+    """conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU; halves the map."""
+
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float, bn_eps: float):
+        super().__init__()
+        self.conv1 = _conv3x3(c_in, c_out)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = _batch_norm(c_out, bn_momentum, bn_eps)
+        self.conv2 = _conv3x3(c_out, c_out)
+        self.norm2 = _batch_norm(c_out, bn_momentum, bn_eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(self.pool(self.conv1(x))))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class AirbenchNet(nn.Module):
+    """``forward(x: (n, 3, H, W)) -> (n, n_classes)`` logits (scaled by ``logit_scale``).
+
+    ``whiten``: ``2 * 3 * k * k`` filters of ``k x k`` (k = 2), unpadded, weight frozen (set
+    by :func:`whitening_filters`); then ``len(widths)`` :class:`ConvGroup`; a global max-pool
+    (airbench's ``MaxPool2d(3)`` on the 3x3 map of a 32 px image); a bias-free linear layer.
+    """
+
+    def __init__(self, n_classes: int, widths: tuple[int, ...] = (64, 256, 256), bn_momentum: float = 0.6,
+                 bn_eps: float = 1e-12, logit_scale: float = 1 / 9, whiten_kernel: int = 2):
+        super().__init__()
+        self.widths, self.logit_scale = tuple(widths), logit_scale
+        self.whiten = nn.Conv2d(3, 2 * 3 * whiten_kernel**2, whiten_kernel, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        with torch.no_grad():
+            self.whiten.bias.zero_()
+        groups, c_in = [], self.whiten.out_channels
+        for width in widths:
+            groups.append(ConvGroup(c_in, width, bn_momentum, bn_eps))
+            c_in = width
+        self.groups = nn.Sequential(*groups)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(c_in, n_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(F.gelu(self.whiten(x)))
+        return self.head(self.pool(x).flatten(1)) * self.logit_scale
+
+
+@torch.no_grad()
+def whitening_filters(images: torch.Tensor, kernel_size: int = 2, eps: float = 5e-4) -> torch.Tensor:
+    """The whitening layer's weights from ``images: (n, C, H, W)`` (normalised floats).
+
+    Returns ``(2 * C * k * k, C, k, k)``: the eigenvectors of the uncentred covariance of
+    all ``k x k`` patches, largest eigenvalue first, each divided by ``sqrt(eigenvalue + eps)``,
+    followed by their negatives. The covariance is accumulated in float64, in chunks.
+    """
+    n, c = images.shape[:2]
+    d = c * kernel_size**2
+    cov = torch.zeros(d, d, dtype=torch.float64, device=images.device)
+    count = 0
+    for chunk in images.split(_WHITEN_CHUNK):
+        # (n, C, H', W', k, k) -> (n * H' * W', C * k * k): one row per patch, laid out as the conv weight.
+        patches = chunk.float().unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, d)
+        cov += (patches.T @ patches).double()
+        count += len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov / max(count, 1))  # ascending
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).reshape(d, c, kernel_size,
+                                                                                            kernel_size)
+    return torch.cat([filters, -filters]).float()
+
+
+# ----------------------------------------------------------------------------
+# Optimiser, schedule, weight averaging
+# ----------------------------------------------------------------------------
+
+
+def make_optimizer(model: AirbenchNet, cfg: "AirbenchConfig", batch_size: int) -> torch.optim.SGD:
+    """Nesterov SGD with airbench's decoupled learning rate and weight decay (module docstring)."""
+    kilostep_scale = 1024 * (1 + 1 / (1 - cfg.momentum))
+    lr = cfg.lr / kilostep_scale  # per-example step, for a loss summed over the batch
+    wd = cfg.weight_decay * batch_size / kilostep_scale  # decay per step, independent of the lr
+    lr_biases = lr * cfg.bias_scaler
+    bn_ids = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    biases = [p for p in params if id(p) in bn_ids]
+    others = [p for p in params if id(p) not in bn_ids]
+    # torch's SGD multiplies weight_decay by the group's lr: divide it back out.
+    return torch.optim.SGD([dict(params=biases, lr=lr_biases, weight_decay=wd / lr_biases),
+                            dict(params=others, lr=lr, weight_decay=wd / lr)],
+                           momentum=cfg.momentum, nesterov=True)
+
+
+def lr_factor(step: int, total_steps: int, warmup_frac: float = 0.23, start: float = 0.2,
+              end: float = 0.07) -> float:
+    """The learning rate's multiplier at ``step``: linear start -> 1 over the warm-up, then 1 -> end."""
+    warmup = int(total_steps * warmup_frac)
+    if step < warmup:
+        frac = step / warmup
+        return start * (1 - frac) + frac
+    frac = (step - warmup) / max(total_steps - warmup, 1)
+    return (1 - frac) + end * frac
+
+
+class Lookahead:
+    """airbench's weight averaging: an average of every floating-point entry of the state dict."""
+
+    def __init__(self, model: nn.Module):
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        """``avg = decay * avg + (1 - decay) * current``, then the model takes the average."""
+        for key, value in model.state_dict().items():
+            if value.dtype in (torch.float16, torch.float32):
+                avg = self.average[key]
+                avg.lerp_(value, 1 - decay)
+                value.copy_(avg)
+
+
+def lookahead_decay(step: int, total_steps: int) -> float:
+    return 0.95**5 * (step / total_steps) ** 3
+
+
+# ----------------------------------------------------------------------------
+# Batches and inference
+# ----------------------------------------------------------------------------
+
+
+def _inputs(images: torch.Tensor, feed: _training.Feed, dtype: torch.dtype) -> torch.Tensor:
+    return feed.inputs(images).to(dtype)
+
+
+def _shifted(x: torch.Tensor) -> list[torch.Tensor]:
+    # One pixel up-left and one down-right, reflect-padded (airbench's translate TTA).
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return [padded[..., :h, :w], padded[..., 2:h + 2, 2:w + 2]]
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta_level: int) -> torch.Tensor:
+    """Logits of ``x: (n, 3, H, W)`` averaged over 1 (level 0), 2 (mirror) or 6 views (mirror + translate)."""
+    def mirror(v):
+        return 0.5 * model(v) + 0.5 * model(v.flip(-1))
+
+    if tta_level == 0:
+        return model(x)
+    if tta_level == 1:
+        return mirror(x)
+    return 0.5 * mirror(x) + 0.5 * torch.stack([mirror(v) for v in _shifted(x)]).mean(0)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split, feed: _training.Feed, dtype: torch.dtype, tta_level: int) -> float:
+    """Accuracy on ``split`` in eval mode, with test-time augmentation at ``tta_level``."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=feed.device)
+    for index in _training.batch_index(len(split), _EVAL_BATCH):
+        logits = tta_logits(model, _inputs(split.images[index], feed, dtype), tta_level)
+        correct += (logits.argmax(dim=1) == split.labels[index].to(feed.device)).sum()
+    model.train(was_training)
+    return int(correct) / max(len(split), 1)
+
+
+def epoch_flips(base_flips: torch.Tensor, epoch: int, cfg: "AirbenchConfig",
+                generator: torch.Generator) -> torch.Tensor:
+    """Which training images are mirrored in ``epoch`` (0-based): ``base_flips`` in even epochs and
+    its opposite in odd ones (alternating flip), or a fresh draw (``alt_flip = False``), or none."""
+    if not cfg.augment:
+        return torch.zeros_like(base_flips)
+    if cfg.alt_flip:
+        return base_flips ^ bool(epoch % 2)
+    return torch.rand(len(base_flips), generator=generator) < 0.5
+
+
+def _train_batch(images: torch.Tensor, flips: torch.Tensor, translate_px: int, feed: _training.Feed,
+                 dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """uint8 ``(n, 3, H, W)`` -> augmented, normalised model inputs: translate, then flip where ``flips``."""
+    x = images.to(feed.device, non_blocking=True)
+    if translate_px:
+        x = _training.augment_batch(x, translate_px, False, generator)
+    x = torch.where(flips.to(feed.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    return _inputs(x, feed, dtype)
+
+
+# ----------------------------------------------------------------------------
+# The method
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AirbenchConfig:
+    epochs: float = 9.9  # passes over the training split; a fraction cuts the last one short (airbench94: 9.9)
+    batch_size: int | None = 1024  # images per step (airbench94: 1024); None = the cell's batch size
+    lr: float = 11.5  # learning rate per 1024 examples, decoupled from the momentum (see make_optimizer)
+    momentum: float = 0.85  # Nesterov
+    weight_decay: float = 0.0153  # per 1024 examples, decoupled from the learning rate
+    bias_scaler: float = 64.0  # BatchNorm biases: this many times the learning rate (not the decay)
+    label_smoothing: float = 0.2
+    warmup_frac: float = 0.23  # fraction of the steps over which the lr rises from lr_start to its peak
+    lr_start: float = 0.2  # multipliers of the peak lr at the first and the last step
+    lr_end: float = 0.07
+    lookahead_every: int = 5  # steps between two weight-averaging updates
+    whiten_bias_epochs: int = 3  # epochs during which the whitening layer's bias trains; frozen after
+    whiten_images: int = 5000  # training images whose 2x2 patches set the whitening layer
+    whiten_eps: float = 5e-4  # added to the patch covariance's eigenvalues
+    block1: int = 64  # channels of the three conv groups
+    block2: int = 256
+    block3: int = 256
+    bn_momentum: float = 0.6  # weight of the old running statistics (PyTorch momentum = 1 - this)
+    bn_eps: float = 1e-12
+    logit_scale: float = 1 / 9
+    augment: bool = True  # translate + flip; False: neither
+    translate_px: int = 2  # largest random shift, reflect padding
+    alt_flip: bool = True  # alternating flip (airbench94); False: a random flip each epoch
+    tta_level: int = 2  # final scoring: 0 none, 1 mirror, 2 mirror + translate (airbench94)
+    half: bool = True  # fp16 weights and inputs on CUDA, BatchNorm in fp32 (airbench94); ignored on CPU
+
+    def __post_init__(self):
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
+        if min(self.block1, self.block2, self.block3) < 1:
+            raise ValueError(f"block widths must be >= 1, got {self.widths}")
+        if self.tta_level not in (0, 1, 2):
+            raise ValueError(f"tta_level must be 0, 1 or 2, got {self.tta_level}")
+        if self.lookahead_every < 1 or self.whiten_images < 1 or self.translate_px < 0:
+            raise ValueError("lookahead_every and whiten_images must be >= 1 and translate_px >= 0")
+        if not 0 < self.warmup_frac < 1:
+            raise ValueError(f"warmup_frac must be in (0, 1), got {self.warmup_frac}")
+
+    @property
+    def widths(self) -> tuple[int, int, int]:
+        return (self.block1, self.block2, self.block3)
+
+
+class Airbench:
+    """airbench94 (Jordan, 2024) from scratch: whitened first layer, Nesterov SGD, Lookahead, TTA."""
+
+    name = "airbench"
+    Config = AirbenchConfig
+    uses_backbone = False
+    is_backprop = True
+
+    @classmethod
+    def label(cls, config: dict) -> str:
+        epochs = config.get("epochs", AirbenchConfig.epochs)
+        if epochs == AirbenchConfig.epochs:
+            return "airbench94"
+        return f"airbench94 {epochs:g} epoch{'' if epochs == 1 else 's'}"
+
+    @classmethod
+    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
+        cfg = AirbenchConfig(**config)
+        fwd, params = network_shape(cls(cfg).build(shape.n_classes, shape.image_size), shape.image_size)
+        return {"train": 3.0 * fwd * shape.n_train * cfg.epochs}, {"feature_dim": 0, "k": 0, "params": params}
+
+    @classmethod
+    def memory_bytes(cls, config: dict, shape) -> int:
+        cfg = AirbenchConfig(**config)
+        _, info = cls.flops(config, shape)
+        batch = min(cfg.batch_size or 1024, max(shape.n_train, 2))
+        return (shape.n_images * 3 * shape.image_size**2 + info["params"] * 4 * 4
+                + batch * _activation_bytes(cfg.widths, shape.image_size))
+
+    def __init__(self, config: AirbenchConfig | None = None):
+        self.config = config or AirbenchConfig()
+
+    def build(self, n_classes: int, image_size: int) -> AirbenchNet:
+        cfg = self.config
+        if image_size < 9:  # the whitening conv takes 1 px, then three 2x max-pools
+            raise ValueError(f"airbench needs images of at least 9 px (three halvings), got {image_size}")
+        return AirbenchNet(n_classes, cfg.widths, cfg.bn_momentum, cfg.bn_eps, cfg.logit_scale)
+
+    def run(self, ctx) -> dict:
+        cfg, data, clock = self.config, ctx.data, ctx.clock
+        device = torch.device(ctx.device)
+        _training.seed_everything(ctx.seed)
+        half = cfg.half and device.type == "cuda"
+        dtype = torch.float16 if half else torch.float32
+        model = self.build(data.n_classes, data.image_size).to(device)
+        if half:
+            model = model.half().to(memory_format=torch.channels_last)
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.float()
+        mean, std = data.channel_stats()
+        feed = _training.Feed(mean=mean, std=std, device=device, batch_size=_EVAL_BATCH, channels_last=half)
+
+        n_train = len(data.train)
+        if n_train < 2:
+            raise ValueError(f"airbench needs at least 2 training images (BatchNorm), got {n_train}")
+        batch_size = min(cfg.batch_size or ctx.batch_size, n_train)
+        steps_per_epoch = n_train // batch_size  # the trailing partial batch is dropped, as in airbench
+        total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+        n_epochs = math.ceil(total_steps / steps_per_epoch)
+        optimizer = make_optimizer(model, cfg, batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup_frac, cfg.lr_start, cfg.lr_end))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+        generator = torch.Generator().manual_seed(ctx.seed)
+        translate_px = cfg.translate_px if cfg.augment else 0
+
+        with clock.phase("warmup_s", counted=False):
+            self._warmup(model, optimizer, data.train, feed, dtype, loss_fn, batch_size)
+        with clock.phase("train_s"):
+            whiten_index = torch.randperm(n_train, generator=generator)[: cfg.whiten_images]
+            whiten_inputs = feed.inputs(data.train.images[whiten_index])
+            model.whiten.weight.copy_(whitening_filters(whiten_inputs, eps=cfg.whiten_eps))
+            del whiten_inputs
+        self.whiten_index_ = whiten_index
+        lookahead = Lookahead(model)
+        # Alternating flip: a random flip per image, the same in every even epoch and the opposite in odd ones.
+        base_flips = torch.rand(n_train, generator=generator) < 0.5
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, desc=self.name, unit="batch", disable=not ctx.progress, leave=False)
+        step, val_acc = 0, 0.0
+        for epoch in range(n_epochs):
+            model.whiten.bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
+            flips = epoch_flips(base_flips, epoch, cfg, generator)
+            with clock.phase("train_s"):
+                model.train()
+                loss_sum = torch.zeros((), device=device)
+                seen = 0
+                order = torch.randperm(n_train, generator=generator)[: steps_per_epoch * batch_size]
+                for index in order.split(batch_size):
+                    x = _train_batch(data.train.images[index], flips[index], translate_px, feed, dtype, generator)
+                    y = data.train.labels[index].to(device, non_blocking=True)
+                    loss = loss_fn(model(x), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    loss_sum += loss.detach().float()
+                    seen += len(index)
+                    bar.update(1)
+                    if step % cfg.lookahead_every == 0:
+                        lookahead.update(model, lookahead_decay(step, total_steps))
+                    if step >= total_steps:
+                        lookahead.update(model, 1.0)  # the model ends as the average
+                        break
+                train_loss = float(loss_sum) / max(seen, 1)
+            with clock.phase("eval_s", counted=False):
+                val_acc = accuracy(model, data.val, feed, dtype, tta_level=0)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
+            ctx.emit({"row_type": "epoch", "epoch": epoch + 1, "train_time_s": clock.counted_s,
+                      "train_loss": train_loss, "val_acc": val_acc})
+        bar.close()
+        self.model_ = model
+
+        # The schedule and the average end at the last step: that model is the one scored, test once.
+        with clock.phase("eval_s", counted=False):
+            final_val = accuracy(model, data.val, feed, dtype, cfg.tta_level)
+            train_acc = accuracy(model, data.train, feed, dtype, tta_level=0)  # a diagnostic: 6x cheaper
+            test_acc = accuracy(model, data.test, feed, dtype, cfg.tta_level)
+        return {"train_acc": train_acc, "val_acc": final_val, "test_acc": test_acc,
+                "best_epoch": n_epochs, "epochs": cfg.epochs, **_training.model_size(model),
+                "train_precision": "fp16" if half else "fp32",
+                "val_acc_no_tta": val_acc, "tta_level": cfg.tta_level, "batch_size": batch_size,
+                "train_steps": total_steps}
+
+    @staticmethod
+    def _warmup(model, optimizer, split, feed, dtype, loss_fn, batch_size: int) -> None:
+        """One full-size training step (lazy init, cuDNN autotuning, allocator), then everything put back."""
+        model_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        opt_state = copy.deepcopy(optimizer.state_dict())
+        model.train()
+        x = _inputs(split.images[:batch_size], feed, dtype)
+        loss = loss_fn(model(x), split.labels[:batch_size].to(feed.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        optimizer.load_state_dict(opt_state)
+        model.load_state_dict(model_state)
+
+
+def _activation_bytes(widths: tuple[int, ...], image_size: int) -> int:
+    """Bytes kept per training image for the backward pass (fp32), a planning estimate."""
+    side = image_size - 1  # after the unpadded 2x2 whitening conv
+    elems = 2 * 24 * side**2  # whitening conv output and its GELU
+    for width in widths:
+        elems += width * side**2  # conv1 output, before the pool
+        side //= 2
+        elems += 6 * width * side**2  # pool (values + indices), BN, GELU, conv2, BN, GELU
+    return 4 * 2 * elems  # activations and their gradients
