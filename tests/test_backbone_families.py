@@ -131,6 +131,7 @@ def test_families_cover_every_torchvision_family():
     assert families - {family(n) for n in FAMILIES} <= {"maxvit"}  # MaxViT: 224 px only, see test below
 
 
+@pytest.mark.slow
 def test_every_model_has_cuts_and_resolves_its_last():
     for name in tvm.list_models(module=tvm):
         cuts = list_cuts(name)
