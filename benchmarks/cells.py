@@ -204,6 +204,13 @@ def validate(cell: Cell) -> None:
         resolve_cut(cell.backbone, cell.cut)
         if cell.precision not in PRECISIONS:
             raise CellError(f"unknown precision {cell.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if cell.precision == "int8":
+            if method_cls.is_backprop:
+                raise CellError(f"precision int8 is post-training quantization of the extracted features; "
+                                f"{cell.method} trains in fp32 (or with autocast on CUDA): use fp32, fp16 or bf16.")
+            if resolve_device(cell.device).type != "cpu":
+                raise CellError("precision int8 runs on the CPU only (PyTorch's quantized kernels); use "
+                                "--device cpu, or fp16 / bf16 on a GPU.")
     if cell.image_size < 16:
         raise CellError(f"image size {cell.image_size} is too small; use at least 16 pixels.")
     for name in ("train_per_class", "test_per_class"):

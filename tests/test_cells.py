@@ -89,6 +89,7 @@ def test_methods_without_a_backbone_lose_its_axes():
     ({"batch_size": 0}, "batch_size"),
     ({"threads": 0}, "threads"),
     ({"device": "tpu:7"}, "device"),
+    ({"method": "finetune", "precision": "int8"}, "int8 is post-training quantization"),
 ])
 def test_bad_values_are_rejected_before_any_work(values, match):
     with pytest.raises(ValueError, match=match):
