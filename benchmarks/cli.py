@@ -20,6 +20,8 @@ METHOD_OPTIONS = {
     "--n-components": ("n_components", int, "random-features: number of random features k [10000]"),
     "--alphas": ("alphas", "floats", "random-features: comma-separated ridge alphas to choose from on the validation split "
                  "[13-value log grid 1e-6..1e6 times the Gram's mean eigenvalue]"),
+    "--classifier": ("classifier", str, "random-features: ridge, or logistic (the control: scikit-learn L-BFGS "
+                     "logistic regression, C chosen on validation, on the same features) [ridge]"),
     "--pool-size": ("pool_size", int, "random-features/finetune: average-pool feature maps to NxN first; 0 keeps them whole [0]"),
     "--block-size": ("block_size", int, "random-features: columns of R generated per block [chosen from free memory]"),
     # trainers

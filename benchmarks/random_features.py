@@ -8,6 +8,10 @@ the validation split, then refitted on train + validation. ``projection="none"``
 is the control: the ridge sees the encoded (or, with ``encoder="none"``, the
 raw float) features directly.
 
+``classifier="logistic"`` replaces the ridge by the control of :mod:`benchmarks.logistic`
+(scikit-learn's L-BFGS logistic regression, its ``C`` chosen on validation and reported in the
+``alpha`` column) on the same features.
+
 ``projection="structured"`` uses Hadamard-based features with the statistics of
 ``|X R|^2`` (``projector.structured``). ``projection="kernel"`` is the k = infinity
 end of the method: kernel ridge with the exact kernel of ``|X R|^2`` features
@@ -44,8 +48,27 @@ class RandomFeaturesConfig:
     pool_size: int = 0  # >0: average-pool feature maps to pool_size x pool_size before encoding
     block_size: int | None = None  # columns of R per block; None: chosen from free memory
     streaming: bool | None = None  # ridge from a streamed Gram; None: when (n, k) float32 features would not fit
+    classifier: str = "ridge"  # ridge | logistic (the control: scikit-learn L-BFGS, C chosen on validation)
+
+    def __post_init__(self):
+        checks = (("encoder", ENCODERS), ("projection", PROJECTION_NAMES), ("classifier", CLASSIFIERS))
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}")
+        if self.classifier == "logistic" and (self.projection == "kernel" or self.streaming):
+            raise ValueError("classifier logistic needs the features themselves: not the exact kernel, "
+                             "nor a streamed fit (use --projector none/gaussian/... without streaming).")
+        if self.pool_size < 0:
+            raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.alphas is not None and (not self.alphas or min(self.alphas) <= 0):
+            raise ValueError(f"alphas must be positive numbers, got {self.alphas}")
 
 
+ENCODERS = ("sign", "threshold", "none")
+PROJECTION_NAMES = ("gaussian", "structured", "opu", "linear", "none", "kernel")
+CLASSIFIERS = ("ridge", "logistic")
 KERNEL_N_COMPONENTS = -1  # n_components reported for projection="kernel": infinitely many features
 _STREAMABLE = ("gaussian", "linear", "structured")
 _STREAM_MEMORY_FRACTION = 0.25  # stream when train + val + test features exceed this share of free memory
@@ -84,10 +107,12 @@ class RandomFeatures:
     def label(cls, config: dict) -> str:
         enc, proj = config.get("encoder", "sign"), config.get("projection", "gaussian")
         if proj == "none":
-            return f"ridge on {'raw' if enc == 'none' else enc} features"
+            what = "logistic" if config.get("classifier") == "logistic" else "ridge"
+            return f"{what} on {'raw' if enc == 'none' else enc} features"
         if proj == "kernel":
             return f"{enc}+kernel k=inf"
-        return f"{enc}+{proj} k={config.get('n_components', RandomFeaturesConfig.n_components)}"
+        suffix = " + logistic" if config.get("classifier") == "logistic" else ""
+        return f"{enc}+{proj} k={config.get('n_components', RandomFeaturesConfig.n_components)}{suffix}"
 
     @classmethod
     def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]:
@@ -151,6 +176,7 @@ class RandomFeatures:
         return feats
 
     def run(self, ctx: RunContext) -> dict:
+        from benchmarks.logistic import LogisticControl
         from projector.encoders import make_encoder
         from projector.kernel import KernelRidgeClassifier
         from projector.projections import make_projection
@@ -206,7 +232,9 @@ class RandomFeatures:
             with clock.phase("project_s"):
                 x_train = projection.fit(e_train).transform(e_train)
                 x_val = projection.transform(e_val)
-            ridge, features_of = RidgeClassifier(alphas=cfg.alphas), projection.transform
+            classifier = LogisticControl(Cs=cfg.alphas) if cfg.classifier == "logistic" else \
+                RidgeClassifier(alphas=cfg.alphas)
+            ridge, features_of = classifier, projection.transform
         del e_train, e_val
 
         with clock.phase("fit_s"):
@@ -235,6 +263,7 @@ class RandomFeatures:
             "test_acc": test_acc,
             "alpha": float(ridge.alpha_),
             "selection": "validation split" if len(val_scores) > 1 else "fixed alpha",
+            "classifier": cfg.classifier,
             "encoder": cfg.encoder,
             "projection": cfg.projection,
             "n_components": n_out if cfg.projection != "none" else 0,  # -1: kernel (k = infinity)

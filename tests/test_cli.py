@@ -145,3 +145,18 @@ def test_an_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("gradfree: error:") and "Traceback" not in err
     assert target.read_text() == "not a folder"
+
+
+def test_logistic_control_on_the_same_features(tmp_path, cifar10_dir, mobilenet_weights):
+    out = tmp_path / "out"
+    for extra in ([], ["--classifier", "logistic"]):
+        assert main(["run", *TINY, "--data-dir", str(cifar10_dir), "--projector", "none", "--encoder", "none",
+                     "--out", str(out), *extra]) == 0
+    ridge, logistic = read_rows(out / "results.csv")
+    assert ridge["cell_key"] != logistic["cell_key"]
+    assert json.loads(logistic["method_config"])["classifier"] == "logistic"
+    assert logistic["selection"] == "validation split" and float(logistic["alpha"]) in (1e-3, 1e-2, 1e-1, 1.0,
+                                                                                        10.0, 100.0, 1000.0)
+    assert 0.0 <= float(logistic["test_acc"]) <= 1.0
+    assert ridge["data_fingerprint"] == logistic["data_fingerprint"] and ridge["feature_dim"] == logistic["feature_dim"]
+    assert "cached_phases" in logistic["extra"] or float(logistic["extract_s"]) > 0
