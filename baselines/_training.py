@@ -388,3 +388,15 @@ def tune(ctx, grid, train_one: Callable, retrain: Callable | None = None) -> dic
     with ctx.clock.phase("eval_s", counted=False):
         out["test_acc"] = evaluate(model, ctx.data.test, feed)
     return {**out, "tuned_value": value, "tune_s": tune_s, "grid_val_acc": scores, "model": model}
+
+
+def train_or_tune(ctx, cfg, train: Callable) -> tuple[nn.Module, dict]:
+    """(model, metrics) of a trainer whose ``cfg`` has ``lr``, ``lr_grid`` and ``tune_epochs``:
+    one training at ``cfg.lr``, or :func:`tune` over ``cfg.lr_grid`` (briefly, with ``tune_epochs``).
+    ``train(ctx, lr, score_test=False, epochs=None) -> (model, out, feed)``."""
+    if not cfg.lr_grid:
+        model, out, _ = train(ctx, cfg.lr, score_test=True)
+        return model, {**out, "lr": cfg.lr}
+    short = (lambda c, lr: train(c, lr, epochs=cfg.tune_epochs)) if cfg.tune_epochs else train
+    out = tune(ctx, cfg.lr_grid, short, retrain=train if cfg.tune_epochs else None)
+    return out.pop("model"), {**out, "lr": out["tuned_value"]}

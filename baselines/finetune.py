@@ -197,16 +197,10 @@ class FineTune:
         return FineTuneNet(ext, ctx.data.n_classes, ctx.data.image_size, cfg.head, n_blocks).to(ctx.device)
 
     def run(self, ctx) -> dict:
-        cfg = self.config
-        if cfg.lr_grid:
-            short = (lambda c, lr: self._train(c, lr, epochs=cfg.tune_epochs)) if cfg.tune_epochs else None
-            out = _training.tune(ctx, cfg.lr_grid, short or self._train, retrain=self._train if short else None)
-            model = out.pop("model")
-        else:
-            model, out, _ = self._train(ctx, cfg.lr, score_test=True)
+        model, out = _training.train_or_tune(ctx, self.config, self._train)
         self.model_ = model
         ext = model.extractor
-        return {**out, "lr": out.get("tuned_value", cfg.lr), "feature_dim": model.feature_dim,
+        return {**out, "feature_dim": model.feature_dim,
                 "backbone_param_count": ext.param_count, "backbone_bytes": ext.param_bytes,
                 "unfrozen_blocks": model.unfrozen_blocks,
                 "backbone_weights": ext.weights}  # the resolved weights name (DEFAULT -> IMAGENET1K_...)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from baselines import _training
-from benchmarks.flops import network_shape, trainer_memory_bytes
+from baselines._scratch import FromScratch
 
 
 class SmallCNNNet(nn.Module):
@@ -94,29 +94,15 @@ class SmallCNNConfig:
                              f"{', '.join(_training.SCHEDULES)}")
 
 
-class SmallCNN:
+class SmallCNN(FromScratch):
     """Tutorial-style CNN from scratch: SGD + momentum, cross-entropy, best epoch on validation."""
 
     name = "small_cnn"
     Config = SmallCNNConfig
-    uses_backbone = False
-    is_backprop = True
 
     @classmethod
-    def label(cls, config: dict) -> str:
-        return cls.name
-
-    @classmethod
-    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
-        epochs = _training.budget_epochs(config.get("epochs", SmallCNNConfig.epochs), config.get("lr_grid"),
-                                         config.get("tune_epochs"))
-        fwd, params = network_shape(cls(SmallCNNConfig(**config)).build(shape.n_classes, shape.image_size), shape.image_size)
-        return {"train": 3.0 * fwd * shape.n_train * epochs}, {"feature_dim": 0, "k": 0, "params": params}
-
-    @classmethod
-    def memory_bytes(cls, config: dict, shape) -> int:
-        _, info = cls.flops(config, shape)
-        return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)
+    def network(cls, config: dict, shape) -> nn.Module:
+        return cls(SmallCNNConfig(**config)).build(shape.n_classes, shape.image_size)
 
     def __init__(self, config: SmallCNNConfig | None = None):
         self.config = config or SmallCNNConfig()
@@ -132,15 +118,9 @@ class SmallCNN:
                            cfg.pooled_size)
 
     def run(self, ctx) -> dict:
-        cfg = self.config
-        if cfg.lr_grid:
-            short = (lambda c, lr: self._train(c, lr, epochs=cfg.tune_epochs)) if cfg.tune_epochs else None
-            out = _training.tune(ctx, cfg.lr_grid, short or self._train, retrain=self._train if short else None)
-            model = out.pop("model")
-        else:
-            model, out, _ = self._train(ctx, cfg.lr, score_test=True)
+        model, out = _training.train_or_tune(ctx, self.config, self._train)
         self.model_ = model
-        return {**out, "lr": out.get("tuned_value", cfg.lr)}
+        return out
 
     def _train(self, ctx, lr: float, score_test: bool = False, epochs: int | None = None):
         """One training at learning rate ``lr`` for ``epochs`` (the Config's by default):

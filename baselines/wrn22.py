@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from baselines import _training
-from benchmarks.flops import network_shape, trainer_memory_bytes
+from baselines._scratch import FromScratch
 
 FASTAI_VERSION = "2.8.12"
 
@@ -231,28 +231,15 @@ class WRN22Config:
                              f"got {self.width} and {self.blocks_per_group}")
 
 
-class WRN22OneCycle:
+class WRN22OneCycle(FromScratch):
     """fastai ``Learner.fit_one_cycle`` on a WideResNet-22 from scratch (DAWNBench CIFAR-10 recipe)."""
 
     name = "wrn22"
     Config = WRN22Config
-    uses_backbone = False
-    is_backprop = True
 
     @classmethod
-    def label(cls, config: dict) -> str:
-        return cls.name
-
-    @classmethod
-    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
-        epochs = config.get("epochs", WRN22Config.epochs)
-        fwd, params = network_shape(cls(WRN22Config(**config)).build(shape.n_classes), shape.image_size)
-        return {"train": 3.0 * fwd * shape.n_train * epochs}, {"feature_dim": 0, "k": 0, "params": params}
-
-    @classmethod
-    def memory_bytes(cls, config: dict, shape) -> int:
-        _, info = cls.flops(config, shape)
-        return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)
+    def network(cls, config: dict, shape) -> nn.Module:
+        return cls(WRN22Config(**config)).build(shape.n_classes)
 
     def __init__(self, config: WRN22Config | None = None):
         self.config = config or WRN22Config()
