@@ -16,7 +16,9 @@ keeping the training rows to predict (the "model" is the training set and the du
 coefficients).
 
 ``G`` of binary rows is formed in float32 with BLAS ``ssyrk``: its entries are integers
-below 2**24, hence exact; ``K`` is then built, centred and solved in float64.
+below 2**24, hence exact; ``K`` is then built, centred and solved in float64. Prediction
+forms the cross products ``X_new X_fit^T`` the same way (float32 ``sgemm`` over column
+chunks, exact), never a float copy of the kept rows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from projector._base import _ClassifierBase
 from projector._fits import dual_fit, dual_loo
-from projector._linalg import _rows_per_chunk, gram
+from projector._linalg import _BLAS_MAX_ELEMENTS, _blas_threads, _rows_per_chunk, gram
 from projector._validation import _check_fitted, fitted
 
 __all__ = ["opu_kernel", "KernelRidgeClassifier"]
@@ -54,20 +56,67 @@ def _from_gram(G: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor, m: int) -> t
     return G.mul_(4.0 / m**2)
 
 
-def _cross(A, B) -> torch.Tensor:
-    """A B^T in float64, over row chunks of A: through float32 GEMMs for integer (binary) rows,
-    whose products are exact in float32; in float64 for real-valued rows (float32 rounding would
-    make a sample's scores depend on the rows it is batched with)."""
-    dt = torch.float64 if (A.is_floating_point() or B.is_floating_point()) else torch.float32
-    Bf = B.to(dt)
-    step = _rows_per_chunk(A.shape[1], 4)
-    return torch.cat([(A[r0:r0 + step].to(dt) @ Bf.T).double() for r0 in range(0, A.shape[0], step)]) \
-        if A.shape[0] else torch.zeros(0, B.shape[0], dtype=torch.float64, device=A.device)
+def _cross(A, B, a_norms: bool = False):
+    """A B^T in float64 (and with ``a_norms``, also ``|a_i|^2`` (n_a,) float64: for integer
+    rows from the float32 chunks the product converts anyway, not a second pass over A).
+    Integer (binary) rows: float32 GEMMs over column chunks of both A and
+    B, accumulated in float32 -- their products are integer counts, exact in float32 below
+    2**24 (m = 81,536 binary features: at most 81,536) -- so neither is converted to float
+    whole (a float32 copy of 5,000 x 81,536 training rows is 1.6 GB); on CPU by scipy's BLAS
+    (OpenBLAS sgemm ran ~10 % faster than torch's here, and is the library of ``gram``).
+    Real-valued rows: in float64 over row chunks of A (float32 rounding would make a sample's
+    scores depend on the rows it is batched with)."""
+    if not A.shape[0] or A.is_floating_point() or B.is_floating_point():
+        G = torch.zeros(0, B.shape[0], dtype=torch.float64, device=A.device)
+        if A.shape[0]:
+            Bf = B.to(torch.float64)
+            step = _rows_per_chunk(A.shape[1], 8)
+            G = torch.cat([A[r0:r0 + step].to(torch.float64) @ Bf.T for r0 in range(0, A.shape[0], step)])
+        return (G, _sq_norms(A)) if a_norms else G
+    nA, nB, m = A.shape[0], B.shape[0], A.shape[1]
+    G = torch.zeros(nA, nB, dtype=torch.float32, device=A.device)
+    step = min(m, _rows_per_chunk(nA + nB, 8))  # columns per chunk: both chunks ~128 MB
+    bufA = torch.empty(nA * step, dtype=torch.float32, device=A.device)
+    bufB = torch.empty(nB * step, dtype=torch.float32, device=A.device)
+    blas_ok = A.device.type == "cpu" and G.numel() <= _BLAS_MAX_ELEMENTS and nA * step <= _BLAS_MAX_ELEMENTS \
+        and nB * step <= _BLAS_MAX_ELEMENTS
+    ra = torch.zeros(nA, dtype=torch.float32, device=A.device) if a_norms else None
+    for c0 in range(0, m, step):
+        w = min(step, m - c0)
+        Ac = bufA[:nA * w].view(nA, w)
+        Bc = bufB[:nB * w].view(nB, w)
+        Ac.copy_(A[:, c0:c0 + w])
+        Bc.copy_(B[:, c0:c0 + w])
+        if blas_ok:
+            _sgemm_abt_(G, Ac, Bc)
+        else:
+            G.addmm_(Ac, Bc.T)
+        if ra is not None:
+            ra += torch.linalg.vecdot(Ac, Ac)
+    return (G.double(), ra.double()) if a_norms else G.double()
+
+
+def _sgemm_abt_(G: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> None:
+    """G += A B^T by scipy's BLAS sgemm on CPU float32 C-ordered tensors, in place: row-major
+    G is column-major G^T = B A^T, with B^T and A^T the column-major views of B and A."""
+    from scipy.linalg import blas
+
+    with _blas_threads():
+        out = blas.sgemm(1.0, B.numpy().T, A.numpy().T, beta=1.0, c=G.numpy().T, trans_a=1, overwrite_c=1)
+    if not np.shares_memory(out, G.numpy()):  # pragma: no cover - scipy copied: keep the result
+        G.copy_(torch.from_numpy(out.T))
 
 
 def _sq_norms(A) -> torch.Tensor:
-    step = _rows_per_chunk(A.shape[1], 8)
-    return torch.cat([A[r0:r0 + step].to(torch.float64).square().sum(1) for r0 in range(0, A.shape[0], step)])
+    """|a_i|^2 (n,) float64. Integer rows through float32 (sums of integer squares, exact in
+    float32 below 2**24 like ``_cross``'s products: half the memory traffic of float64)."""
+    if A.is_floating_point():
+        step = _rows_per_chunk(A.shape[1], 8)
+        return torch.cat([A[r0:r0 + step].to(torch.float64).square().sum(1) for r0 in range(0, A.shape[0], step)])
+    step = _rows_per_chunk(A.shape[1], 4)
+    return torch.cat([torch.linalg.vecdot(c, c).double()
+                      for c in (A[r0:r0 + step].to(torch.float32) for r0 in range(0, A.shape[0], step))]) \
+        if A.shape[0] else torch.zeros(0, dtype=torch.float64, device=A.device)
 
 
 def _centre_with_train(K: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +212,8 @@ class KernelRidgeClassifier(_ClassifierBase):
     def _decision(self, X) -> torch.Tensor:
         """X: (n, m) tensor -> (n, c) float32 scores, in row chunks of the kernel."""
         Xf = torch.as_tensor(self.X_fit_, device=X.device)
-        Xf = Xf.to(torch.float64 if Xf.is_floating_point() else torch.float32)  # once, not per chunk
+        if Xf.is_floating_point():
+            Xf = Xf.to(torch.float64)  # once, not per chunk; binary rows stay as they are (``_cross``)
         coef = torch.as_tensor(self.dual_coef_, device=X.device)
         b = torch.as_tensor(self.intercept_, device=X.device)
         r_fit = _sq_norms(Xf)
@@ -171,7 +221,8 @@ class KernelRidgeClassifier(_ClassifierBase):
         out = []
         for r0 in range(0, X.shape[0], step):
             xr = X[r0:r0 + step]
-            K = _from_gram(_cross(xr, Xf), _sq_norms(xr), r_fit, self.n_features_in_)
+            G, r = _cross(xr, Xf, a_norms=True)
+            K = _from_gram(G, r, r_fit, self.n_features_in_)
             out.append(K @ coef + b)
         return torch.cat(out).float() if out else torch.zeros(0, coef.shape[1], device=X.device)
 

@@ -38,13 +38,31 @@ from projector._base import _ClassifierBase
 from projector._factor import _solve_psd
 from projector._fits import dual_fit, dual_loo, primal_loo
 from projector._labels import _accuracy
-from projector._linalg import _symmetrize_, _syrk_
+from projector._linalg import _col_means64, _symmetrize_, _syrk_
 from projector._solvers import _ShiftedSolver, grid_solver_for
 from projector._validation import _check_fitted, fitted
+from projector.structured import StructuredProjection
 
 __all__ = ["StreamingRidgeClassifier", "feature_matrix_bytes"]
 
 _ROW_CHUNK_BYTES = 256 << 20  # primal: features of one row chunk; dual: float copy of X's rows
+
+
+def _lockstep(iters):
+    """Blocks of several ``iter_blocks`` in lockstep: (cols, [block of each part]), keeping no
+    reference to a block once the next is asked for (``zip`` would: it keeps its last tuple
+    until the next one is complete, two blocks alive at once)."""
+    while iters:
+        cols, blocks = None, []
+        for it in iters:
+            item = next(it, None)
+            if item is None:
+                return
+            cols = item[0] if cols is None else cols
+            blocks.append(item[1])
+            del item
+        yield cols, blocks
+        del blocks
 
 
 def feature_matrix_bytes(n_rows: int, n_components: int) -> int:
@@ -135,18 +153,22 @@ class StreamingRidgeClassifier(_ClassifierBase):
         proj = copy.copy(proj)
         bs = self.block_size or proj.block_size
         proj.block_size = bs or (8192 if torch.device(device).type == "cuda" else 1024)
-        if hasattr(proj, "row_chunk_size") and proj.row_chunk_size is None:
+        # The dense projections' row chunks bound their float copy of X. StructuredProjection's
+        # are its work array (rows, transforms, d), cache-sized by default: 784 rows of
+        # d = 131,072 there took ~2 GB of FWHT temporaries and ran slower.
+        if hasattr(proj, "row_chunk_size") and proj.row_chunk_size is None and \
+                not isinstance(proj, StructuredProjection):
             proj.row_chunk_size = max(64, _ROW_CHUNK_BYTES // (4 * self.n_features_in_))
         return proj
 
     def _blocks(self, parts, desc):
         """Yield (cols, [Y_part_block for each part]), each block of R drawn once for all parts
-        when the projection can (``iter_blocks_multi``), else in lockstep."""
+        when the projection can (``iter_blocks_multi``), else in lockstep. No reference to a
+        block is kept once the consumer asks for the next one (a structured block of 5,000
+        rows is 1.3 GB)."""
         proj = self._stream(parts[0].device)
-        if hasattr(proj, "iter_blocks_multi"):
-            it = proj.iter_blocks_multi(parts)
-        else:
-            it = ((items[0][0], [b for _, b in items]) for items in zip(*[proj.iter_blocks(P) for P in parts]))
+        it = proj.iter_blocks_multi(parts) if hasattr(proj, "iter_blocks_multi") else \
+            _lockstep([proj.iter_blocks(P) for P in parts])
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
@@ -156,8 +178,31 @@ class StreamingRidgeClassifier(_ClassifierBase):
             if bar is not None:
                 bar.update(1)
             yield cols, blocks
+            del blocks
         if bar is not None:
             bar.close()
+
+    def _stacked_blocks(self, parts, desc):
+        """Yield (cols, Z: (N, width) float32), the features of the stacked parts block by block.
+
+        Each part's block stacked into one (a copy of the block's features: the projection's
+        blocks may be views of its input), unless a copy of the inputs is smaller than that
+        (wide blocks: a structured block is whole transforms of d/2 columns, 65,536 at
+        m = 81,536): then a stacked copy of the rows is projected as one input, and no block
+        is copied. Z is the consumer's to modify."""
+        proj = self._stream(parts[0].device)
+        width = proj.block_width() if hasattr(proj, "block_width") else int(getattr(proj, "block_size", None) or 0)
+        if parts[0].shape[1] * parts[0].element_size() < 4 * width:
+            stacked = [torch.cat(parts)]  # our copy: its blocks are ours to centre in place
+            for cols, (Zb,) in self._blocks(stacked, desc):
+                yield cols, Zb
+                del Zb
+            return
+        for cols, blocks in self._blocks(parts, desc):
+            Zb = torch.cat(blocks)
+            del blocks
+            yield cols, Zb
+            del Zb
 
     def _dual_gram(self, parts):
         """Pass 1: the (N, N) float32 Gram of the stacked parts' features, centred with the
@@ -168,14 +213,14 @@ class StreamingRidgeClassifier(_ClassifierBase):
         self.gram_bytes_ = Kz.nbytes
         k = self._proj().n_components
         mu = torch.zeros(int(k if k is not None else parts[0].shape[1]), dtype=torch.float64, device=device)
-        for cols, blocks in self._blocks(parts, "stream pass 1/2 (Gram)"):
-            Zb = torch.cat(blocks)  # (N, width) float32
+        n = parts[0].shape[0]
+        for cols, Zb in self._stacked_blocks(parts, "stream pass 1/2 (Gram)"):  # (N, width) float32
             if self.fit_intercept:
-                m_b = blocks[0].mean(0, dtype=torch.float64)
+                m_b = _col_means64(Zb[:n])  # in row chunks: mean(dtype=float64) copies Zb to float64
                 mu[cols] = m_b
                 Zb.sub_(m_b.float())
             _syrk_(Kz, Zb, rows=True)  # tiled past 2**31 elements (N > 46,340)
-            del Zb, blocks
+            del Zb
         return _symmetrize_(Kz), mu
 
     def _fit_dual(self, parts, Y, n, yv_idx, y_idx):
@@ -197,15 +242,21 @@ class StreamingRidgeClassifier(_ClassifierBase):
         beta = fit["beta"]
         used = parts if fit["n_used"] > n else parts[:1]
         W = torch.empty(k, beta.shape[1], dtype=torch.float64, device=device)
-        offsets = np.cumsum([0] + [P.shape[0] for P in used])
-        for cols, blocks in self._blocks(used, "stream pass 2/2 (weights)"):
+        for cols, Zb in self._stacked_blocks(used, "stream pass 2/2 (weights)"):
             # W = Z^T beta with Z centred with the training mean as in pass 1, so that
             # x -> (y(x) - mu) . W + offset is kz(x) beta + offset exactly. (beta sums to zero
             # only to rounding: Y^T beta would add that rounding times the features' mean.)
+            # In float64 row chunks: a float64 copy of a whole block would be 2x its size.
             m_b = mu[cols] if self.fit_intercept else None
-            W[cols] = sum((beta[offsets[i]:offsets[i + 1]].T @ (Yb.double() if m_b is None else
-                                                                 Yb.to(torch.float64, copy=True).sub_(m_b))).T
-                          for i, Yb in enumerate(blocks))
+            step = max(1, _ROW_CHUNK_BYTES // (2 * 8 * Zb.shape[1]))
+            acc = torch.zeros(Zb.shape[1], beta.shape[1], dtype=torch.float64, device=device)
+            for r0 in range(0, Zb.shape[0], step):
+                Zc = Zb[r0:r0 + step].to(torch.float64)
+                if m_b is not None:
+                    Zc.sub_(m_b)
+                acc.addmm_(Zc.T, beta[r0:r0 + step])
+            W[cols] = acc
+            del Zb
         b = fit["offset"] - (mu @ W if self.fit_intercept else 0.0)
         return W, b
 
@@ -291,8 +342,15 @@ class StreamingRidgeClassifier(_ClassifierBase):
         """X: (n, m) encoded tensor -> (n, c) float32 scores, the features streamed block by block."""
         coef = torch.as_tensor(self.coef_, device=X.device)
         S = torch.as_tensor(self.intercept_, device=X.device).expand(X.shape[0], -1).clone()
-        for cols, (Yb,) in self._blocks([X], "predict"):
-            S.addmm_(Yb, coef[:, cols].T)
+        # rows in chunks whose blocks stay within 2 x _ROW_CHUNK_BYTES: a structured block of
+        # 8,000 test rows would be 2.1 GB (narrow blocks leave X whole, R drawn once per block)
+        proj = self._stream(X.device)
+        step = max(1, 2 * _ROW_CHUNK_BYTES // (4 * proj.block_width())) if hasattr(proj, "block_width") \
+            else max(X.shape[0], 1)
+        for r0 in range(0, X.shape[0], step):
+            for cols, (Yb,) in self._blocks([X[r0:r0 + step]], "predict"):
+                S[r0:r0 + step].addmm_(Yb, coef[:, cols].T)
+                del Yb
         return S
 
     @property

@@ -163,11 +163,20 @@ class StructuredProjection(BlockProjection):
         _check_n_features(self, X)
         return self._blocks_of(X)
 
+    def block_width(self) -> int:
+        """Columns of each block ``iter_blocks`` yields (the last may be narrower): whole
+        transforms of d/2 features, at least ``block_size``."""
+        _check_fitted(self)
+        return min(self._transforms_per_block() * (self.padded_dim_ // 2), int(self.n_components))
+
+    def _transforms_per_block(self) -> int:
+        per_block = int(self.block_size) if self.block_size else 2048
+        return max(1, math.ceil(per_block / (self.padded_dim_ // 2)))
+
     def _blocks_of(self, X):
         d, k = self.padded_dim_, int(self.n_components)
         half = d // 2
-        per_block = int(self.block_size) if self.block_size else 2048
-        g = max(1, math.ceil(per_block / half))  # transforms per block
+        g = self._transforms_per_block()
         groups = [list(range(t0, min(t0 + g, self.n_transforms_))) for t0 in range(0, self.n_transforms_, g)]
         bar = None
         if self.progress:
@@ -186,6 +195,7 @@ class StructuredProjection(BlockProjection):
             if bar is not None:
                 bar.update(1)
             yield cols, Y_block
+            del Y_block, U  # before the next block is allocated: one block alive, not two
         if bar is not None:
             bar.close()
 

@@ -10,7 +10,10 @@ measurement and the rows it adds:
 * :mod:`~benchmarks.perf.ridge`      -- the validation grid against scikit-learn;
 * :mod:`~benchmarks.perf.streaming`  -- the streamed Gram fit against project-then-fit;
 * :mod:`~benchmarks.perf.extraction` -- ``extract_features`` against the bare forward;
-* :mod:`~benchmarks.perf.task`       -- CIFAR-10 accuracy: structured, gaussian, the exact kernel.
+* :mod:`~benchmarks.perf.task`       -- CIFAR-10 accuracy: structured, gaussian, the exact kernel;
+* :mod:`~benchmarks.perf.seed_shape` -- the seeds' STL-10 problem end to end (``--sections seed-shape``):
+  the exact kernel against a bare ``ssyrk`` of the same matrix, structured k = 120,000 streamed,
+  dense gaussian extrapolated, the seeds' quoted figures.
 
 Below them :mod:`~benchmarks.perf.common` (sizes per mode, targets, the timer, the
 report's rows); above them :mod:`~benchmarks.perf.command`, the command (its table and

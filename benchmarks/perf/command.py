@@ -21,6 +21,7 @@ from benchmarks.perf.common import FULL, QUICK, TARGETS, Report, Sizes
 from benchmarks.perf.extraction import section_extraction
 from benchmarks.perf.projection import section_projection
 from benchmarks.perf.ridge import section_ridge
+from benchmarks.perf.seed_shape import section_seed_shape
 from benchmarks.perf.streaming import section_streaming
 from benchmarks.perf.structured import section_structured
 from benchmarks.perf.task import section_task
@@ -28,7 +29,7 @@ from benchmarks.atomic import atomic_write_text
 from benchmarks.metadata import write_metadata
 
 DEFAULT_OUT = "results/perf"
-SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction")
+SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction", "seed_shape")
 # The development copy of CIFAR-10 that the tests unpack beside the checkout (tests/conftest.py).
 _LOCAL_CIFAR10 = Path(__file__).resolve().parents[2] / ".cache" / "cifar10-jpg"
 
@@ -92,6 +93,8 @@ def _run_perf(args) -> int:
             section_streaming(rep, sz, device)
         if "extraction" in sections:
             section_extraction(rep, sz, device, weights)
+        if "seed_shape" in sections:
+            section_seed_shape(rep, sz, device, args.data_dir)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {len(rep.rows)} rows measured so far are in {rows_so_far}; "
               f"{out / 'perf.csv'} is left as it was.", file=sys.stderr)
@@ -113,7 +116,7 @@ def _sections(arg: str | None) -> set[str]:
     """--sections as a set, every name checked before anything runs or is written."""
     if not arg:
         return set(SECTIONS)
-    asked = [name.strip() for name in arg.split(",") if name.strip()]
+    asked = [name.strip().replace("-", "_") for name in arg.split(",") if name.strip()]  # seed-shape = seed_shape
     unknown = [name for name in asked if name not in SECTIONS]
     if unknown or not asked:
         raise ValueError(f"--sections {arg!r}: unknown section(s) {', '.join(unknown) or '(none given)'}; "
