@@ -121,14 +121,18 @@ def make_cell(values: dict[str, Any], suite_name: str = "") -> Cell:
         raise CellError(str(err)) from None
     # Defaults filled in first, so that a value spelled out and a value left out are one cell.
     fields = {k: f.default for k, f in CELL_FIELDS.items()}
-    fields.update({k: coerce(k, v, CELL_FIELDS[k]) for k, v in values.items() if k in CELL_FIELDS})
+    # (None for a field with a default, e.g. --batch-size left out, keeps the default.)
+    fields.update({k: coerce(k, v, CELL_FIELDS[k]) for k, v in values.items()
+                   if k in CELL_FIELDS and (v is not None or CELL_FIELDS[k].default is None)})
     for k in _NONE_IF_ZERO:
         if fields.get(k) == 0:
             fields[k] = None
     cfg_fields = config_fields(method)
-    options = {k: coerce(k, v, cfg_fields[k]) for k, v in values.items() if k in cfg_fields}
-    if "batch_size" in cfg_fields and "batch_size" in fields and "batch_size" not in options:
-        options["batch_size"] = fields["batch_size"]  # the trainers' batch size is part of what they are
+    options = {k: coerce(k, v, cfg_fields[k]) for k, v in values.items() if k in cfg_fields and v is not None}
+    if "batch_size" in cfg_fields and values.get("batch_size") is not None and "batch_size" not in options:
+        # A batch size asked for is part of what a trainer is; left out, each keeps its recipe's own
+        # (WRN-22's 512, airbench's 1,024; the cell's extraction batch for those without one).
+        options["batch_size"] = fields["batch_size"]
     if method_cls.uses_backbone:
         try:
             fields["cut"] = resolve_cut(fields.get("backbone", Cell.backbone), fields.get("cut"))
@@ -272,8 +276,9 @@ def _count_images(folder: Path) -> tuple[int, int]:
     return len(classes), total
 
 
-def plan_memory(cell: Cell, device: torch.device) -> int:
-    """The cell's planned peak memory in bytes; a CellError if it cannot fit in what is free.
+def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> int:
+    """The cell's planned peak memory in bytes; a CellError if it cannot fit in ``free`` bytes
+    (default: what ``device`` has free now).
 
     For a method with ``n_components``, the error names the largest k that fits.
     """
@@ -283,7 +288,7 @@ def plan_memory(cell: Cell, device: torch.device) -> int:
     config = full_config(cell.method, cell.option_dict())
     shape = cell_shape(cell, device)
     need = method_cls.memory_bytes(config, shape)
-    free = available_memory_bytes(device)
+    free = available_memory_bytes(device) if free is None else free
     if need <= free:
         return need
     msg = (f"{describe(cell)} needs about {format_bytes(need)} of memory ({shape.n_images} images), "

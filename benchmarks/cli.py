@@ -85,7 +85,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "or none (random weights; the results say so) [DEFAULT]")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="feature-extraction precision [fp32]")
-    g.add_argument("--batch-size", type=int, default=128, help="images per batch [128]")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch: of the extraction, and of training for every trainer [128 for "
+                        "extraction; each trainer's recipe otherwise: WRN-22 512, airbench 1,024, the others 128]")
     g = p.add_argument_group("method options (each method takes those its configuration has)")
     for flag, (dest, typ, help_) in METHOD_OPTIONS.items():
         if typ == "false":
