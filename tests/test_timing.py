@@ -1,3 +1,4 @@
+import mmap
 import threading
 import time
 
@@ -84,19 +85,28 @@ def test_phase_names_need_units():
             pass
 
 
-# --- peak memory: real allocations, every page touched (np.ones writes them) ---
+# --- peak memory: real allocations, every page touched ---
 
 MB = 1 << 20
 
 
+def fresh(n_bytes: int) -> mmap.mmap:
+    """``n_bytes`` of new anonymous memory, every page written: resident pages the process did not
+    hold before, whatever the C allocator kept from earlier tests (which malloc may hand out again
+    without raising the RSS)."""
+    buf = mmap.mmap(-1, n_bytes)
+    np.frombuffer(buf, dtype=np.uint8)[:] = 1
+    return buf
+
+
 def test_a_cell_reports_its_own_peak_not_the_process_peak():
     """A 1 GB peak before the cell must not be charged to a cell that needs 50 MB."""
-    earlier = np.ones(1024 * MB, dtype=np.uint8)
-    del earlier
+    earlier = fresh(1024 * MB)
+    earlier.close()
     reset_peak_memory("cpu")
-    cell = np.ones(50 * MB, dtype=np.uint8)
+    cell = fresh(50 * MB)
     peak = peak_memory_bytes("cpu")
-    del cell
+    cell.close()
     assert 40 * MB <= peak < 400 * MB
     assert peak_memory_bytes("cpu") >= peak  # the window stays open until the next reset
     reset_peak_memory("cpu")
@@ -105,8 +115,7 @@ def test_a_cell_reports_its_own_peak_not_the_process_peak():
 
 def test_probe_sees_a_peak_freed_before_it_ends():
     with PeakMemory("cpu") as mem:
-        buf = np.ones(64 * MB, dtype=np.uint8)
-        del buf
+        fresh(64 * MB).close()
     if mem.method != "rss-high-water-mark":
         pytest.skip("no resettable RSS high-water mark here (/proc/self/clear_refs)")
     assert mem.delta_bytes >= 60 * MB
@@ -114,14 +123,11 @@ def test_probe_sees_a_peak_freed_before_it_ends():
 
 
 def test_nested_probes_each_keep_their_own_peak():
-    # Sizes above glibc's largest dynamic mmap threshold (32 MB), so each allocation maps fresh
-    # pages whatever the process allocated and freed before (smaller ones may reuse the heap).
     with PeakMemory("cpu") as outer:
-        buf = np.ones(200 * MB, dtype=np.uint8)
-        del buf
+        fresh(200 * MB).close()
         with PeakMemory("cpu") as inner:  # resets the high-water mark the outer probe reads
-            small = np.ones(48 * MB, dtype=np.uint8)
-        del small
+            small = fresh(48 * MB)
+        small.close()
     if outer.method != "rss-high-water-mark":
         pytest.skip("no resettable RSS high-water mark here (/proc/self/clear_refs)")
     assert outer.delta_bytes >= 190 * MB
@@ -130,8 +136,8 @@ def test_nested_probes_each_keep_their_own_peak():
 
 def test_sampling_fallback_measures_what_is_alive_at_its_end():
     with PeakMemory("cpu", sampling=True) as mem:
-        buf = np.ones(64 * MB, dtype=np.uint8)
+        buf = fresh(64 * MB)
     assert mem.method == "rss-sampled"
     assert mem.delta_bytes >= 60 * MB
-    del buf
+    buf.close()
     assert not any(t.name == "gradfree-peak-rss" and t.is_alive() for t in threading.enumerate())
