@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import _training
-from benchmarks.flops import network_shape
+from baselines._scratch import FromScratch
 
 _EVAL_BATCH = 2000  # images per inference batch (airbench's)
 _WHITEN_CHUNK = 500  # images per chunk of the patch covariance
@@ -314,13 +314,11 @@ class AirbenchConfig:
         return (self.block1, self.block2, self.block3)
 
 
-class Airbench:
+class Airbench(FromScratch):
     """airbench94 (Jordan, 2024) from scratch: whitened first layer, Nesterov SGD, Lookahead, TTA."""
 
     name = "airbench"
     Config = AirbenchConfig
-    uses_backbone = False
-    is_backprop = True
 
     @classmethod
     def label(cls, config: dict) -> str:
@@ -330,10 +328,8 @@ class Airbench:
         return f"airbench94 {epochs:g} epoch{'' if epochs == 1 else 's'}"
 
     @classmethod
-    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
-        cfg = AirbenchConfig(**config)
-        fwd, params = network_shape(cls(cfg).build(shape.n_classes, shape.image_size), shape.image_size)
-        return {"train": 3.0 * fwd * shape.n_train * cfg.epochs}, {"feature_dim": 0, "k": 0, "params": params}
+    def network(cls, config: dict, shape) -> nn.Module:
+        return cls(AirbenchConfig(**config)).build(shape.n_classes, shape.image_size)
 
     @classmethod
     def memory_bytes(cls, config: dict, shape) -> int:
