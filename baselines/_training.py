@@ -333,6 +333,16 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
             "train_precision": precision_label(feed.amp_dtype)}
 
 
+def check_budget(cfg) -> None:
+    """A trainer Config's ``patience``, ``lr_grid`` and ``tune_epochs``, checked when it is built."""
+    if cfg.patience is not None and cfg.patience < 1:
+        raise ValueError(f"patience must be >= 1 epoch, got {cfg.patience}")
+    if cfg.tune_epochs is not None and (cfg.tune_epochs < 1 or not cfg.lr_grid):
+        raise ValueError(f"tune_epochs must be >= 1 and needs an lr_grid, got {cfg.tune_epochs}")
+    if cfg.lr_grid is not None and (not cfg.lr_grid or min(cfg.lr_grid) <= 0):
+        raise ValueError(f"lr_grid must hold positive learning rates, got {cfg.lr_grid}")
+
+
 def budget_epochs(epochs: int, lr_grid=None, tune_epochs: int | None = None) -> int:
     """The most epochs a trainer may run: the grid's runs (short with ``tune_epochs``) and the final one."""
     if not lr_grid:

@@ -87,12 +87,7 @@ class FineTuneConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
-        if self.tune_epochs is not None and (self.tune_epochs < 1 or not self.lr_grid):
-            raise ValueError(f"tune_epochs must be >= 1 and needs an lr_grid, got {self.tune_epochs}")
-        if self.lr_grid is not None and (not self.lr_grid or min(self.lr_grid) <= 0):
-            raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
+        _training.check_budget(self)
         if self.unfreeze_blocks < 0:
             raise ValueError(f"unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
 

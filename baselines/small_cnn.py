@@ -80,12 +80,7 @@ class SmallCNNConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.depth < 1 or self.width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be >= 1 epoch, got {self.patience}")
-        if self.tune_epochs is not None and (self.tune_epochs < 1 or not self.lr_grid):
-            raise ValueError(f"tune_epochs must be >= 1 and needs an lr_grid, got {self.tune_epochs}")
-        if self.lr_grid is not None and (not self.lr_grid or min(self.lr_grid) <= 0):
-            raise ValueError(f"lr_grid must hold positive learning rates, got {self.lr_grid}")
+        _training.check_budget(self)
         if self.optimizer not in _training.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: "
                              f"{', '.join(_training.OPTIMIZERS)}")

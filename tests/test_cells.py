@@ -90,6 +90,11 @@ def test_methods_without_a_backbone_lose_its_axes():
     ({"threads": 0}, "threads"),
     ({"device": "tpu:7"}, "device"),
     ({"method": "finetune", "precision": "int8"}, "int8 is post-training quantization"),
+    ({"method": "finetune", "patience": 0}, "patience must be >= 1"),
+    ({"method": "small_cnn", "tune_epochs": 2}, "needs an lr_grid"),
+    ({"method": "small_cnn", "lr_grid": [0.0, 0.1]}, "positive learning rates"),
+    ({"classifier": "svm"}, "unknown classifier 'svm'"),
+    ({"projection": "hologram"}, "unknown projection 'hologram'"),
 ])
 def test_bad_values_are_rejected_before_any_work(values, match):
     with pytest.raises(ValueError, match=match):
