@@ -50,6 +50,14 @@ def _series(df: pd.DataFrame) -> pd.Series:
     return parts + np.where(multi_precision & (df["precision"] != ""), " " + df["precision"], "")
 
 
+def _log_x(ax) -> None:
+    """A log x axis labelled at its decades only (minor labels overlap on short ranges)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _save(fig, out: Path, name: str) -> Path:
     path = out / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -80,7 +88,7 @@ def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, 
         for _, r in agg[agg["cut"] != ""].iterrows():
             ax.annotate(r["cut"].replace("denseblock", "db").replace("denselayer", "l"), (r["model_bytes"] / 1e6, r[y]),
                         fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("model size kept after training (MB, log scale)")
     ax.set_ylabel(ylabel)
     if y == "train_total_s":
@@ -125,7 +133,7 @@ def pareto(finals: pd.DataFrame, out: Path, x: str = "train_total_s", name: str 
                 fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
     ax.step(front[x], front["test_acc"], where="post", color="black", lw=1.2, ls="--", label="Pareto front")
     ax.scatter(front[x], front["test_acc"], s=160, facecolors="none", edgecolors="black", lw=1.2)
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(fig_info.title)
@@ -202,7 +210,7 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> F
                 ax.scatter([last["train_time_s"]], [last["val_acc"]], marker="X", s=120, color="crimson",
                            zorder=5, label="censored (target not reached)" if not n_censored else None)
                 n_censored += 1
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("cumulative training time (s, log scale)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(fig_info.title)
