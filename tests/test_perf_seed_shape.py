@@ -1,6 +1,7 @@
 """``gradfree perf --sections seed-shape``: the seeds' STL-10 problem end to end, in its quick form."""
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -63,8 +64,15 @@ def test_floor_ratio_is_the_two_timings_of_the_run(quick_rows):
 def test_peak_memory_is_measured_and_reduced_shapes_carry_no_target(quick_rows):
     for case in ("exact kernel, peak memory", "structured k=4096 streamed, peak memory"):
         row = _row(quick_rows, case)
-        assert row["peak_memory_bytes"] > 0 and row["value"] == pytest.approx(row["peak_memory_bytes"] / 1e9)
+        # At the quick shape (a few MB) the window's allocations may be served from pages the
+        # process already holds, so the added peak can honestly read 0 (PeakMemory's docstring);
+        # the probe's exactness is tested on fresh mappings in test_timing. Here: the row is the
+        # probe's reading, consistent with the absolute peak it reports beside it.
+        assert row["peak_memory_bytes"] >= 0 and row["value"] == pytest.approx(row["peak_memory_bytes"] / 1e9)
         assert "inputs included" in row["note"]
+        absolute = re.search(r"absolute process peak ([0-9.]+) GB \((rss-high-water-mark|rss-sampled)\)", row["note"])
+        assert absolute, row["note"]
+        assert 0 < float(absolute.group(1)) >= round(row["peak_memory_bytes"] / 1e9, 2)
     # the targets are the seeds' shape's: the quick shape is reported, not judged
     assert quick_rows["target"].isna().all()
 
