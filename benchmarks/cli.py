@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from benchmarks.results import RESULTS_FILE
@@ -63,6 +65,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="with --suite: override an axis or setting, e.g. --set seed=0,1 (repeatable)")
     g.add_argument("--dry-run", action="store_true",
                    help="list the cell(s) with their memory and time estimates, run nothing")
+    g.add_argument("--set-aside-others", action="store_true",
+                   help="with --suite: first move the rows of cells this suite no longer has (an edited "
+                        "suite's old configurations) from results.csv to results.superseded.csv, so that "
+                        "the report counts this suite's cells only")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="fashion-mnist",
                    help=f"one of {', '.join(DATASET_NAMES)} [fashion-mnist]")
@@ -108,7 +114,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="run cells in this process (local) or as Ray tasks [local]")
     g.add_argument("--address", default=None, help="with --executor ray: the cluster address [start a local one]")
     g.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell instead of recording it")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (the line per finished cell, with the rate and ETA, stays)")
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -146,6 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.overrides:
         raise ValueError("--set only applies to --suite; give the axis as its own flag "
                          "(e.g. --seed 1 instead of --set seed=1).")
+    if args.set_aside_others:
+        raise ValueError("--set-aside-others only applies to --suite (which cells to keep is the suite's "
+                         "list); drop it, or give --suite NAME.")
     _warn_unused(args.method, options)
     cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **options})
     out = Path(args.out)
@@ -192,7 +201,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     rows = run_cells(cells, out, runner, executor, metadata={
         "suite": suite.name, "suite_file": str(suite.path), "settings": suite.settings,
         "grids": list(suite.grids), "overrides": _suite_overrides(args, options),
-        "address": args.address, "cache_dir": str(cache_dir)})
+        "address": args.address, "cache_dir": str(cache_dir)}, set_aside_others=args.set_aside_others)
     _print_summary(out / RESULTS_FILE, {c.key() for c in cells})
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
@@ -437,19 +446,35 @@ def _add_compare_parser(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a scheduler, ``kill`` or a CI timeout sends), handled as Ctrl-C is: the cell under way
+    is recorded as interrupted, finished cells stay, and the same command resumes."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.data import DatasetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A job started in the background by a script ignores SIGINT: SIGTERM must stop it as cleanly.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.func(args)
     except (DatasetError, ValueError, ImportError, OSError) as err:
         print(f"gradfree: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished cells are saved; run the same command again to resume.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"\n{what}: finished cells are saved; run the same command again to resume.", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ from benchmarks.tables import BACKPROP, GRADIENT_FREE, GROUP, aggregate, split_s
 DATA_GROUP = ["dataset", "n_train", "n_val", "n_test"]
 
 
-def _groups(finals: pd.DataFrame):
+def data_groups(finals: pd.DataFrame):
+    """(group, rows) per :data:`DATA_GROUP` value of ``finals``: the cells that saw the same data."""
     if finals.empty:
         return
     filled = finals.fillna({c: -1 for c in DATA_GROUP if c != "dataset"})
@@ -54,7 +55,7 @@ def _best_gf(gf: pd.DataFrame) -> pd.Series | None:
 def targets(finals: pd.DataFrame) -> list[tuple[dict, float, str]]:
     """(group, target validation accuracy, configuration that sets it) per group with a gradient-free cell."""
     out = []
-    for group, cells in _groups(finals):
+    for group, cells in data_groups(finals):
         best = _best_gf(split_sides(cells)[GRADIENT_FREE])
         if best is not None:
             out.append((group, float(best["val_acc"]), f"{best['config']} @ {best['cut']}"))
@@ -87,7 +88,7 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame) -> pd.Dat
     (per seed, censored ones marked), the speed-up at equal accuracy, and the gradient-free time to
     that configuration's best accuracy."""
     rows = []
-    for group, cells in _groups(finals):
+    for group, cells in data_groups(finals):
         sides = split_sides(cells)
         gf, bp = sides[GRADIENT_FREE], sides[BACKPROP]
         best = _best_gf(gf)

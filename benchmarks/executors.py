@@ -35,15 +35,14 @@ RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
 
 
 class _Progress:
-    """One line per cell: its place, what it is, and the run's rate and ETA so far."""
+    """One line per finished cell: its place, what it is, and the run's rate and ETA so far. Printed
+    with or without ``--no-progress`` (which turns off the bars only): a log keeps its ETA."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.start, self.done = total, enabled, time.perf_counter(), 0
+    def __init__(self, total: int):
+        self.total, self.start, self.done = total, time.perf_counter(), 0
 
     def finished(self, n_done: int, line: str) -> None:
         self.done += 1
-        if not self.enabled:
-            return
         elapsed = time.perf_counter() - self.start
         left = self.total - n_done
         eta = f", ETA {_fmt_s(elapsed / self.done * left)}" if left else ""
@@ -63,16 +62,17 @@ class LocalExecutor:
     def run(self, runner: Runner, cells: list[Cell], results: "res.ResultsFile") -> list[dict]:
         done = results.finished_keys()
         todo = [c for c in cells if c.key() not in done]
-        if runner.progress and len(todo) < len(cells):
+        if len(todo) < len(cells):
             print(f"{len(cells) - len(todo)} cell(s) done before, skipped")
-        progress = _Progress(len(todo), runner.progress)
+        progress = _Progress(len(todo))
         rows = []
         for i, cell in enumerate(todo, 1):
             if runner.progress:
                 print(f"[{i}/{len(todo)}] {describe(cell)}")
             row = runner.run_cell(cell, results.append)
             rows.append(row)
-            progress.finished(i, f"{cell.method} {cell.key()}: {row['status']}")
+            status = row["status"] if row["status"] == "ok" else f"FAILED: {row.get('error')}"
+            progress.finished(i, f"{describe(cell)}: {status}")
         return rows
 
 
@@ -144,7 +144,7 @@ class RayExecutor:
     def _run(self, ray, runner: Runner, cells: list[Cell], results) -> list[dict]:
         done = results.finished_keys()
         todo = [c for c in cells if c.key() not in done]
-        if runner.progress and len(todo) < len(cells):
+        if len(todo) < len(cells):
             print(f"{len(cells) - len(todo)} cell(s) done before, skipped")
         cache = runner.feature_cache
         cache_dir = str(cache.folder.resolve()) if cache is not None and cache.folder is not None else None
@@ -154,7 +154,7 @@ class RayExecutor:
             opts = {"num_cpus": cell.threads or self.num_cpus, "num_gpus": self._gpus_for(ray, cell),
                     "max_retries": self.max_retries, "retry_exceptions": False}
             pending[task.options(**opts).remote(cell, runner.run_id, cache_dir)] = cell
-        progress = _Progress(len(todo), runner.progress)
+        progress = _Progress(len(todo))
         finals = []
         try:
             while pending:
@@ -192,9 +192,10 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs):
 
 
 def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,
-              metadata: dict | None = None) -> list[dict]:
+              metadata: dict | None = None, set_aside_others: bool = False) -> list[dict]:
     """Validate every cell, claim ``out_dir``'s results file, write the run's metadata, run the
-    cells not done yet; return their final rows. The one entry point of the CLI and of suites."""
+    cells not done yet; return their final rows. The one entry point of the CLI and of suites.
+    ``set_aside_others``: first move the rows of cells not in ``cells`` to ``results.superseded.csv``."""
     import dataclasses
 
     runner = runner or Runner()
@@ -202,6 +203,8 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
     for cell in cells:
         validate(cell)
     with res.ResultsFile(Path(out_dir)) as results:
+        if set_aside_others:
+            results.set_aside_cells({c.key() for c in cells})
         for notice in results.notices:
             print(f"note: {notice}")
         write_metadata(out_dir, runner.run_id, {

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.comparison import in_group, pareto_front, targets
+from benchmarks.comparison import data_groups, in_group, pareto_front, targets
 from benchmarks.tables import COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, side, split_sides
 
 
@@ -145,9 +145,10 @@ def pareto(finals: pd.DataFrame, out: Path, x: str = "train_total_s", name: str 
     return fig_info
 
 
-def time_breakdown(finals: pd.DataFrame, out: Path) -> Figure:
+def time_breakdown(finals: pd.DataFrame, out: Path, name: str = "time_breakdown",
+                   title: str = "Training time per phase") -> Figure:
     """Stacked seconds per counted phase, one bar per configuration."""
-    fig_info = Figure("time_breakdown", "Training time per phase")
+    fig_info = Figure(name, title)
     phases = [p for p in COUNTED_PHASES if not finals.empty and finals[p].fillna(0).gt(0).any()]
     if not phases:
         fig_info.note = "no counted phase was recorded."
@@ -180,9 +181,10 @@ def time_to_accuracy_data(finals: pd.DataFrame, epochs: pd.DataFrame) -> tuple[p
     return curves, points
 
 
-def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> Figure:
+def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, name: str = "time_to_accuracy",
+                     title: str = "Time to accuracy: backprop epochs vs gradient-free fits") -> Figure:
     """Validation accuracy after each epoch against cumulative training time, gradient-free points alongside."""
-    fig_info = Figure("time_to_accuracy", "Time to accuracy: backprop epochs vs gradient-free fits")
+    fig_info = Figure(name, title)
     curves, gf = time_to_accuracy_data(finals, epochs)
     if curves.empty:
         fig_info.note = "no per-epoch rows (no backprop method in these results)."
@@ -225,17 +227,37 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> F
 
 
 def make_all(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Figure]:
+    """Every figure; one set per data group (dataset, training-set size...) when the results hold several,
+    since a front or a target across two training-set sizes would compare cells that saw different data."""
     out = Path(out)
     for old in out.glob("*.png"):
         old.unlink()  # no stale figure from an earlier report
+    groups = list(data_groups(finals))
+    if len(groups) <= 1:
+        return _figure_set(finals, epochs, out, "", "")
+    figures, used = [], set()
+    for i, (group, rows) in enumerate(groups):
+        n_train = "" if pd.isna(group["n_train"]) or group["n_train"] < 0 else f"{group['n_train']:.0f}"
+        suffix = f"__{group['dataset']}" + (f"_n{n_train}" if n_train else "")
+        suffix = suffix if suffix not in used else f"{suffix}_{i}"  # same size, other validation/test split
+        used.add(suffix)
+        where = f" ({group['dataset']}" + (f", {n_train} training images" if n_train else "") + ")"
+        mine = epochs[in_group(epochs, group)] if not epochs.empty else epochs
+        figures += _figure_set(rows, mine, out, suffix, where)
+    return figures
+
+
+def _figure_set(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, suffix: str, where: str) -> list[Figure]:
     return [
-        versus_size(finals, out, "test_acc", "acc_vs_size", "Test accuracy vs model size across cut layers",
-                    "test accuracy"),
-        versus_size(finals, out, "train_total_s", "time_vs_size", "Training time vs model size across cut layers",
-                    "training time (s, log scale)"),
-        *(pareto(finals, out, x, name, title, xlabel, better) for x, name, title, xlabel, better in PARETO),
-        time_breakdown(finals, out),
-        time_to_accuracy(finals, epochs, out),
+        versus_size(finals, out, "test_acc", "acc_vs_size" + suffix,
+                    "Test accuracy vs model size across cut layers" + where, "test accuracy"),
+        versus_size(finals, out, "train_total_s", "time_vs_size" + suffix,
+                    "Training time vs model size across cut layers" + where, "training time (s, log scale)"),
+        *(pareto(finals, out, x, name + suffix, title + where, xlabel, better)
+          for x, name, title, xlabel, better in PARETO),
+        time_breakdown(finals, out, "time_breakdown" + suffix, "Training time per phase" + where),
+        time_to_accuracy(finals, epochs, out, "time_to_accuracy" + suffix,
+                         "Time to accuracy: backprop epochs vs gradient-free fits" + where),
     ]
 
 

@@ -269,6 +269,8 @@ class RandomFeatures:
             "n_components": n_out if cfg.projection != "none" else 0,  # -1: kernel (k = infinity)
             "streaming": streaming,
             "grid_solver": getattr(ridge, "grid_solver_", None),
+            # validation accuracy at every penalty of the grid (the report's tuning table)
+            "grid_val_acc": {f"{a:.6g}": float(s) for a, s in val_scores.items()} if len(val_scores) > 1 else None,
             "feature_dim": feature_dim,
             "backbone_param_count": ext.param_count,
             "backbone_bytes": ext.param_bytes,

@@ -31,6 +31,7 @@ from benchmarks import plots
 from benchmarks.comparison import time_to_accuracy_table
 from benchmarks.tables import (accuracy_table, failed_table, load_results, results_csv, size_table, split_rows,
                                summary_table, time_table)
+from benchmarks.tuning import tuning_table
 
 SELECTION_NOTE = ("Hyperparameters were selected on the validation split: the ridge penalty alpha of random "
                   "features (the best of its grid by validation accuracy, then refitted on train + validation) "
@@ -43,6 +44,11 @@ TTA_NOTE = ("For each backprop configuration: the counted training time at which
             "'>' when a seed is censored: a lower bound), and the time the fastest gradient-free configuration "
             "needs to reach the backprop configuration's best validation accuracy. Targets are validation "
             "accuracies: the test split is scored once per cell and chooses nothing.")
+TUNING_NOTE = ("What each configuration chose on the validation split, per seed: the learning rate of the "
+               "backprop methods (each value of the grid trained for a few epochs, the best trained again; the "
+               "grid's cost is tune_s, outside the training time) and the penalty of ridge (alpha) or logistic "
+               "regression (C). A value at an end of its grid means the grid may have cut the optimum off. The "
+               "spread of validation accuracy over the grid is how much that hyperparameter matters.")
 TIME_NOTE = ("Training time (`train_total_s`) is the sum of the counted phases (extract, encode, project, fit "
              "for random features on train + validation images; train for backprop). Warm-up, evaluation and "
              "test prediction are measured but not counted. A cell whose features came from the feature cache "
@@ -96,6 +102,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
         ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
         ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
         ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs)),
+        ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
         ("Model size", "What is kept after training: backbone up to the cut + ridge weights for random features "
                        "(R is regenerated from its seed, its would-be size shown for reference); the whole "
                        "network for backprop.", size_table(finals)),

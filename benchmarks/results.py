@@ -61,6 +61,8 @@ from benchmarks.csvscan import ROW_TYPES, Scan, describe_bad, scan_rows  # noqa:
 
 RESULTS_FILE = "results.csv"
 INTERRUPTED_FILE = "results.interrupted.csv"
+#: Rows of cells that a suite no longer has (``gradfree run --suite ... --set-aside-others``).
+SUPERSEDED_FILE = "results.superseded.csv"
 LOCK_FILE = ".gradfree.lock"
 
 SCHEMA = (
@@ -309,6 +311,39 @@ class ResultsFile:
     def finished_keys(self) -> set[str]:
         """Cell keys that already have a successful ``final`` row."""
         return finished_keys(self.path)
+
+    def set_aside_cells(self, keep: set[str]) -> list[str]:
+        """Move every row (final, epoch, failed) of a cell whose key is not in ``keep`` to
+        :data:`SUPERSEDED_FILE`, side file first; return the cell keys moved. Under the claim only."""
+        if self._claim_key is None:
+            raise RuntimeError("set_aside_cells needs the folder's claim: use it inside `with ResultsFile(...)`.")
+        if not self.path.exists():
+            return []
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = read_fd(fd)
+            scan = scan_rows(data)
+            if scan.bad:
+                raise ResultsError(f"{self.path} has malformed bytes; open it for a run first (it repairs them).")
+            move = [(s, e, r) for s, e, r in scan.rows if r.get("cell_key", "") not in keep]
+            if not move:
+                return []
+            kept = [(s, e, r) for s, e, r in scan.rows if r.get("cell_key", "") in keep]
+            new = data[:scan.body_start] + b"".join(data[s:e] for s, e, _ in kept)
+            after = scan_rows(new)
+            if after.bad or [r for _, _, r in after.rows] != [r for _, _, r in kept]:
+                raise ResultsError("internal error: setting rows aside would lose rows; the file was left as "
+                                   "it is. Please report this, with the file.")
+            side = self.out_dir / SUPERSEDED_FILE
+            self._set_aside_rows(side, [data[s:e] for s, e, _ in move])
+            atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+        finally:
+            os.close(fd)
+        cells = sorted({r.get("cell_key", "") for _, _, r in move})
+        self.notices.append(f"{self.path}: moved {len(move)} row(s) of {len(cells)} cell(s) that this suite no "
+                            f"longer has to {side}")
+        return cells
 
     # -- checks and the claim ------------------------------------------------
 

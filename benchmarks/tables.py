@@ -44,7 +44,9 @@ NUMERIC = ("n_components", "seed", "image_size", "n_classes", "n_train", "n_val"
            "model_bytes", "peak_memory_bytes")
 #: Counted phases, in pipeline order (the stacked time breakdown).
 COUNTED_PHASES = ("extract_s", "encode_s", "project_s", "fit_s", "train_s")
-GROUP = ["method", "config", "dataset", "backbone", "cut", "precision"]
+#: One configuration: seeds are what a table's mean ± std runs over, and nothing else (two training-set
+#: sizes are two rows).
+GROUP = ["method", "config", "dataset", "n_train", "backbone", "cut", "precision"]
 #: The sides of the comparison; UNKNOWN is a method this gradfree has no class for.
 BACKPROP, GRADIENT_FREE, UNKNOWN = "backprop", "gradient-free", "unknown"
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import textwrap
+import time
 
 import pytest
 
@@ -246,3 +249,54 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_dir, mobi
     assert len(failed) == 2 and all("asked for 11" in r["error"] for r in failed)
     assert sum(r["status"] == "ok" for r in finals) == 2
     assert "failed" in capsys.readouterr().out
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_run_resumes(tmp_path, tiny_dir, mobilenet_weights,
+                                                                monkeypatch, capsys):
+    """A background job ignores SIGINT; SIGTERM (kill, a scheduler, a CI timeout) must stop it as
+    cleanly: exit 143, finished cells kept, the cell under way run again on resume."""
+    path = _suite(tmp_path, SETTINGS + RF)
+    out = tmp_path / "out"
+    args = ["run", "--suite", str(path), "--data-dir", str(tiny_dir), "--out", str(out), "--no-progress"]
+    real_run_cell = Runner.run_cell
+    calls = []
+
+    def terminated(self, cell, sink):
+        calls.append(cell.key())
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread, in the middle of the cell
+            time.sleep(5)  # never reached: the handler raises first
+        return real_run_cell(self, cell, sink)
+
+    monkeypatch.setattr(Runner, "run_cell", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(args) == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # main() leaves the process's handler as it was
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert [r["row_type"] for r in read_rows(out / "results.csv")] == ["final"]
+    monkeypatch.setattr(Runner, "run_cell", real_run_cell)
+    assert main(args) == 0
+    finals = [r for r in read_rows(out / "results.csv") if r["row_type"] == "final"]
+    assert len({r["cell_key"] for r in finals}) == len(finals) == 2
+
+
+@pytest.mark.filterwarnings("error::benchmarks.results.ResultsWarning")  # the side file is a clean results file
+def test_set_aside_others_moves_an_edited_suites_old_cells_and_only_those(tmp_path, tiny_dir, mobilenet_weights):
+    out = tmp_path / "out"
+    base = ["run", "--data-dir", str(tiny_dir), "--out", str(out), "--no-progress"]
+    assert main([*base, "--suite", str(_suite(tmp_path, SETTINGS + RF, "first"))]) == 0
+    before = read_rows(out / "results.csv")
+    # The suite is edited: k = 256 stays, k = 128 becomes k = 64.
+    edited = _suite(tmp_path, SETTINGS + RF.replace("[128, 256]", "[64, 256]"), "edited")
+    assert main([*base, "--suite", str(edited), "--set-aside-others"]) == 0
+    rows = read_rows(out / "results.csv")
+    aside = read_rows(out / "results.superseded.csv")
+    assert [r for r in before if r["n_components"] == "128"] == aside  # byte for byte, nothing else
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert (out / "results.superseded.csv").read_text().splitlines().count(header) == 1
+    assert sorted(r["n_components"] for r in rows) == ["256", "64"]
+    assert [r for r in before if r["n_components"] == "256"] == [r for r in rows if r["n_components"] == "256"]
+    # Idempotent, and refused without a suite.
+    assert main([*base, "--suite", str(edited), "--set-aside-others"]) == 0
+    assert read_rows(out / "results.superseded.csv") == aside and len(read_rows(out / "results.csv")) == 2
+    assert main([*base, "--set-aside-others"]) == 2

@@ -1,0 +1,73 @@
+"""What validation chose: the report's table of tuned hyperparameters.
+
+Every method that tunes on the validation split records, in its row's ``extra``, the
+grid's validation accuracies (``grid_val_acc``: value -> accuracy) and, for backprop,
+the value kept (``tuned_value``) and the grid's cost (``tune_s``); random features
+keep their penalty in the ``alpha`` column. Per configuration, over seeds, the table
+gives the values chosen, how many were at an end of their grid (the grid may have cut
+the optimum off: a wider one could do better), the spread of validation accuracy over
+the grid (how sensitive the method is to that hyperparameter) and the tuning time.
+Nothing here reads the test split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.tables import GROUP, _json, aggregate
+
+
+def _tuned(row) -> tuple[str, float | None, dict[float, float]]:
+    """(hyperparameter name, value kept, {grid value: validation accuracy}) of one final row."""
+    extra, config = _json(row["extra"]), _json(row["method_config"])
+    grid = {float(k): float(v) for k, v in (extra.get("grid_val_acc") or {}).items()}
+    if extra.get("tuned_value") is not None:
+        return "lr", float(extra["tuned_value"]), grid
+    if pd.notna(row.get("alpha")):
+        name = "C" if config.get("classifier") == "logistic" else "alpha"
+        return name, float(row["alpha"]), grid
+    return "", None, grid
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def tuning_table(finals: pd.DataFrame) -> pd.DataFrame:
+    """One line per configuration that chose something on validation (module docstring)."""
+    cols = ["hyperparameter", "grid", "chosen (per seed)", "at an end of the grid",
+            "val acc over the grid (min-max)", "tune_s"]
+    if finals.empty:
+        return pd.DataFrame(columns=[*GROUP, "seeds", *cols])
+    rows = []
+    filled = finals.fillna({c: "" for c in GROUP})
+    for key, cells in filled.groupby(GROUP, sort=False, dropna=False):
+        picks = [_tuned(r) for r in finals.loc[cells.index].to_dict("records")]
+        picks = [p for p in picks if p[1] is not None]
+        if not picks:
+            continue
+        name = picks[0][0]
+        grids = [sorted(g) for _, _, g in picks if len(g) > 1]
+        grid = sorted(set().union(*grids)) if grids else []
+        chosen = [v for _, v, _ in picks]
+        edges = [v for v, (_, _, g) in zip(chosen, picks) if len(g) > 1 and v in (min(g), max(g))]
+        spreads = [max(g.values()) - min(g.values()) for _, _, g in picks if len(g) > 1]
+        lows = [min(g.values()) for _, _, g in picks if len(g) > 1]
+        highs = [max(g.values()) for _, _, g in picks if len(g) > 1]
+        tune = pd.to_numeric(finals.loc[cells.index, "tune_s"], errors="coerce") if "tune_s" in finals else None
+        rows.append({
+            **dict(zip(GROUP, key)), "seeds": cells["seed"].nunique(), "hyperparameter": name,
+            "grid": (", ".join(_fmt(v) for v in grid) if len(grid) <= 8
+                     else f"{len(grid)} values, {_fmt(grid[0])} to {_fmt(grid[-1])}") if grid else "(not recorded)",
+            "chosen (per seed)": ", ".join(_fmt(v) for v in chosen),
+            "at an end of the grid": f"{len(edges)} of {len(chosen)}" if grids else "",
+            "val acc over the grid (min-max)": (f"{np.mean(lows):.3f}-{np.mean(highs):.3f} "
+                                                f"(spread {np.mean(spreads):.3f})") if spreads else "",
+            "tune_s": f"{tune.mean():.1f}" if tune is not None and tune.notna().any() else "",
+        })
+    out = pd.DataFrame(rows, columns=[*GROUP, "seeds", *cols])
+    order = aggregate(finals, ["seed"])[GROUP].astype(str).agg("|".join, axis=1).tolist()
+    rank = {k: i for i, k in enumerate(order)}
+    out["_r"] = [rank.get(k, len(rank)) for k in out[GROUP].astype(str).agg("|".join, axis=1)]
+    return out.sort_values("_r", kind="stable").drop(columns="_r").reset_index(drop=True)

@@ -1,0 +1,81 @@
+"""The report's table of what validation chose, the per-data-group tables and figures, on results
+files written for the purpose."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.report import build_report
+from benchmarks.results import append_rows
+from benchmarks.tables import accuracy_table, load_results, split_rows
+from benchmarks.tuning import tuning_table
+
+DATA = {"dataset": "cifar10", "image_size": 96, "n_val": 200, "n_test": 2000, "backbone": "mobilenet_v2",
+        "cut": "features.18", "precision": "fp32", "run_id": "r1", "status": "ok"}
+
+
+def _ft(seed, n_train, lr, grid, test):
+    common = {**DATA, "n_train": n_train, "cell_key": f"ft-{n_train}-{seed}", "method": "finetune", "seed": seed,
+              "method_config": json.dumps({"mode": "linear-probe", "lr_grid": sorted(map(float, grid))})}
+    epochs = [{**common, "row_type": "epoch", "epoch": i + 1, "train_time_s": 10.0 * (i + 1), "val_acc": v}
+              for i, v in enumerate((0.5, 0.6, 0.65))]
+    final = {**common, "row_type": "final", "val_acc": 0.65, "test_acc": test, "train_total_s": 30.0,
+             "model_bytes": 9e6, "extra": {"tuned_value": lr, "tune_s": 12.0, "grid_val_acc": grid}}
+    return [*epochs, final]
+
+
+def _rf(seed, n_train, alpha, scores, test):
+    return {**DATA, "n_train": n_train, "cell_key": f"rf-{n_train}-{seed}", "row_type": "final",
+            "method": "random-features", "seed": seed, "val_acc": max(scores.values()), "test_acc": test,
+            "train_total_s": 5.0, "model_bytes": 9e6, "alpha": alpha,
+            "method_config": json.dumps({"encoder": "sign", "projection": "gaussian", "n_components": 1000}),
+            "extra": {"grid_val_acc": scores}}
+
+
+@pytest.fixture
+def results(tmp_path):
+    rows = []
+    for seed in (0, 1):
+        # seed 0 keeps the top of its grid (edge), seed 1 the middle
+        lr = 1.0 if seed == 0 else 0.3
+        rows += _ft(seed, 800, lr, {"0.1": 0.40, "0.3": 0.55, "1": 0.60 if seed == 0 else 0.50}, 0.60)
+        rows += _ft(seed, 2400, 0.3, {"0.1": 0.60, "0.3": 0.70, "1": 0.65}, 0.70 + seed / 100)
+        rows.append(_rf(seed, 800, 100.0, {"1": 0.60, "100": 0.66, "10000": 0.62}, 0.65))
+        rows.append(_rf(seed, 2400, 100.0, {"1": 0.70, "100": 0.74, "10000": 0.73}, 0.75))
+    append_rows(tmp_path / "results.csv", rows)
+    return tmp_path
+
+
+def test_tuning_table_reports_choices_edges_spread_and_cost(results):
+    finals, _, _ = split_rows(load_results(results))
+    table = tuning_table(finals)
+    ft = table[(table["method"] == "finetune") & (table["n_train"] == 800)].iloc[0]
+    assert ft["hyperparameter"] == "lr" and ft["grid"] == "0.1, 0.3, 1"
+    assert ft["chosen (per seed)"] == "1, 0.3" and ft["at an end of the grid"] == "1 of 2"
+    assert ft["val acc over the grid (min-max)"] == "0.400-0.575 (spread 0.175)"  # means over seeds
+    assert ft["tune_s"] == "12.0"
+    rf = table[(table["method"] == "random-features") & (table["n_train"] == 2400)].iloc[0]
+    assert rf["hyperparameter"] == "alpha" and rf["chosen (per seed)"] == "100, 100"
+    assert rf["at an end of the grid"] == "0 of 2" and rf["tune_s"] == ""
+
+
+def test_two_training_set_sizes_are_two_rows_not_seeds(results):
+    finals, _, _ = split_rows(load_results(results))
+    acc = accuracy_table(finals)
+    ft = acc[acc["method"] == "finetune"]
+    assert sorted(ft["n_train"]) == [800, 2400] and list(ft["seeds"]) == [2, 2]
+    assert set(ft["test_acc"]) == {"0.6000 ± 0.0000", "0.7050 ± 0.0071"}
+
+
+def test_report_draws_one_set_of_figures_per_training_set_size(results):
+    md = build_report(results).read_text()
+    assert "## Hyperparameters chosen on validation" in md
+    for n in (800, 2400):
+        for name in ("pareto_acc_vs_time", "time_to_accuracy", "acc_vs_size"):
+            png = results / "report" / f"{name}__cifar10_n{n}.png"
+            assert png.stat().st_size > 5000, png
+            assert f"]({png.name})" in md
+        assert f"(cifar10, {n} training images)" in md
+    assert not (results / "report" / "pareto_acc_vs_time.png").exists()
