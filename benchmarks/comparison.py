@@ -126,7 +126,7 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame) -> pd.Dat
             if np.isfinite(std):
                 speedup += f" ± {std:.1f}"
             rows.append({**{k: group[k] for k in ("dataset", "n_train")},
-                         "backprop": f"{config_key[0]}: {config_key[1]}", "cut": config_key[4],
+                         "backprop": f"{config_key[0]}: {config_key[1]}", "cut": dict(zip(GROUP, config_key))["cut"],
                          "seeds": len(times), "censored": int(sum(censored)),
                          "target (val)": round(target, 4), "target set by": f"{best['config']} @ {best['cut']}",
                          "target time": _fmt_s(target_s),

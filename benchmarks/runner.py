@@ -89,17 +89,20 @@ class Runner:
             clock = Clock(device)
             reset_peak_memory(device)
 
+            method = method_cls(config)
+            # the configuration that runs (a preset applied), not the options as given
+            ran = dataclasses.asdict(getattr(method, "config", config))
+
             def emit(row: dict) -> None:
-                sink([{**common, "status": "ok", "finished_at": res.now(),
-                       "method_config": dataclasses.asdict(config), **row}])
+                sink([{**common, "status": "ok", "finished_at": res.now(), "method_config": ran, **row}])
 
             ctx = RunContext(data=data, clock=clock, device=device, seed=cell.seed,
                              backbone=cell.backbone, cut=common["cut"] or None, weights=cell.weights,
                              precision=cell.precision, batch_size=cell.batch_size,
                              progress=self.progress, emit=emit, feature_cache=self.feature_cache)
-            out = method_cls(config).run(ctx)
+            out = method.run(ctx)
             row = {**common, "row_type": "final", "status": "ok", "finished_at": res.now(),
-                   "method_config": dataclasses.asdict(config), **clock.columns(), **out,
+                   "method_config": ran, **clock.columns(), **out,
                    "peak_memory_bytes": peak_memory_bytes(device)}
             if clock.charged:
                 row["extra"] = {"cached_phases": sorted(clock.charged)}

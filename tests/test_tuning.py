@@ -79,3 +79,19 @@ def test_report_draws_one_set_of_figures_per_training_set_size(results):
             assert f"]({png.name})" in md
         assert f"(cifar10, {n} training images)" in md
     assert not (results / "report" / "pareto_acc_vs_time.png").exists()
+
+
+def test_time_to_accuracy_rows_name_the_cut_of_each_configuration(results):
+    from benchmarks.comparison import time_to_accuracy_table
+
+    finals, epochs, _ = split_rows(load_results(results))
+    table = time_to_accuracy_table(finals, epochs)
+    assert sorted(table["n_train"]) == [800, 2400] and set(table["cut"]) == {"features.18"}
+
+
+def test_a_preset_is_labelled_by_what_it_runs_not_by_the_options_it_overrode():
+    from benchmarks.methods import REGISTRY
+
+    finetune = REGISTRY["finetune"]
+    assert finetune.label({"preset": "seed-paper", "mode": "linear-probe"}) == "unfreeze (seed-paper)"
+    assert finetune.label({"mode": "linear-probe"}) == "linear-probe"
