@@ -158,11 +158,10 @@ class FineTune:
 
     @classmethod
     def label(cls, config: dict) -> str:
+        mode = config.get("mode", FineTuneConfig.mode)
         if config.get("preset"):  # what the preset runs, whatever the recorded options say
-            mode = PRESETS[config["preset"]].get("mode", config.get("mode", FineTuneConfig.mode)) \
-                if config["preset"] in PRESETS else config.get("mode", FineTuneConfig.mode)
-            return f"{mode} ({config['preset']})"
-        return config.get("mode", FineTuneConfig.mode)
+            return f"{PRESETS.get(config['preset'], {}).get('mode', mode)} ({config['preset']})"
+        return mode
 
     @classmethod
     def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:

@@ -124,7 +124,7 @@ def load_results(path: str | Path, warn: Callable[[str], None] | None = None) ->
     df["cached"] = df["extra"].str.contains("cached_phases", regex=False)
     # Seconds spent choosing a hyperparameter grid on validation (kept in ``extra``): shown beside,
     # never inside, the training time.
-    df["tune_s"] = pd.to_numeric(pd.Series([_json(e).get("tune_s") for e in df["extra"]], index=df.index,
+    df["tune_s"] = pd.to_numeric(pd.Series([json_dict(e).get("tune_s") for e in df["extra"]], index=df.index,
                                            dtype=object), errors="coerce")
     df["train_plus_tune_s"] = df["train_total_s"] + df["tune_s"].fillna(0.0)
     df.attrs["columns"] = tuple(header)
@@ -140,7 +140,7 @@ def config_label(row: dict) -> str:
     method = row.get("method", "")
     if method not in REGISTRY:
         return method
-    options = _json(row.get("method_config") or "")
+    options = json_dict(row.get("method_config") or "")
     if not options:  # an older file: the row's own columns (encoder, projection, n_components...)
         options = {k: _number_or_text(v) for k, v in row.items() if v not in ("", None) and k in config_fields(method)}
     try:
@@ -164,14 +164,14 @@ def _number_or_text(text: str) -> int | float | str:
 def _disambiguate(df: pd.DataFrame, labels: list[str]) -> list[str]:
     """Append the options that differ between configurations sharing a label (``small_cnn (lr=0.05)``),
     so that mean ± std only ever runs over seeds."""
-    configs = [_json(c) for c in df["method_config"]]
+    configs = [json_dict(c) for c in df["method_config"]]
     by_label: dict[tuple, set[str]] = {}
     for method, lab, cfg in zip(df["method"], labels, df["method_config"]):
         if cfg:
             by_label.setdefault((method, lab), set()).add(cfg)
     out = []
     for method, lab, cfg in zip(df["method"], labels, configs):
-        variants = [_json(c) for c in by_label.get((method, lab), ())]
+        variants = [json_dict(c) for c in by_label.get((method, lab), ())]
         if len(variants) > 1 and cfg:
             keys = sorted(k for k in set().union(*variants) if len({str(v.get(k)) for v in variants}) > 1)
             lab = f"{lab} ({', '.join(f'{k}={cfg.get(k)}' for k in keys)})"
@@ -179,7 +179,8 @@ def _disambiguate(df: pd.DataFrame, labels: list[str]) -> list[str]:
     return out
 
 
-def _json(text: str) -> dict:
+def json_dict(text: str) -> dict:
+    """A JSON object from a results cell ({} for blank, malformed or non-object text)."""
     try:
         value = json.loads(text) if text else {}
     except json.JSONDecodeError:

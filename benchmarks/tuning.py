@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmarks.tables import GROUP, _json, aggregate
+from benchmarks.tables import GROUP, aggregate, json_dict
 
 
 def _tuned(row) -> tuple[str, float | None, dict[float, float]]:
     """(hyperparameter name, value kept, {grid value: validation accuracy}) of one final row."""
-    extra, config = _json(row["extra"]), _json(row["method_config"])
+    extra, config = json_dict(row["extra"]), json_dict(row["method_config"])
     grid = {float(k): float(v) for k, v in (extra.get("grid_val_acc") or {}).items()}
     if extra.get("tuned_value") is not None:
         return "lr", float(extra["tuned_value"]), grid
