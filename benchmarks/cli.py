@@ -28,7 +28,7 @@ METHOD_OPTIONS = {
     "--block-size": ("block_size", int, "random-features: columns of R generated per block [chosen from free memory]"),
     # trainers
     "--epochs": ("epochs", int, "trainers: number of epochs"),
-    "--lr": ("lr", float, "trainers: (maximum) learning rate"),
+    "--lr": ("lr", float, "trainers: (maximum) learning rate; airbench: per 1,024 examples, as published (11.5)"),
     "--mode": ("mode", str, "finetune: linear-probe (backbone frozen) or unfreeze"),
     "--unfreeze-blocks": ("unfreeze_blocks", int, "finetune --mode unfreeze: number of last blocks before the cut to train"),
     "--preset": ("preset", str, "finetune: seed-paper (Adam, lr 1e-6, 5 epochs, batch 32, no augmentation)"),

@@ -183,6 +183,19 @@ def _decode(source: Source, index: np.ndarray, image_size: int, desc: str, progr
     return ImageSplit(images, torch.from_numpy(source.labels[index].copy()))
 
 
+def open_dataset(name: str, data_dir: str | Path | None = None) -> tuple[Source, Source]:
+    """The (train, test) sources of ``name``, nothing decoded yet: a local copy is listed, a missing
+    one downloaded by torchvision (when online). :class:`DatasetError`, naming the fix, when neither
+    works: the cheap check a run makes for every dataset before its first cell starts."""
+    data_dir = Path(data_dir).expanduser() if data_dir else None
+    if data_dir is not None and not data_dir.exists():
+        raise DatasetError(
+            f"--data-dir {data_dir} does not exist: fix the path, or leave --data-dir out to use "
+            "torchvision's copy under the default data folder (downloaded when online)."
+        )
+    return read_dataset(name, data_dir)
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -211,13 +224,7 @@ def load_dataset(
     _check_sizes(train_per_class, test_per_class, val_fraction)
     if clamp_per_class is None:
         clamp_per_class = name.startswith("imagefolder:")
-    data_dir = Path(data_dir).expanduser() if data_dir else None
-    if data_dir is not None and not data_dir.exists():
-        raise DatasetError(
-            f"--data-dir {data_dir} does not exist: fix the path, or leave --data-dir out to use "
-            "torchvision's copy under the default data folder (downloaded when online)."
-        )
-    train, test = read_dataset(name, data_dir)
+    train, test = open_dataset(name, data_dir)
 
     rng = np.random.default_rng(data_seed)
     tr_idx, va_idx, short_train, short_test = [], [], [], []

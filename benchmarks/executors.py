@@ -1,6 +1,7 @@
 """Where cells run: in this process (default) or as tasks on a Ray cluster.
 
 :func:`run_cells` is the one entry point: it validates every cell before any work,
+checks that the data of every cell still to run is there (:func:`benchmarks.data.open_dataset`),
 claims the out folder's results file (:class:`benchmarks.results.ResultsFile`: one run
 per folder, a torn tail repaired), writes the run's metadata and hands the cells to an
 executor. Both executors take the same :class:`~benchmarks.runner.Runner` and leave the
@@ -24,11 +25,13 @@ Ray is imported here only, and only when the Ray executor is built.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from benchmarks import results as res
 from benchmarks.metadata import write_metadata
 from benchmarks.cells import Cell, describe, validate
+from benchmarks.data import open_dataset
 from benchmarks.runner import Runner, failed_row
 
 RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
@@ -193,8 +196,8 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs):
 
 def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,
               metadata: dict | None = None, set_aside_others: bool = False) -> list[dict]:
-    """Validate every cell, claim ``out_dir``'s results file, write the run's metadata, run the
-    cells not done yet; return their final rows. The one entry point of the CLI and of suites.
+    """Validate every cell, check that the data of every cell not done yet is there, claim
+    ``out_dir``'s results file, write the run's metadata, run the cells not done yet; return their final rows. The one entry point of the CLI and of suites.
     ``set_aside_others``: first move the rows of cells not in ``cells`` to ``results.superseded.csv``."""
     import dataclasses
 
@@ -202,6 +205,13 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
     executor = executor or LocalExecutor()
     for cell in cells:
         validate(cell)
+    # Every dataset a cell still to run reads must be there (or download) before anything is written:
+    # a missing --data-dir fails the command once, not each of its cells one after the other.
+    with warnings.catch_warnings():  # a torn file is repaired, and told of, under the claim below
+        warnings.simplefilter("ignore", res.ResultsWarning)
+        done = res.finished_keys(Path(out_dir) / res.RESULTS_FILE)
+    for dataset, data_dir in dict.fromkeys((c.dataset, c.data_dir) for c in cells if c.key() not in done):
+        open_dataset(dataset, data_dir)
     with res.ResultsFile(Path(out_dir)) as results:
         if set_aside_others:
             results.set_aside_cells({c.key() for c in cells})

@@ -86,7 +86,7 @@ def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, 
     n_cuts = agg["cut"].replace("", np.nan).nunique()
     if 1 < n_cuts <= 24:
         for _, r in agg[agg["cut"] != ""].iterrows():
-            ax.annotate(r["cut"].replace("denseblock", "db").replace("denselayer", "l"), (r["model_bytes"] / 1e6, r[y]),
+            ax.annotate(_short_cut(r["cut"]), (r["model_bytes"] / 1e6, r[y]),
                         fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
     _log_x(ax)
     ax.set_xlabel("model size kept after training (MB, log scale)")
@@ -99,6 +99,53 @@ def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, 
     fig_info.caption = (f"{ylabel} against the size of the model kept, mean ± std over seeds; "
                         + ("each line joins the cut layers of one configuration." if n_cuts > 1
                            else "one cut layer in these results, so one point per configuration."))
+    return fig_info
+
+
+def _short_cut(cut: str) -> str:
+    return cut.replace("denseblock", "db").replace("denselayer", "l")
+
+
+def versus_cut(finals: pd.DataFrame, out: Path, name: str = "by_cut", where: str = "") -> Figure:
+    """Training time and model size at each cut layer in depth order, one line per configuration (the
+    seeds' Figure 6), and test accuracy below them unless every cell ran on random weights (whose
+    accuracies mean nothing). Drawn when the results hold three cuts or more."""
+    fig_info = Figure(name, "Training time and model size by cut layer" + where)
+    agg = aggregate(finals, ["train_total_s", "model_bytes", "test_acc"]) if not finals.empty else pd.DataFrame()
+    if not agg.empty:
+        agg["cut_index"] = [cut_index(b, c) for b, c in zip(agg["backbone"], agg["cut"])]
+        agg = agg[agg["cut_index"] >= 0]
+    if agg.empty or agg["cut"].nunique() < 3:
+        fig_info.note = "fewer than 3 cut layers in these results: the size plots show them."
+        return fig_info
+    cut_rows = finals[finals["cut"].fillna("").astype(str) != ""]
+    random_weights = "weights" in cut_rows and cut_rows["weights"].astype(str).str.lower().eq("none").all()
+    panels = [("train_total_s", "training time (s, log scale)", 1.0), ("model_bytes", "model kept (MB)", 1e-6)]
+    if not random_weights:
+        panels.append(("test_acc", "test accuracy", 1.0))
+    plt, _ = _plt()
+    agg["series"] = _series(agg)
+    order = agg.drop_duplicates("cut").sort_values("cut_index")["cut"].tolist()
+    x_of = {c: i for i, c in enumerate(order)}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True, squeeze=False)
+    for ax, (col, label, scale) in zip(axes[:, 0], panels):
+        for series, rows in agg.groupby("series", sort=False):
+            rows = rows.sort_values("cut_index").dropna(subset=[col])
+            ax.errorbar([x_of[c] for c in rows["cut"]], rows[col] * scale, yerr=rows[f"{col}_std"].fillna(0) * scale,
+                        marker="o", markersize=5, capsize=3, label=series)
+        if col == "train_total_s":
+            ax.set_yscale("log")
+        ax.set_ylabel(label)
+    bottom = axes[-1, 0]
+    bottom.set_xticks(range(len(order)))
+    bottom.set_xticklabels([_short_cut(c) for c in order], rotation=60, ha="right", fontsize=7)
+    bottom.set_xlabel("cut layer, from the input side")
+    axes[0, 0].set_title(fig_info.title + (" (random weights: time and size only)" if random_weights else ""))
+    axes[0, 0].legend(fontsize=7, loc="best")
+    fig_info.path = _save(fig, out, name)
+    fig_info.caption = ("Counted training time and the size of the model kept at each cut layer, mean ± std over "
+                        "seeds" + ("; every cell ran on random weights, so no accuracy is shown." if random_weights
+                                   else ", and test accuracy."))
     return fig_info
 
 
@@ -248,6 +295,7 @@ def make_all(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Figu
 
 
 def _figure_set(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, suffix: str, where: str) -> list[Figure]:
+    n_cuts = finals["cut"].fillna("").astype(str).replace("", np.nan).nunique() if not finals.empty else 0
     return [
         versus_size(finals, out, "test_acc", "acc_vs_size" + suffix,
                     "Test accuracy vs model size across cut layers" + where, "test accuracy"),
@@ -258,6 +306,7 @@ def _figure_set(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, suffix: s
         time_breakdown(finals, out, "time_breakdown" + suffix, "Training time per phase" + where),
         time_to_accuracy(finals, epochs, out, "time_to_accuracy" + suffix,
                          "Time to accuracy: backprop epochs vs gradient-free fits" + where),
+        *([versus_cut(finals, out, "by_cut" + suffix, where)] if n_cuts >= 3 else []),  # a sweep over cuts
     ]
 
 

@@ -34,6 +34,18 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _describe_grids(grids: list[list[float]]) -> str:
+    """One seed's grid, or, where each seed had its own (ridge scales its alphas to the features), the
+    size of one and the range of all."""
+    if not grids:
+        return "(not recorded)"
+    if all(g == grids[0] for g in grids):
+        g = grids[0]
+        return ", ".join(_fmt(v) for v in g) if len(g) <= 8 else f"{len(g)} values, {_fmt(g[0])} to {_fmt(g[-1])}"
+    lo, hi = min(g[0] for g in grids), max(g[-1] for g in grids)
+    return f"{max(len(g) for g in grids)} values a seed (scaled per seed), {_fmt(lo)} to {_fmt(hi)}"
+
+
 def tuning_table(finals: pd.DataFrame) -> pd.DataFrame:
     """One line per configuration that chose something on validation (module docstring)."""
     cols = ["hyperparameter", "grid", "chosen (per seed)", "at an end of the grid",
@@ -49,7 +61,6 @@ def tuning_table(finals: pd.DataFrame) -> pd.DataFrame:
             continue
         name = picks[0][0]
         grids = [sorted(g) for _, _, g in picks if len(g) > 1]
-        grid = sorted(set().union(*grids)) if grids else []
         chosen = [v for _, v, _ in picks]
         edges = [v for v, (_, _, g) in zip(chosen, picks) if len(g) > 1 and v in (min(g), max(g))]
         spreads = [max(g.values()) - min(g.values()) for _, _, g in picks if len(g) > 1]
@@ -58,8 +69,7 @@ def tuning_table(finals: pd.DataFrame) -> pd.DataFrame:
         tune = pd.to_numeric(finals.loc[cells.index, "tune_s"], errors="coerce") if "tune_s" in finals else None
         rows.append({
             **dict(zip(GROUP, key)), "seeds": cells["seed"].nunique(), "hyperparameter": name,
-            "grid": (", ".join(_fmt(v) for v in grid) if len(grid) <= 8
-                     else f"{len(grid)} values, {_fmt(grid[0])} to {_fmt(grid[-1])}") if grid else "(not recorded)",
+            "grid": _describe_grids(grids),
             "chosen (per seed)": ", ".join(_fmt(v) for v in chosen),
             "at an end of the grid": f"{len(edges)} of {len(chosen)}" if grids else "",
             "val acc over the grid (min-max)": (f"{np.mean(lows):.3f}-{np.mean(highs):.3f} "

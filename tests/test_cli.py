@@ -47,12 +47,17 @@ def test_projection_none_is_the_control(tmp_path, cifar10_dir, mobilenet_weights
     assert row["n_components"] == "0"
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path, capsys):
-    code = main(["run", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
-                 "--no-progress"])
-    err = capsys.readouterr()
-    assert code != 0
-    assert str(tmp_path / "nowhere") in err.out + err.err
+def test_missing_dataset_is_a_clear_error_before_any_cell(tmp_path, capsys):
+    # A suite of cells reading a folder that is not there fails once, up front: no failed row per cell.
+    suite = tmp_path / "two.toml"
+    suite.write_text('[settings]\ndataset = "cifar10"\nimage_size = 32\ntrain_per_class = 5\n'
+                     'test_per_class = 5\n\n[[grid]]\nmethod = "small_cnn"\nseed = [0, 1]\n')
+    for argv in (["run", "--dataset", "cifar10"], ["run", "--suite", str(suite)]):
+        out = tmp_path / argv[-1].replace("/", "_")
+        code = main([*argv, "--data-dir", str(tmp_path / "nowhere"), "--out", str(out), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--data-dir {tmp_path / 'nowhere'} does not exist" in err
+        assert not out.exists()
 
 
 def test_unknown_cut_is_rejected_before_any_work(tmp_path, capsys):

@@ -174,22 +174,31 @@ SMALL_CNN = """
 """
 
 
+def _stop_in_the_second_cell(monkeypatch, stop):
+    """Make ``Runner.run_cell`` call ``stop()`` as the second cell starts; return the real method."""
+    real_run_cell = Runner.run_cell
+    calls = []
+
+    def run_cell(self, cell, sink):
+        calls.append(cell.key())
+        if len(calls) == 2:
+            stop()
+        return real_run_cell(self, cell, sink)
+
+    monkeypatch.setattr(Runner, "run_cell", run_cell)
+    return real_run_cell
+
+
 @pytest.mark.slow
 def test_interrupted_suite_resumes_without_repeating_or_duplicating(tmp_path, tiny_dir, mobilenet_weights,
                                                                     monkeypatch, capsys):
     path = _suite(tmp_path, SETTINGS + RF + SMALL_CNN)
     out = tmp_path / "out"
     args = ["run", "--suite", str(path), "--data-dir", str(tiny_dir), "--out", str(out), "--no-progress"]
-    real_run_cell = Runner.run_cell
-    calls = []
+    def ctrl_c():
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the second cell
 
-    def interrupted(self, cell, sink):
-        calls.append(cell.key())
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the second cell
-        return real_run_cell(self, cell, sink)
-
-    monkeypatch.setattr(Runner, "run_cell", interrupted)
+    real_run_cell = _stop_in_the_second_cell(monkeypatch, ctrl_c)
     assert main(args) == 130
     first = read_rows(out / "results.csv")
     assert [r["row_type"] for r in first] == ["final"]
@@ -258,17 +267,11 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_run_resumes(tmp_path, tiny_d
     path = _suite(tmp_path, SETTINGS + RF)
     out = tmp_path / "out"
     args = ["run", "--suite", str(path), "--data-dir", str(tiny_dir), "--out", str(out), "--no-progress"]
-    real_run_cell = Runner.run_cell
-    calls = []
+    def kill():
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread, in the middle of the cell
+        time.sleep(5)  # never reached: the handler raises first
 
-    def terminated(self, cell, sink):
-        calls.append(cell.key())
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread, in the middle of the cell
-            time.sleep(5)  # never reached: the handler raises first
-        return real_run_cell(self, cell, sink)
-
-    monkeypatch.setattr(Runner, "run_cell", terminated)
+    real_run_cell = _stop_in_the_second_cell(monkeypatch, kill)
     before = signal.getsignal(signal.SIGTERM)
     assert main(args) == 143
     assert signal.getsignal(signal.SIGTERM) == before  # main() leaves the process's handler as it was

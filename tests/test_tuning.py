@@ -61,6 +61,17 @@ def test_tuning_table_reports_choices_edges_spread_and_cost(results):
     assert rf["at an end of the grid"] == "0 of 2" and rf["tune_s"] == ""
 
 
+def test_per_seed_grids_are_described_by_one_seeds_size_and_the_range(tmp_path):
+    # Ridge scales its alpha grid to each seed's features: the table must not list their union as one grid.
+    rows = [_rf(seed, 800, 10.0 ** (seed + 1), {str(10.0 ** (seed + i)): 0.5 + i / 10 for i in range(3)}, 0.6)
+            for seed in (0, 1)]
+    append_rows(tmp_path / "results.csv", rows)
+    finals, _, _ = split_rows(load_results(tmp_path))
+    rf = tuning_table(finals).iloc[0]
+    assert rf["grid"] == "3 values a seed (scaled per seed), 1 to 1e+03"
+    assert rf["chosen (per seed)"] == "10, 100" and rf["at an end of the grid"] == "0 of 2"
+
+
 def test_two_training_set_sizes_are_two_rows_not_seeds(results):
     finals, _, _ = split_rows(load_results(results))
     acc = accuracy_table(finals)
@@ -95,3 +106,24 @@ def test_a_preset_is_labelled_by_what_it_runs_not_by_the_options_it_overrode():
     finetune = REGISTRY["finetune"]
     assert finetune.label({"preset": "seed-paper", "mode": "linear-probe"}) == "unfreeze (seed-paper)"
     assert finetune.label({"mode": "linear-probe"}) == "linear-probe"
+
+
+@pytest.mark.parametrize("weights", ["none", "IMAGENET1K_V1"])
+def test_a_sweep_over_cuts_gets_the_seeds_figure_6(tmp_path, weights):
+    # Time and size by cut layer (rows out of depth order); accuracy only when the weights were real.
+    cuts = ["denseblock4.denselayer8", "denseblock3.denselayer4", "norm5"]
+    rows = []
+    for i, cut in enumerate(cuts):
+        base = {**DATA, "backbone": "densenet169", "cut": cut, "weights": weights, "n_train": 800}
+        rows.append({**_rf(0, 800, 1.0, {"1": 0.5, "10": 0.4}, 0.5), **base, "cell_key": f"rf-{cut}",
+                     "train_total_s": 5.0 + i, "model_bytes": 1e6 * (i + 1)})
+        rows += [{**r, **base, "cell_key": f"ft-{cut}"} for r in _ft(0, 800, 0.3, {"0.3": 0.5, "1": 0.4}, 0.4)]
+    append_rows(tmp_path / "results.csv", rows)
+    md = build_report(tmp_path).read_text()
+    png = tmp_path / "report" / "by_cut.png"
+    assert png.stat().st_size > 5000 and "](by_cut.png)" in md
+    random_caption = "every cell ran on random weights, so no accuracy is shown"
+    assert (random_caption in md) == (weights == "none")
+    finals, _, _ = split_rows(load_results(tmp_path))
+    from benchmarks.plots import versus_cut
+    assert versus_cut(finals[finals["cut"] != "norm5"], tmp_path).note.startswith("fewer than 3 cut layers")
