@@ -128,7 +128,9 @@ def versus_cut(finals: pd.DataFrame, out: Path, name: str = "by_cut", where: str
     order = agg.drop_duplicates("cut").sort_values("cut_index")["cut"].tolist()
     x_of = {c: i for i, c in enumerate(order)}
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.0 * len(panels)), sharex=True, squeeze=False)
+    colours = plt.get_cmap("tab20").colors
     for ax, (col, label, scale) in zip(axes[:, 0], panels):
+        ax.set_prop_cycle(color=colours)
         for series, rows in agg.groupby("series", sort=False):
             rows = rows.sort_values("cut_index").dropna(subset=[col])
             ax.errorbar([x_of[c] for c in rows["cut"]], rows[col] * scale, yerr=rows[f"{col}_std"].fillna(0) * scale,
@@ -141,7 +143,8 @@ def versus_cut(finals: pd.DataFrame, out: Path, name: str = "by_cut", where: str
     bottom.set_xticklabels([_short_cut(c) for c in order], rotation=60, ha="right", fontsize=7)
     bottom.set_xlabel("cut layer, from the input side")
     axes[0, 0].set_title(fig_info.title + (" (random weights: time and size only)" if random_weights else ""))
-    axes[0, 0].legend(fontsize=7, loc="best")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    bottom.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=1)
     fig_info.path = _save(fig, out, name)
     fig_info.caption = ("Counted training time and the size of the model kept at each cut layer, mean ± std over "
                         "seeds" + ("; every cell ran on random weights, so no accuracy is shown." if random_weights
