@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import numbers
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -331,6 +332,25 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
     return {"train_acc": train_acc, "val_acc": best_acc, "test_acc": test_acc,
             "best_epoch": best_epoch, "epochs": epochs, "epochs_run": epoch, **model_size(model),
             "train_precision": precision_label(feed.amp_dtype)}
+
+
+def fit_recipe(model: nn.Module, ctx, cfg, feed: Feed, lr: float, epochs: int, desc: str,
+               score_test: bool = False) -> dict:
+    """:func:`fit` with a Config's recipe: its optimizer (``optimizer``, ``weight_decay``,
+    ``momentum``) at ``lr``, its ``schedule`` over the run's steps, cross-entropy with its
+    ``label_smoothing``, early stopping after its ``patience``."""
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
+    steps = epochs * n_train_batches(len(ctx.data.train), feed.batch_size)
+    scheduler = make_scheduler(cfg.schedule, optimizer, lr, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    return fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=desc, patience=cfg.patience,
+               score_test=score_test)
+
+
+def check_epochs(epochs) -> None:
+    """A whole number of epochs, at least one (airbench alone cuts its last epoch short)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r} (only airbench takes a fraction)")
 
 
 def check_budget(cfg) -> None:

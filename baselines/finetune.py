@@ -85,8 +85,7 @@ class FineTuneConfig:
                                  f"choose one of: {', '.join(allowed)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        _training.check_epochs(self.epochs)
         _training.check_budget(self)
         if self.unfreeze_blocks < 0:
             raise ValueError(f"unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
@@ -219,10 +218,5 @@ class FineTune:
             flip=cfg.augment,
             channels_last=device.type == "cuda",  # build_backbone lays the backbone out channels-last on CUDA
         )
-        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
-        steps = epochs * _training.n_train_batches(len(data.train), feed.batch_size)
-        scheduler = _training.make_scheduler(cfg.schedule, optimizer, lr, steps)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        out = _training.fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=self.name,
-                            patience=cfg.patience, score_test=score_test)
+        out = _training.fit_recipe(model, ctx, cfg, feed, lr, epochs, desc=self.name, score_test=score_test)
         return model, out, feed

@@ -76,8 +76,7 @@ class SmallCNNConfig:
     tune_epochs: int | None = None  # with lr_grid: try each rate for this many epochs, then train the best in full
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        _training.check_epochs(self.epochs)
         if self.depth < 1 or self.width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
         _training.check_budget(self)
@@ -134,10 +133,5 @@ class SmallCNN(FromScratch):
             pad_px=_training.default_pad_px(data.image_size) if cfg.augment else 0,
             flip=cfg.augment, channels_last=cfg.channels_last,
         )
-        optimizer = _training.make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
-        steps = epochs * _training.n_train_batches(len(data.train), feed.batch_size)
-        scheduler = _training.make_scheduler(cfg.schedule, optimizer, lr, steps)
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        out = _training.fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=self.name,
-                            patience=cfg.patience, score_test=score_test)
+        out = _training.fit_recipe(model, ctx, cfg, feed, lr, epochs, desc=self.name, score_test=score_test)
         return model, out, feed

@@ -224,8 +224,7 @@ class WRN22Config:
     amp: bool = True  # fastai to_fp16() on CUDA (DAWNBench); ignored on CPU
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        _training.check_epochs(self.epochs)
         if self.width < 1 or self.blocks_per_group < 1:
             raise ValueError("width and blocks_per_group must be >= 1, "
                              f"got {self.width} and {self.blocks_per_group}")

@@ -27,7 +27,7 @@ METHOD_OPTIONS = {
     "--pool-size": ("pool_size", int, "random-features/finetune: average-pool feature maps to NxN first; 0 keeps them whole [0]"),
     "--block-size": ("block_size", int, "random-features: columns of R generated per block [chosen from free memory]"),
     # trainers
-    "--epochs": ("epochs", int, "trainers: number of epochs"),
+    "--epochs": ("epochs", "epochs", "trainers: number of epochs; airbench alone takes a fraction (9.9, as published)"),
     "--lr": ("lr", float, "trainers: (maximum) learning rate; airbench: per 1,024 examples, as published (11.5)"),
     "--mode": ("mode", str, "finetune: linear-probe (backbone frozen) or unfreeze"),
     "--unfreeze-blocks": ("unfreeze_blocks", int, "finetune --mode unfreeze: number of last blocks before the cut to train"),
@@ -49,6 +49,15 @@ def _parse_floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _parse_epochs(text: str) -> int | float:
+    """A whole number of epochs, or a fraction (airbench's 9.9): each trainer's Config says which it takes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs, got {text!r}") from None
+    return int(value) if value.is_integer() else value
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -98,8 +107,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     for flag, (dest, typ, help_) in METHOD_OPTIONS.items():
         if typ == "false":
             g.add_argument(flag, dest=dest, action="store_const", const=False, default=None, help=help_)
-        elif typ == "floats":
-            g.add_argument(flag, dest=dest, type=_parse_floats, default=None, help=help_)
+        elif typ in ("floats", "epochs"):
+            g.add_argument(flag, dest=dest, type=_parse_floats if typ == "floats" else _parse_epochs, default=None,
+                           help=help_)
         else:
             g.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
     g = p.add_argument_group("execution")

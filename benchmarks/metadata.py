@@ -81,3 +81,16 @@ def write_metadata(out_dir: str | Path, run_id: str, config: dict, argv: list[st
     }
     atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     return path
+
+
+def read_metadata(out_dir: str | Path) -> list[dict]:
+    """Every readable ``out_dir/runs/*/metadata.json``, in run-id order (unreadable ones skipped)."""
+    runs = []
+    for path in sorted(Path(out_dir).glob("runs/*/metadata.json")):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(meta, dict):
+            runs.append(meta)
+    return runs

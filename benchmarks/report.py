@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import sys
 from pathlib import Path
 
@@ -29,9 +28,11 @@ import pandas as pd
 
 from benchmarks import plots
 from benchmarks.comparison import time_to_accuracy_table
+from benchmarks.metadata import read_metadata
 from benchmarks.tables import (accuracy_table, failed_table, load_results, results_csv, size_table, split_rows,
                                summary_table, time_table)
 from benchmarks.tuning import tuning_table
+from benchmarks.walltime import cell_walls, format_duration, wall_note
 
 SELECTION_NOTE = ("Hyperparameters were selected on the validation split: the ridge penalty alpha of random "
                   "features (the best of its grid by validation accuracy, then refitted on train + validation) "
@@ -71,15 +72,16 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_info(csv: Path) -> list[dict]:
+def _run_info(csv: Path, finals: pd.DataFrame) -> list[dict]:
+    walls = cell_walls(csv.parent)
     runs = []
-    for meta in sorted(csv.parent.glob("runs/*/metadata.json")):
-        try:
-            m = json.loads(meta.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        runs.append({"run": m.get("run_id"), "started": m.get("started_at"), "cpu": m.get("cpu"),
-                     "cpus": m.get("cpu_count"), "gpus": ", ".join(m.get("cuda_devices") or []) or "none",
+    for m in read_metadata(csv.parent):
+        mine = finals.loc[finals["run_id"] == m.get("run_id"), "cell_key"]
+        timed = [walls[(m.get("run_id"), key)] for key in mine if (m.get("run_id"), key) in walls]
+        runs.append({"run": m.get("run_id"), "started": m.get("started_at"), "cells counted": len(mine),
+                     "their wall": format_duration(sum(timed)) if timed else "",
+                     "cpu": m.get("cpu"), "cpus": m.get("cpu_count"),
+                     "gpus": ", ".join(m.get("cuda_devices") or []) or "none",
                      "torch": (m.get("packages") or {}).get("torch"),
                      "commit": ((m.get("git") or {}).get("commit") or "")[:10]})
     return runs
@@ -98,7 +100,8 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
     datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d)) if not finals.empty else ""
     sections: list[tuple[str, str, object]] = [
         ("Summary", f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {suites}; dataset(s): "
-                    f"{datasets}. Mean ± std over seeds (std blank with one seed).", summary_table(df)),
+                    f"{datasets}. Mean ± std over seeds (std blank with one seed). {wall_note(csv.parent, finals)}",
+         summary_table(df)),
         ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
         ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
         ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs)),
@@ -130,7 +133,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
                       f'<img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">']
     md += ["## Failed cells\n", markdown_table(failed_table(failed))]
     body_html += ["<h2>Failed cells</h2>", _html_table(failed_table(failed))]
-    runs = pd.DataFrame(_run_info(csv))
+    runs = pd.DataFrame(_run_info(csv, finals))
     md += ["## Runs\n", markdown_table(runs)]
     body_html += ["<h2>Runs</h2>", _html_table(runs)]
     (out / "report.md").write_text("\n".join(md))

@@ -161,22 +161,47 @@ def _number_or_text(text: str) -> int | float | str:
     return text
 
 
+# The search spaces that choose a hyperparameter on validation: named in a label only where they
+# alone tell apart two configurations of one group, so that a mode keeps its name across cuts whose
+# grids differ.
+_TUNING_OPTIONS = ("lr_grid", "alphas", "tune_epochs")
+
+
 def _disambiguate(df: pd.DataFrame, labels: list[str]) -> list[str]:
     """Append the options that differ between configurations sharing a label (``small_cnn (lr=0.05)``),
-    so that mean ± std only ever runs over seeds."""
-    configs = [json_dict(c) for c in df["method_config"]]
-    by_label: dict[tuple, set[str]] = {}
-    for method, lab, cfg in zip(df["method"], labels, df["method_config"]):
+    so that mean ± std only ever runs over seeds. A search space (:data:`_TUNING_OPTIONS`) is named
+    only where it is needed for that: in a group of the other :data:`GROUP` axes, two configurations
+    that differ in nothing else."""
+    axes = [c for c in GROUP if c != "config"]
+    variants: dict[tuple[str, str], dict[tuple, set[str]]] = {}
+    for i, (method, lab, cfg) in enumerate(zip(df["method"], labels, df["method_config"])):
         if cfg:
-            by_label.setdefault((method, lab), set()).add(cfg)
+            where = tuple(str(df[a].iat[i]) for a in axes)
+            variants.setdefault((method, lab), {}).setdefault(where, set()).add(cfg)
+    named = {key: _named_options([[json_dict(c) for c in sorted(cfgs)] for cfgs in groups.values()])
+             for key, groups in variants.items()}
     out = []
-    for method, lab, cfg in zip(df["method"], labels, configs):
-        variants = [json_dict(c) for c in by_label.get((method, lab), ())]
-        if len(variants) > 1 and cfg:
-            keys = sorted(k for k in set().union(*variants) if len({str(v.get(k)) for v in variants}) > 1)
-            lab = f"{lab} ({', '.join(f'{k}={cfg.get(k)}' for k in keys)})"
+    for method, lab, cfg in zip(df["method"], labels, df["method_config"]):
+        keys = named.get((method, lab), [])
+        if keys and cfg:
+            options = json_dict(cfg)
+            lab = f"{lab} ({', '.join(f'{k}={options.get(k)}' for k in keys)})"
         out.append(lab)
     return out
+
+
+def _named_options(groups: list[list[dict]]) -> list[str]:
+    """The options whose values differ between the configurations of ``groups`` (lists of configs);
+    a tuning option only if some two configurations of one group differ in no other option."""
+    everything = [c for group in groups for c in group]
+    differ = sorted(k for k in set().union(*everything) if len({str(c.get(k)) for c in everything}) > 1)
+    plain = [k for k in differ if k not in _TUNING_OPTIONS]
+
+    def same(a: dict, b: dict, keys: list[str]) -> bool:
+        return all(str(a.get(k)) == str(b.get(k)) for k in keys)
+
+    tied = any(same(a, b, plain) for group in groups for i, a in enumerate(group) for b in group[i + 1:])
+    return differ if tied else plain
 
 
 def json_dict(text: str) -> dict:

@@ -25,6 +25,17 @@ class BlockProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
             raise ValueError(f"X has no features (shape {tuple(X.shape)}); nothing to project.")
 
     @property
+    def nbytes(self) -> int:
+        """Bytes the fitted projection stores: none, its parameters are regenerated from the seed
+        (``matrix_bytes`` is what they would take if kept)."""
+        return 0
+
+    @property
+    def param_count(self) -> int:
+        """Stored parameters: none (the seed is a hyperparameter)."""
+        return 0
+
+    @property
     def _n_features_out(self) -> int:
         return int(self.n_components)
 

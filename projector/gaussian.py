@@ -234,17 +234,6 @@ class _RandomProjection(BlockProjection):
         """P: (rows, halves * c) products with the unscaled R -> features (rows, c) float32."""
         raise NotImplementedError
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes the fitted projection stores: none, R is regenerated from the seed."""
-        return 0
-
-    @property
-    def param_count(self) -> int:
-        """Stored parameters: none (the seed is a hyperparameter)."""
-        return 0
-
-
 
 class GaussianProjection(_RandomProjection):
     """Simulated-OPU random features ``Y = |X R|^2``.

@@ -246,15 +246,6 @@ class StructuredProjection(BlockProjection):
         return pairs[..., 0].to(dtype), pairs[..., 1].to(dtype)
 
     @property
-    def nbytes(self) -> int:
-        """Bytes stored: none, the parameters follow from the seed."""
-        return 0
-
-    @property
-    def param_count(self) -> int:
-        return 0
-
-    @property
     def matrix_bytes(self) -> int:
         """Bytes of the parameters if they were kept: per transform n_hd sign vectors and the
         row scales (float32, d each) and the injection (int64, m): O(k), not O(m k)."""

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from baselines.finetune import FineTuneConfig
 from benchmarks.cli import main
 from benchmarks.results import read_rows
 
@@ -65,6 +66,22 @@ def test_unknown_cut_is_rejected_before_any_work(tmp_path, capsys):
     assert code == 2
     assert "gradfree cuts" in capsys.readouterr().err
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_a_fraction_of_an_epoch_is_airbench_only(tmp_path, capsys):
+    # airbench94 runs 9.9 epochs as published (any fraction goes); a trainer counting whole epochs refuses 9.5 up front
+    common = ["--dataset", "cifar10", "--image-size", "32", "--dry-run", "--no-progress"]
+    assert main(["run", "--method", "airbench", "--epochs", "9.5", "--out", str(tmp_path / "a"), *common]) == 0
+    assert "epochs=9.5" in capsys.readouterr().out
+    code = main(["run", "--method", "small_cnn", "--epochs", "9.5", "--out", str(tmp_path / "b"), *common])
+    err = capsys.readouterr().err
+    assert code == 2 and "epochs = 9.5: expected a whole number" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit
+        main(["run", "--method", "small_cnn", "--epochs", "ten", "--out", str(tmp_path / "c"), *common])
+    assert stop.value.code == 2 and "expected a number of epochs, got 'ten'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="whole number >= 1, got 9.5"):  # and so does its Config, from Python
+        FineTuneConfig(epochs=9.5)
 
 
 def test_cuts_command(capsys):

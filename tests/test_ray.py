@@ -9,22 +9,12 @@ import pytest
 from benchmarks.cli import main
 from benchmarks.executors import RayExecutor, make_executor
 from benchmarks.results import read_rows
-from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
+from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.slow
 
 # Random features + ridge are deterministic given the seed: the same cells must give the same accuracies.
-SUITE = """
-    description = "ray equivalence"
-    [settings]
-    dataset = "cifar10"
-    image_size = 32
-    train_per_class = 10
-    test_per_class = 5
-    batch_size = 64
-    device = "cpu"
-    threads = 1                # steady on a busy machine
-    seed = [0, 1]
+SUITE = tiny_settings("ray equivalence", seed="[0, 1]") + """
     [[grid]]
     method = "random-features"
     n_components = [128, 256]

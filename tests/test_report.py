@@ -20,22 +20,12 @@ from benchmarks.plots import time_to_accuracy_data
 from benchmarks.report import build_report
 from benchmarks.tables import (BACKPROP, GRADIENT_FREE, UNKNOWN, load_results, side, split_rows, split_sides,
                                summary_table, time_table)
-from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
+from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = REPO / "results" / "quick" / "results.csv"
 
-SUITE = """
-    description = "tiny report"
-    [settings]
-    dataset = "cifar10"
-    image_size = 32
-    train_per_class = 10
-    test_per_class = 5
-    batch_size = 64
-    device = "cpu"
-    threads = 1                # steady on a busy machine
-    seed = [0, 1]
+SUITE = tiny_settings("tiny report", seed="[0, 1]") + """
     [[grid]]                   # two cuts, two seeds
     method = "random-features"
     n_components = 128
@@ -91,6 +81,9 @@ def test_report_writes_markdown_html_and_every_plot(results, tmp_path):
     assert "±" in md and "## Failed cells" in md and "DatasetError" in md and "asked for 11" in md
     for title in ("## Accuracy", "## Time breakdown", "## Model size", "features.14", "linear-probe"):
         assert title in md
+    # the suite's measured wall time, from its rows' timestamps and its run's start
+    n_finals = sum(r["row_type"] == "final" for r in csv.DictReader(open(results / "results.csv")))
+    assert "Wall time of the counted cells: " in md and f"({n_finals} cells over 1 run(s);" in md
 
 
 @pytest.mark.slow
@@ -238,6 +231,37 @@ def test_labels_come_from_each_method(tmp_path):
     assert set(df.loc[df["row_type"] == "final", "config"]) == {
         "sign+gaussian k=1000", "sign+gaussian k=10000", "ridge on raw features", "linear-probe", "small_cnn",
         "sign+kernel k=inf"}
+
+
+def _labels(folder: Path, rows: list[dict]) -> dict[str, str]:
+    df = load_results(_write_rows(folder / "results.csv", rows))
+    return dict(zip(df["cell_key"], df["config"]))
+
+
+def test_a_search_grid_is_named_only_where_it_alone_tells_configurations_apart(tmp_path):
+    _, rows = _quick_rows()
+    probe = next(r for r in rows if r["method"] == "finetune" and r["row_type"] == "final")
+    options = json.loads(probe["method_config"])
+
+    def variant(key: str, cut: str, grid: list[float], **more) -> dict:
+        return dict(probe, cell_key=key * 16, cut=cut,
+                    method_config=json.dumps({**options, "lr_grid": grid, **more}))
+
+    per_cut = [variant("a", "features.7", [0.1, 1.0]), variant("b", "features.18", [0.03, 0.3])]
+    labels = _labels(tmp_path / "a", per_cut)
+    assert labels["a" * 16] == labels["b" * 16] == "linear-probe"  # one line across cuts
+
+    # two grids at the same cut and nothing else different: the grid is what tells them apart
+    same_cut = [*per_cut, variant("c", "features.18", [0.001, 0.01])]
+    labels = _labels(tmp_path / "b", same_cut)
+    assert labels["b" * 16] == "linear-probe (lr_grid=[0.03, 0.3])"
+    assert labels["c" * 16] == "linear-probe (lr_grid=[0.001, 0.01])"
+
+    # another option differs too: it names them, and the grid stays out of the label
+    other = [*per_cut, variant("d", "features.18", [0.001, 0.01], epochs=9)]
+    labels = _labels(tmp_path / "c", other)
+    assert labels["a" * 16] == labels["b" * 16] == "linear-probe (epochs=2)"
+    assert labels["d" * 16] == "linear-probe (epochs=9)"
 
 
 def test_cached_marks_follow_their_rows():

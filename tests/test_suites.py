@@ -16,7 +16,7 @@ from benchmarks.cli import main
 from benchmarks.results import read_rows
 from benchmarks.runner import Runner
 from benchmarks.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
-from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
+from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
 
 def _suite(tmp_path, text: str, name: str = "tiny"):
@@ -149,18 +149,7 @@ def test_dry_run_lists_cells_with_estimates_and_runs_nothing(tmp_path, capsys):
 def tiny_dir(cifar10_dir, tmp_path_factory):
     return tiny_cifar10(cifar10_dir, tmp_path_factory.mktemp("cifar10-tiny"))
 
-SETTINGS = """
-    description = "tiny real run"
-    [settings]
-    dataset = "cifar10"
-    image_size = 32
-    train_per_class = 10
-    test_per_class = 5
-    batch_size = 64
-    device = "cpu"
-    threads = 1                # steady on a busy machine
-    seed = 0
-"""
+SETTINGS = tiny_settings("tiny real run")
 RF = """
     [[grid]]
     method = "random-features"

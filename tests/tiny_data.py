@@ -25,6 +25,23 @@ def tiny_cifar10(src: Path, dst: Path, train_per_class: int = 10, test_per_class
     return dst
 
 
+def tiny_settings(description: str, seed: str = "0") -> str:
+    """A suite's ``[settings]`` over :func:`tiny_cifar10`'s images (TOML, to dedent), ``seed`` its
+    seed axis as TOML (``"[0, 1]"``); its ``[[grid]]`` tables follow."""
+    return f"""
+    description = "{description}"
+    [settings]
+    dataset = "cifar10"
+    image_size = 32
+    train_per_class = 10
+    test_per_class = 5
+    batch_size = 64
+    device = "cpu"
+    threads = 1                # steady on a busy machine
+    seed = {seed}
+"""
+
+
 @pytest.fixture(autouse=True)
 def restore_torch_threads():
     """Tiny suites run cells with ``threads = 1`` (steadier on a busy machine), which the runner sets
