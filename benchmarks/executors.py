@@ -197,7 +197,8 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs):
 def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,
               metadata: dict | None = None, set_aside_others: bool = False) -> list[dict]:
     """Validate every cell, check that the data of every cell not done yet is there, claim
-    ``out_dir``'s results file, write the run's metadata, run the cells not done yet; return their final rows. The one entry point of the CLI and of suites.
+    ``out_dir``'s results file, write the run's metadata, run the cells not done yet; return their
+    final rows. The one entry point of the CLI and of suites.
     ``set_aside_others``: first move the rows of cells not in ``cells`` to ``results.superseded.csv``."""
     import dataclasses
 

@@ -72,8 +72,7 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run_info(csv: Path, finals: pd.DataFrame) -> list[dict]:
-    walls = cell_walls(csv.parent)
+def _run_info(csv: Path, finals: pd.DataFrame, walls: dict[tuple[str, str], float]) -> list[dict]:
     runs = []
     for m in read_metadata(csv.parent):
         mine = finals.loc[finals["run_id"] == m.get("run_id"), "cell_key"]
@@ -94,13 +93,14 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     df = load_results(csv, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     finals, epochs, failed = split_rows(df)
+    walls = cell_walls(csv.parent)
     figures = plots.make_all(finals, epochs, out)
 
     suites = ", ".join(sorted(s for s in df["suite"].unique() if s)) or "(single runs)"
     datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d)) if not finals.empty else ""
     sections: list[tuple[str, str, object]] = [
         ("Summary", f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {suites}; dataset(s): "
-                    f"{datasets}. Mean ± std over seeds (std blank with one seed). {wall_note(csv.parent, finals)}",
+                    f"{datasets}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}",
          summary_table(df)),
         ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
         ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
@@ -133,7 +133,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
                       f'<img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">']
     md += ["## Failed cells\n", markdown_table(failed_table(failed))]
     body_html += ["<h2>Failed cells</h2>", _html_table(failed_table(failed))]
-    runs = pd.DataFrame(_run_info(csv, finals))
+    runs = pd.DataFrame(_run_info(csv, finals, walls))
     md += ["## Runs\n", markdown_table(runs)]
     body_html += ["<h2>Runs</h2>", _html_table(runs)]
     (out / "report.md").write_text("\n".join(md))

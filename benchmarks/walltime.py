@@ -13,12 +13,11 @@ several resumed runs. With parallel workers the cells overlap and only a run's t
 
 from __future__ import annotations
 
-import csv
 from datetime import datetime
 from pathlib import Path
 
 from benchmarks.metadata import read_metadata
-from benchmarks.results import INTERRUPTED_FILE, SUPERSEDED_FILE
+from benchmarks.results import INTERRUPTED_FILE, RESULTS_FILE, SUPERSEDED_FILE, read_rows
 
 
 def _stamp(text: str | None) -> float | None:
@@ -29,17 +28,14 @@ def _stamp(text: str | None) -> float | None:
 
 
 def _ends(folder: Path) -> dict[str, list[tuple[float, str]]]:
-    """(time, cell_key) of every final or failed row, per run id, in time order."""
+    """(time, cell_key) of every final or failed row, per run id, in time order (the files read as
+    strictly as a report reads them: a torn row is skipped, with a warning)."""
     ends: dict[str, list[tuple[float, str]]] = {}
-    for name in ("results.csv", SUPERSEDED_FILE, INTERRUPTED_FILE):
-        try:
-            with open(folder / name, newline="") as f:
-                for row in csv.DictReader(f):
-                    t = _stamp(row.get("finished_at"))
-                    if row.get("row_type") in ("final", "failed") and t is not None:
-                        ends.setdefault(row.get("run_id") or "", []).append((t, row.get("cell_key") or ""))
-        except (OSError, csv.Error):
-            continue
+    for name in (RESULTS_FILE, SUPERSEDED_FILE, INTERRUPTED_FILE):
+        for row in read_rows(folder / name):
+            t = _stamp(row.get("finished_at"))
+            if row.get("row_type") in ("final", "failed") and t is not None:
+                ends.setdefault(row.get("run_id") or "", []).append((t, row.get("cell_key") or ""))
     return {run: sorted(times) for run, times in ends.items()}
 
 
@@ -68,9 +64,9 @@ def cell_walls(folder: str | Path) -> dict[tuple[str, str], float]:
     return walls
 
 
-def suite_wall(folder: str | Path, cells: list[tuple[str, str]]) -> tuple[float, int, int]:
-    """(seconds, cells timed, runs) for the (run_id, cell_key) pairs a report counts."""
-    walls = cell_walls(folder)
+def suite_wall(walls: dict[tuple[str, str], float], cells: list[tuple[str, str]]) -> tuple[float, int, int]:
+    """(seconds, cells timed, runs) of the (run_id, cell_key) pairs a report counts, from
+    :func:`cell_walls`."""
     timed = [c for c in cells if c in walls]
     return sum(walls[c] for c in timed), len(timed), len({run for run, _ in timed})
 
@@ -85,9 +81,9 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def wall_note(folder: str | Path, finals) -> str:
+def wall_note(walls: dict[tuple[str, str], float], finals) -> str:
     """One sentence for a report: the wall time of the cells ``finals`` (its rows) counts."""
-    seconds, timed, runs = suite_wall(folder, list(zip(finals["run_id"], finals["cell_key"])))
+    seconds, timed, runs = suite_wall(walls, list(zip(finals["run_id"], finals["cell_key"])))
     if not timed:
         return "No wall time on record (no run metadata)."
     missing = f"; {len(finals) - timed} without a start on record" if timed < len(finals) else ""

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from benchmarks.results import SCHEMA, SUPERSEDED_FILE
+from benchmarks.results import SCHEMA, SUPERSEDED_FILE, ResultsWarning
 from benchmarks.walltime import cell_walls, format_duration, suite_wall, wall_note
 
 T0 = "2026-12-01T10:00:00+00:00"
@@ -51,19 +52,28 @@ def test_each_cell_runs_from_the_end_of_the_one_before_it_even_a_set_aside_one(t
     walls = cell_walls(tmp_path)
     assert walls == {("A", "c1"): 10, ("A", "c2"): 15, ("A", "c3"): 15, ("B", "c4"): 5, ("C", "c6"): 21}
     counted = [("A", "c1"), ("A", "c3"), ("B", "c4"), ("C", "c5"), ("C", "c6")]
-    assert suite_wall(tmp_path, counted) == (51, 4, 3)
+    assert suite_wall(walls, counted) == (51, 4, 3)
 
     finals = pd.DataFrame(counted, columns=["run_id", "cell_key"])
-    note = wall_note(tmp_path, finals)
+    note = wall_note(walls, finals)
     assert "51 s (4 cells over 3 run(s); 1 without a start on record" in note
 
 
 def test_a_folder_without_metadata_says_so(tmp_path):
     _rows(tmp_path / "results.csv", [_row("A", "c1", _at(10))])
     assert cell_walls(tmp_path) == {}
-    assert wall_note(tmp_path, pd.DataFrame({"run_id": ["A"], "cell_key": ["c1"]})).startswith("No wall time")
+    assert wall_note(cell_walls(tmp_path), pd.DataFrame({"run_id": ["A"], "cell_key": ["c1"]})).startswith("No wall time")
 
 
 def test_durations_read_as_a_person_writes_them():
     assert [format_duration(s) for s in (45, 119.6, 738, 3599, 7740, 3600 * 2 + 9 * 60 + 20)] == [
         "45 s", "120 s", "12.3 min", "60.0 min", "2 h 09 min", "2 h 09 min"]
+
+
+def test_a_torn_last_row_is_skipped_not_trusted(tmp_path):
+    _run(tmp_path, "A", T0)
+    _rows(tmp_path / "results.csv", [_row("A", "c1", _at(10))])
+    with open(tmp_path / "results.csv", "a") as f:  # a crash mid-write: half a final row
+        f.write(f"A,c2,final,ok,,{_at(30)[:13]}")
+    with pytest.warns(ResultsWarning, match="skipped"):
+        assert cell_walls(tmp_path) == {("A", "c1"): 10}
