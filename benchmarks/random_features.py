@@ -132,7 +132,8 @@ class RandomFeatures:
     @classmethod
     def memory_bytes(cls, config: dict, shape: CellShape) -> int:
         """The largest set of live arrays: images, features, then the projected features and the
-        ridge's Grams (or the streamed Gram, or the exact kernel's (N, N) Gram in float32 and float64)."""
+        ridge's Grams (or the streamed Gram with its (k,) mean and (k, classes) weights, or the exact
+        kernel's (N, N) Gram in float32 and float64)."""
         _, info = cls.flops(config, shape)
         dim, params = info["feature_dim"], info["params"]
         n_fit, n, n_all = shape.n_train + shape.n_val, shape.n_train, shape.n_images
@@ -146,7 +147,10 @@ class RandomFeatures:
             m = min(n, k)
             solve = n_all * k * 4 + 2 * m**2 * 8
             if proj in _STREAMABLE and config.get("streaming") is not False:
-                streamed = min(n_fit, k) ** 2 * 4 + 2 * m**2 * 8 + (256 << 20)
+                # The Gram, the grid's solve, a chunk of rows, and what grows with k alone: the
+                # training mean (k,) and the primal weights (k, classes), both float64.
+                streamed = (min(n_fit, k) ** 2 * 4 + 2 * m**2 * 8 + (256 << 20)
+                            + k * (shape.n_classes + 1) * 8)
                 solve = streamed if config.get("streaming") else min(solve, streamed)
         return int(base + max(features, solve))
 

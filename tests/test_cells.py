@@ -137,12 +137,17 @@ def test_a_suite_name_is_a_name_not_a_path(tmp_path, name):
         load_suite(path)
 
 
-def test_infeasible_size_is_refused_with_the_estimate_and_the_largest_k():
+@pytest.mark.parametrize("streaming", [False, None], ids=["materialised", "streamed"])
+def test_infeasible_size_is_refused_with_the_estimate_and_the_largest_k(streaming):
+    # Streamed (the default), the Gram stays (N, N) whatever k, but the training mean (k,) and the
+    # weights (k, classes) do not: k = 10^12 once passed the plan and failed after extraction.
     import torch
 
     free = 16 << 30  # a fixed budget: what is free on the machine moves with whatever else runs
-    values = {"method": "random-features", "backbone": "densenet169", "image_size": 224, "streaming": False}
-    cell = make_cell({**values, "n_components": 10**10})
+    values = {"method": "random-features", "backbone": "densenet169", "image_size": 224}
+    if streaming is not None:
+        values["streaming"] = streaming
+    cell = make_cell({**values, "n_components": 10**12})
     with pytest.raises(CellError, match=r"needs about .* largest number of random features .* k = [\d,]+") as err:
         plan_memory(cell, torch.device("cpu"), free)
     k = int(str(err.value).split("k = ")[1].split(";")[0].replace(",", ""))
