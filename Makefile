@@ -8,7 +8,7 @@ HUB    := $(shell $(PYTHON) -c "import os;print(os.path.join(os.environ.get('TOR
 MOBILENET := $(HUB)/mobilenet_v2-b0353104.pth
 FASHION   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup run test regression bench bench-baseline report-quick clean
+.PHONY: setup run test regression bench bench-baseline report-quick clean gpu-check gpu-check-data
 
 setup: $(VENV)/.installed $(MOBILENET) fashion-mnist
 
@@ -66,3 +66,14 @@ report-quick: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# On a machine lent with a GPU (its own python3 and torch, no package index): every CUDA path once, in a few
+# minutes, written to results/gpu-check/ (see benchmarks/gpu_check.py). Carry .cache/gpu-check there, made here by
+# gpu-check-data from the development copy of CIFAR-10.
+GPU_DATA ?= .cache/gpu-check
+gpu-check-data:
+	mkdir -p $(GPU_DATA)
+	cp ../shared/data/cifar10-jpg.tar.gz $(GPU_DATA)/cifar10-jpg.tar.gz
+
+gpu-check:
+	PYTHONPATH=. python3 -m benchmarks.gpu_check

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 import numbers
 import random
 from collections.abc import Callable
@@ -359,8 +360,32 @@ def check_budget(cfg) -> None:
         raise ValueError(f"patience must be >= 1 epoch, got {cfg.patience}")
     if cfg.tune_epochs is not None and (cfg.tune_epochs < 1 or not cfg.lr_grid):
         raise ValueError(f"tune_epochs must be >= 1 and needs an lr_grid, got {cfg.tune_epochs}")
-    if cfg.lr_grid is not None and (not cfg.lr_grid or min(cfg.lr_grid) <= 0):
-        raise ValueError(f"lr_grid must hold positive learning rates, got {cfg.lr_grid}")
+    if cfg.lr_grid is not None and (not cfg.lr_grid or not all(math.isfinite(v) and v > 0 for v in cfg.lr_grid)):
+        raise ValueError(f"lr_grid must hold positive, finite learning rates, got {cfg.lr_grid}")
+
+
+#: The range of each numeric hyperparameter a trainer's Config may have (checked by :func:`check_ranges`):
+#: (lowest, highest, whether the lowest itself is allowed). Every value must also be finite.
+RANGES = {
+    "lr": (0.0, math.inf, False), "lr_max": (0.0, math.inf, False), "div": (0.0, math.inf, False),
+    "bias_scaler": (0.0, math.inf, False), "whiten_eps": (0.0, math.inf, False),
+    "bn_eps": (0.0, math.inf, False), "logit_scale": (0.0, math.inf, False),
+    "weight_decay": (0.0, math.inf, True), "lr_start": (0.0, math.inf, True), "lr_end": (0.0, math.inf, True),
+    "momentum": (0.0, 1.0, True), "bn_momentum": (0.0, 1.0, True), "label_smoothing": (0.0, 1.0, True),
+    "pct_start": (0.0, 1.0, False),
+}
+
+
+def check_ranges(cfg) -> None:
+    """Every field of ``cfg`` named in :data:`RANGES` finite and in its range, else a ValueError naming it
+    (``--lr -1`` or ``nan`` is refused when the cell is built, not found as a NaN loss after training)."""
+    for name, (low, high, low_ok) in RANGES.items():
+        value = getattr(cfg, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        if not (math.isfinite(value) and (value >= low if low_ok else value > low) and value < high):
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + ("" if high == math.inf else f" and < {high:g}")
+            raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def budget_epochs(epochs: int, lr_grid=None, tune_epochs: int | None = None) -> int:

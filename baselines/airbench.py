@@ -206,8 +206,9 @@ class AirbenchConfig:
     half: bool = True  # fp16 weights and inputs on CUDA, BatchNorm in fp32 (airbench94); ignored on CPU
 
     def __post_init__(self):
-        if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
+        _training.check_ranges(self)
         if self.batch_size is not None and self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (BatchNorm), got {self.batch_size}")
         if min(self.block1, self.block2, self.block3) < 1:

@@ -87,6 +87,7 @@ class FineTuneConfig:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         _training.check_epochs(self.epochs)
         _training.check_budget(self)
+        _training.check_ranges(self)
         if self.unfreeze_blocks < 0:
             raise ValueError(f"unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
 

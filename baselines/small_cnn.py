@@ -77,6 +77,7 @@ class SmallCNNConfig:
 
     def __post_init__(self):
         _training.check_epochs(self.epochs)
+        _training.check_ranges(self)
         if self.depth < 1 or self.width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
         _training.check_budget(self)

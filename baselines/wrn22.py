@@ -225,6 +225,7 @@ class WRN22Config:
 
     def __post_init__(self):
         _training.check_epochs(self.epochs)
+        _training.check_ranges(self)
         if self.width < 1 or self.blocks_per_group < 1:
             raise ValueError("width and blocks_per_group must be >= 1, "
                              f"got {self.width} and {self.blocks_per_group}")

@@ -19,6 +19,7 @@ post-training static quantization on the CPU (:mod:`benchmarks.quantize`), calib
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -88,17 +89,18 @@ def _weights_enum(spec: BackboneSpec, weights: str | None):
     """
     import torchvision.models as tvm
 
-    if weights in (None, "none"):
+    if weights is None or weights.lower() == "none":
         return None
     enum = tvm.get_model_weights(spec.name)
-    if weights == "DEFAULT":
+    if weights.upper() == "DEFAULT":
         cached = [w for w in enum if _cache_path(w).exists()]
         return enum.DEFAULT if (enum.DEFAULT in cached or not cached) else cached[0]
-    try:
-        return enum[weights.rsplit(".", 1)[-1] if weights.startswith(enum.__name__ + ".") else weights]
-    except KeyError as err:
+    name = weights.rsplit(".", 1)[-1] if weights.lower().startswith(enum.__name__.lower() + ".") else weights
+    found = [w for w in enum if w.name.upper() == name.upper()]  # names differ in case only by a typo
+    if not found:
         raise BackboneError(f"unknown weights {weights!r} for {spec.name}; choose DEFAULT, "
-                            f"none or one of {[w.name for w in enum]}") from err
+                            f"none or one of {[w.name for w in enum]}")
+    return found[0]
 
 
 def _cache_path(w) -> Path:
@@ -365,6 +367,26 @@ def quantize_extractor(ext: Extractor, images: torch.Tensor, mean: tuple[float, 
     calib = images[pick]
     batches = (x for _, x in _batches(calib, batch_size, mean, std, torch.device("cpu"), torch.float32))
     return ext.quantize(batches)
+
+
+@functools.lru_cache(maxsize=None)
+def check_quantizable(name: str, cut: str | None) -> None:
+    """A :class:`BackboneError` before any work when int8 cannot quantize ``name`` cut at ``cut``:
+    FX quantization needs a network torch.fx can trace (the convnets; not ViT's shape checks). The cut
+    network is built on the meta device (no weights, no memory) and traced as ``prepare_fx`` traces it."""
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    cut = resolve_cut(name, cut)
+    with torch.device("meta"):
+        base = _base_model(_spec(name), "none")
+    body = truncate(name, base, cut, "none").body.eval()
+    try:
+        QuantizationTracer([], []).trace(body)
+    except Exception as err:  # torch.fx.proxy.TraceError, TypeError from data-dependent control flow...
+        raise BackboneError(f"precision int8 cannot quantize {name} at {cut}: torch.fx cannot trace it "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}). "
+                            "int8 supports the networks torch.fx can trace (the convnets); use --precision "
+                            "fp32 or bf16.") from None
 
 
 @torch.inference_mode()

@@ -7,14 +7,23 @@ suite's grid), checks the type of every value, and normalises it so that what a 
 does not use cannot make two cells out of one:
 
 * methods that do not use a backbone lose backbone, cut, weights and precision;
-* the cut is resolved to its name (``None`` -> the backbone's last cut);
+* the cut is resolved to its name (``None`` -> the backbone's last cut), and the weights to the
+  weights that will be loaded (``DEFAULT``, ``MobileNet_V2_Weights.IMAGENET1K_V1`` and
+  ``imagenet1k_v1`` are one network: ``IMAGENET1K_V1`` where that file is the one at hand);
+* ``--data-dir`` and an image folder's path are made absolute (``~``, ``..``, a trailing slash and
+  symbolic links resolved);
 * ``0`` images per class means all of them (``None``);
 * options absent from the method's Config are dropped, as are options equal to their
   default, and ``n_components`` when there is no projection.
 
 So ``gradfree run``, ``gradfree run --n-components 10000`` (the default spelled out) and
-the same cell in a suite have one :meth:`Cell.key`. :func:`validate` then rejects a bad
-cell before any data is loaded, and :func:`plan_memory` refuses a cell that cannot fit.
+the same cell in a suite have one :meth:`Cell.key`. The key names the data by what it is, not
+where it lies: a named dataset by its name, an image folder by the list of its files and their
+sizes (:func:`benchmarks.datasets.folder_identity`), never by ``--data-dir``. That two copies
+of a named dataset hold the same images is checked when a cell loads them, against the
+``data_fingerprint`` of the rows already in the results folder (:mod:`benchmarks.runner`).
+:func:`validate` then rejects a bad cell before any data is loaded, and :func:`plan_memory`
+refuses a cell that cannot fit.
 """
 
 from __future__ import annotations
@@ -23,16 +32,22 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.backbones import PRECISIONS, BackboneError, resolve_cut
-from benchmarks.datasets import DATASET_NAMES, FULL_SIZES, IMAGE_SUFFIXES, N_CLASSES, DatasetError
+from benchmarks.backbones import PRECISIONS, BackboneError, check_quantizable, resolve_cut, resolve_weights
+from benchmarks.datasets import (DATASET_NAMES, FULL_SIZES, IMAGE_SUFFIXES, N_CLASSES, DatasetError,
+                                 folder_identity)
 from benchmarks.methods import REGISTRY, config_fields, full_config, get_method, make_config
 from benchmarks.protocol import CellShape
+
+IMAGEFOLDER = "imagefolder:"
+#: Seeds are honoured as 32-bit numbers (numpy's and torch's generators, the projections' R).
+MAX_SEED = 2**32 - 1
 
 #: Other names accepted for options, in suites and --set.
 ALIASES = {"projector": "projection", "k": "n_components", "n_random_features": "n_components"}
@@ -62,6 +77,9 @@ class Cell:
     seed: int = 0
     threads: int | None = None
     suite: str = ""
+    #: What an ``imagefolder:`` dataset holds (:func:`benchmarks.datasets.folder_identity`), set by
+    #: :func:`make_cell`; the key names the folder by it. Empty for a named dataset.
+    data_id: str = ""
     # The method's own options (see each method's Config), as sorted (name, value) pairs.
     options: tuple[tuple[str, Any], ...] = ()
 
@@ -69,10 +87,13 @@ class Cell:
         return dict(self.options)
 
     def key(self) -> str:
-        """A stable hash of what defines the cell (not where or how fast it runs)."""
+        """A stable hash of what defines the cell (not where or how fast it runs, nor where its data
+        lies: an image folder is named by its files, see :func:`benchmarks.datasets.folder_identity`)."""
         ident = dataclasses.asdict(self)
-        for k in ("threads", "suite", "batch_size"):
+        for k in ("threads", "suite", "batch_size", "data_dir", "data_id"):
             ident.pop(k)
+        if self.dataset.startswith(IMAGEFOLDER):
+            ident["dataset"] = IMAGEFOLDER + (self.data_id or folder_identity(Path(self.dataset[len(IMAGEFOLDER):])))
         ident["options"] = sorted([list(o) for o in self.options])
         blob = json.dumps(ident, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
@@ -86,7 +107,7 @@ class Cell:
         return get_method(self.method).uses_backbone
 
 
-CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell) if f.name not in ("options", "suite")}
+CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell) if f.name not in ("options", "suite", "data_id")}
 _NONE_IF_ZERO = ("train_per_class", "test_per_class")
 
 
@@ -133,11 +154,20 @@ def make_cell(values: dict[str, Any], suite_name: str = "") -> Cell:
         # A batch size asked for is part of what a trainer is; left out, each keeps its recipe's own
         # (WRN-22's 512, airbench's 1,024; the cell's extraction batch for those without one).
         options["batch_size"] = fields["batch_size"]
+    if fields.get("data_dir") is not None:
+        fields["data_dir"] = _absolute(fields["data_dir"])
+    if fields["dataset"].startswith(IMAGEFOLDER):
+        fields["dataset"] = IMAGEFOLDER + _absolute(fields["dataset"][len(IMAGEFOLDER):])
+        fields["data_id"] = folder_identity(Path(fields["dataset"][len(IMAGEFOLDER):]))
+    else:
+        fields["data_id"] = ""
     if method_cls.uses_backbone:
+        backbone = fields.get("backbone", Cell.backbone)
         try:
-            fields["cut"] = resolve_cut(fields.get("backbone", Cell.backbone), fields.get("cut"))
+            fields["cut"] = resolve_cut(backbone, fields.get("cut"))
+            fields["weights"] = resolve_weights(backbone, fields.get("weights", Cell.weights))
         except BackboneError:
-            pass  # validate() reports it with the list of cuts
+            pass  # validate() reports it with the list of cuts or weights
     else:
         for k in ("backbone", "cut", "weights", "precision"):
             fields.pop(k, None)
@@ -153,6 +183,17 @@ def make_cell(values: dict[str, Any], suite_name: str = "") -> Cell:
     return Cell(**fields, suite=suite_name, options=tuple(sorted(options.items())))
 
 
+def _absolute(path: str) -> str:
+    """``path`` as one spelling: ``~`` expanded, made absolute, symbolic links and ``..`` resolved."""
+    return str(Path(path).expanduser().resolve())
+
+
+def _finite(key: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise CellError(f"{key} = {value!r}: expected a finite number.")
+    return value
+
+
 def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
     """A TOML, --set or command-line value to the field's type, or a CellError naming it."""
     typ = str(field.type)
@@ -162,13 +203,13 @@ def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
         items = value if isinstance(value, (list, tuple)) else [value]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
             raise CellError(f"{key} = {value!r}: expected a list of numbers.")
-        return tuple(float(v) for v in items)
+        return tuple(_finite(key, float(v)) for v in items)
     if typ.startswith("bool"):
         if not isinstance(value, bool):
             raise CellError(f"{key} = {value!r}: expected true or false.")
         return value
     if typ.startswith("int"):
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise CellError(f"{key} = {value!r}: expected a whole number.")
@@ -176,7 +217,7 @@ def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
     if typ.startswith("float"):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise CellError(f"{key} = {value!r}: expected a number.")
-        return float(value)
+        return _finite(key, float(value))
     if typ.startswith("str") and not isinstance(value, str):
         raise CellError(f"{key} = {value!r}: expected a string.")
     return value
@@ -206,6 +247,7 @@ def validate(cell: Cell) -> None:
         raise DatasetError(f"unknown dataset {cell.dataset!r}; choose one of: {', '.join(DATASET_NAMES)}")
     if method_cls.uses_backbone:
         resolve_cut(cell.backbone, cell.cut)
+        resolve_weights(cell.backbone, cell.weights)
         if cell.precision not in PRECISIONS:
             raise CellError(f"unknown precision {cell.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if cell.precision == "int8":
@@ -215,6 +257,7 @@ def validate(cell: Cell) -> None:
             if resolve_device(cell.device).type != "cpu":
                 raise CellError("precision int8 runs on the CPU only (PyTorch's quantized kernels); use "
                                 "--device cpu, or fp16 / bf16 on a GPU.")
+            check_quantizable(cell.backbone, cell.cut)
     if cell.image_size < 16:
         raise CellError(f"image size {cell.image_size} is too small; use at least 16 pixels.")
     for name in ("train_per_class", "test_per_class"):
@@ -230,10 +273,13 @@ def validate(cell: Cell) -> None:
                         + ("" if method_cls.is_backprop else ", or a single fixed --alphas value") + ".")
     if cell.batch_size < 1:
         raise CellError(f"batch_size = {cell.batch_size}: expected at least 1.")
-    if cell.threads is not None and cell.threads < 1:
-        raise CellError(f"threads = {cell.threads}: expected at least 1.")
-    if cell.seed < 0:
-        raise CellError(f"seed = {cell.seed}: expected 0 or more.")
+    cpus = os.cpu_count() or 1
+    if cell.threads is not None and not 1 <= cell.threads <= cpus:
+        raise CellError(f"threads = {cell.threads}: expected 1 to {cpus}, the CPUs this machine has "
+                        "(leave --threads out for torch's default).")
+    if not 0 <= cell.seed <= MAX_SEED:
+        raise CellError(f"seed = {cell.seed}: expected 0 to {MAX_SEED:,} (seeds are 32-bit numbers; a larger "
+                        "one would silently run as its low 32 bits).")
     config = full_config(cell.method, cell.option_dict())
     if "n_components" in config and config.get("projection") not in ("none", "kernel"):
         if config["n_components"] < 1:

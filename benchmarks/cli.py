@@ -169,10 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **options})
     out = Path(args.out)
     if args.dry_run:
-        from benchmarks.estimate import print_plan
-
-        print_plan([cell], out)
-        return 0
+        return _dry_run([cell], out)
     from benchmarks.executors import run_cells
     from benchmarks.features import FeatureCache
     from benchmarks.runner import Runner
@@ -185,6 +182,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
+def _dry_run(cells: list, out: Path) -> int:
+    """List the cells with their estimates and the verdict of the checks a run makes: exit 2 if any
+    would be refused, as the run would."""
+    from benchmarks.estimate import print_plan
+    from benchmarks.executors import preflight
+
+    return 2 if print_plan(cells, out, preflight(cells, out)) else 0
+
+
 def run_suite(args: argparse.Namespace, options: dict) -> int:
     """`gradfree run --suite ...`: expand, then list (--dry-run) or run the cells."""
     from benchmarks import suites
@@ -193,10 +199,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     cells = suites.expand(suite)
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
     if args.dry_run:
-        from benchmarks.estimate import print_plan
-
-        print_plan(cells, out)
-        return 0
+        return _dry_run(cells, out)
     from benchmarks.executors import make_executor, run_cells
     from benchmarks.features import FeatureCache
     from benchmarks.results import finished_keys
@@ -375,6 +378,7 @@ def _add_optional_commands(sub) -> None:
     _add_perf_parser(sub)
     _add_report_parser(sub)
     _add_compare_parser(sub)
+    _add_rekey_parser(sub)
 
 
 def _add_perf_parser(sub) -> None:
@@ -454,6 +458,26 @@ def _add_compare_parser(sub) -> None:
     p.add_argument("--metric", default="test_acc", choices=["test_acc", "val_acc", "train_acc"],
                    help="accuracy column compared [test_acc]")
     p.set_defaults(func=cmd_compare)
+
+
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from benchmarks.rekey import rekey
+
+    result = rekey(args.results, dry_run=args.dry_run)
+    print(("would re-key: " if args.dry_run else "") + result.summary())
+    return 0
+
+
+def _add_rekey_parser(sub) -> None:
+    p = sub.add_parser("rekey", help="rewrite a results folder's cell keys as this gradfree makes them",
+                       description="Cell keys tell a run which cells are done. When the way keys are made "
+                                   "changes, this maps each key a run recorded (runs/*/metadata.json lists its "
+                                   "cells) onto today's key and rewrites cell_key in results.csv (and its "
+                                   "superseded and interrupted files) and in the metadata; nothing else in a "
+                                   "row changes. A folder already current is left as it is.")
+    p.add_argument("results", help="results folder (holding results.csv and runs/)")
+    p.add_argument("--dry-run", action="store_true", help="count what would change, write nothing")
+    p.set_defaults(func=cmd_rekey)
 
 
 class Terminated(KeyboardInterrupt):

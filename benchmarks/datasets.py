@@ -6,6 +6,7 @@ Loading, stratified subsets and decoding into tensors are :mod:`benchmarks.data`
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 from dataclasses import dataclass
@@ -21,6 +22,57 @@ DATASET_NAMES = ("cifar10", "stl10", "animals10", "fashion-mnist", "imagefolder:
 
 class DatasetError(RuntimeError):
     """A dataset is missing or malformed; the message says where we looked and what to do."""
+
+
+#: Identities already computed, by folder, while :func:`remembered_identities` is in force (one
+#: suite's expansion builds many cells of one folder); None: every call lists the folder again.
+_IDENTITIES: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def remembered_identities():
+    """Within this block :func:`folder_identity` lists each folder once (a suite's cells of one folder)."""
+    global _IDENTITIES
+    outer = _IDENTITIES
+    _IDENTITIES = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _IDENTITIES = outer
+
+
+def folder_identity(root: Path) -> str:
+    """A short hash naming an image folder by what it holds: every image file's path below ``root``
+    and its size in bytes (hidden files and folders skipped), not by where the folder lies. The
+    same folder copied, moved, linked or spelled with a trailing slash has one identity; a file
+    added, removed, renamed or re-encoded changes it. A missing folder is ``missing`` (validation
+    refuses it). Reading every file would cost a pass over a large folder for every cell; the decoded
+    images' ``data_fingerprint``, checked against the folder's rows when a cell loads them, catches
+    an edit that keeps a file's size. Listing 60,000 files takes about half a second."""
+    import hashlib
+
+    root = Path(root).expanduser().resolve()
+    if _IDENTITIES is not None and str(root) in _IDENTITIES:
+        return _IDENTITIES[str(root)]
+    if not root.is_dir():
+        return "missing"
+    h = hashlib.sha1()
+    for dirpath, _, filenames in _walk(root):
+        rel = Path(dirpath).relative_to(root).as_posix()
+        for name in sorted(filenames):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                h.update(f"{rel}/{name}\0{os.path.getsize(os.path.join(dirpath, name))}\n".encode())
+    identity = h.hexdigest()[:16]
+    if _IDENTITIES is not None:
+        _IDENTITIES[str(root)] = identity
+    return identity
+
+
+def _walk(root: Path):
+    """``os.walk`` in sorted order, hidden folders skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, filenames
 
 
 # ----------------------------------------------------------------------------

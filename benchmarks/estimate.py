@@ -84,8 +84,12 @@ def _fmt_time(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def print_plan(cells: list[Cell], out_dir: str | Path) -> None:
-    """The dry-run table: one line per cell, with totals."""
+def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | None] | None = None) -> int:
+    """The dry-run table: one line per cell, with totals; return the number of cells a run would refuse.
+
+    ``errors``: per cell, what refuses it (:func:`benchmarks.executors.preflight`, the checks a run
+    makes), or None; a refused cell is listed as such, with the reason, and not estimated."""
+    errors = errors or [None] * len(cells)
     path = Path(out_dir) / RESULTS_FILE
     rates = measured_rates(path)
     measured = {r["cell_key"]: float(r["train_total_s"] or 0) for r in read_rows(path)
@@ -93,9 +97,13 @@ def print_plan(cells: list[Cell], out_dir: str | Path) -> None:
     print(f"{'#':>3s}  {'cell_key':16s}  {'images':>7s}  {'feat dim':>8s}  {'k':>6s}  {'memory':>9s}  "
           f"{'time':>8s}  {'status':8s}  cell")
     total_todo = 0.0
-    for i, cell in enumerate(cells, 1):
-        est = estimate(cell, rates)
+    for i, (cell, error) in enumerate(zip(cells, errors), 1):
         key = cell.key()
+        if error is not None:
+            print(f"{i:>3d}  {key:16s}  {'':>7s}  {'':>8s}  {'':>6s}  {'':>9s}  {'':>8s}  {'REFUSED':8s}  "
+                  f"{describe(cell)}\n     {type(error).__name__}: {error}")
+            continue
+        est = estimate(cell, rates)
         if key in measured:
             status, t = "done", f"{measured[key]:.0f} s*"
         else:
@@ -105,6 +113,10 @@ def print_plan(cells: list[Cell], out_dir: str | Path) -> None:
         print(f"{i:>3d}  {key:16s}  {est['images']:>7d}  {est['feature_dim'] or '':>8}  {k:>6}  "
               f"{format_bytes(est['memory_bytes']):>9s}  {t:>8s}  {status:8s}  {describe(cell)}")
     n_done = sum(c.key() in measured for c in cells)
+    n_refused = sum(e is not None for e in errors)
     source = f"rates measured in {path}" if rates else "default rates (benchmarks.estimate.DEFAULT_GFLOPS)"
     print(f"\n{len(cells)} cells, {n_done} done before; ~{_fmt_time(total_todo)} of counted time to run "
           f"({source}; untimed evaluation and data loading come on top). * measured. Results go to {path}.")
+    if n_refused:
+        print(f"{n_refused} cell(s) REFUSED: a run would stop before any work; fix what each line above says.")
+    return n_refused

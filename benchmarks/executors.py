@@ -32,7 +32,7 @@ from benchmarks import results as res
 from benchmarks.metadata import write_metadata
 from benchmarks.cells import Cell, describe, validate
 from benchmarks.data import open_dataset
-from benchmarks.runner import Runner, failed_row
+from benchmarks.runner import DataChanged, Runner, failed_row, folder_fingerprints
 
 RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
 
@@ -91,8 +91,10 @@ def _import_ray():
 _WORKER_RUNNERS: dict[str | None, Runner] = {}
 
 
-def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None) -> list[dict]:
-    """Run one cell in this (worker) process; return its rows for the driver to write."""
+def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None,
+                       fingerprints: dict[tuple, str] | None = None) -> list[dict]:
+    """Run one cell in this (worker) process; return its rows for the driver to write.
+    ``fingerprints``: the driver's :attr:`Runner.fingerprints` (the data the folder's rows saw)."""
     from benchmarks.features import FeatureCache
 
     runner = _WORKER_RUNNERS.get(cache_dir)
@@ -100,6 +102,7 @@ def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None) -> list[d
         runner = Runner(progress=False, feature_cache=FeatureCache(cache_dir))
         _WORKER_RUNNERS[cache_dir] = runner
     runner.run_id = run_id
+    runner.fingerprints = dict(fingerprints or {})
     rows: list[dict] = []
     runner.run_cell(cell, rows.extend)
     return [res.normalise_row(r) for r in rows]
@@ -156,7 +159,7 @@ class RayExecutor:
         for cell in todo:
             opts = {"num_cpus": cell.threads or self.num_cpus, "num_gpus": self._gpus_for(ray, cell),
                     "max_retries": self.max_retries, "retry_exceptions": False}
-            pending[task.options(**opts).remote(cell, runner.run_id, cache_dir)] = cell
+            pending[task.options(**opts).remote(cell, runner.run_id, cache_dir, runner.fingerprints)] = cell
         progress = _Progress(len(todo))
         finals = []
         try:
@@ -166,6 +169,8 @@ class RayExecutor:
                     cell = pending.pop(ref)
                     try:
                         rows = ray.get(ref)
+                    except DataChanged:
+                        raise  # (Ray's error is an instance of the cause) stops the run, as in-process
                     except Exception as err:  # worker died beyond its retries, task cancelled, ...
                         rows = [failed_row(runner.run_id, cell, err, extra={"executor": "ray"})]
                     results.append(rows)
@@ -173,7 +178,7 @@ class RayExecutor:
                     finals.append(final)
                     status = final["status"] if final["status"] == "ok" else f"FAILED: {final.get('error')}"
                     progress.finished(len(todo) - len(pending), f"{describe(cell)}: {status}")
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DataChanged):
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
@@ -194,6 +199,36 @@ def make_executor(name: str = "local", address: str | None = None, **kwargs):
     return LocalExecutor()
 
 
+def preflight(cells: list[Cell], out_dir: str | Path) -> list[Exception | None]:
+    """What a run checks before any work, cell by cell: the error that refuses each cell, or None.
+
+    Every cell is validated (:func:`benchmarks.cells.validate`: names, sizes, options, memory), and the
+    dataset of every cell still to run must be there (or download): a missing ``--data-dir`` is found
+    once, before anything is written. ``gradfree run --dry-run`` shows the same verdicts."""
+    with warnings.catch_warnings():  # a torn file is repaired, and told of, when a run claims the folder
+        warnings.simplefilter("ignore", res.ResultsWarning)
+        done = res.finished_keys(Path(out_dir) / res.RESULTS_FILE)
+    errors: list[Exception | None] = []
+    opened: dict[tuple, Exception | None] = {}
+    for cell in cells:
+        try:
+            validate(cell)
+            if cell.key() not in done:
+                where = (cell.dataset, cell.data_dir)
+                if where not in opened:
+                    try:
+                        open_dataset(*where)
+                        opened[where] = None
+                    except (ValueError, RuntimeError, OSError, ImportError) as err:
+                        opened[where] = err
+                if opened[where] is not None:
+                    raise opened[where]
+            errors.append(None)
+        except (ValueError, RuntimeError, OSError, ImportError) as err:
+            errors.append(err)
+    return errors
+
+
 def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,
               metadata: dict | None = None, set_aside_others: bool = False) -> list[dict]:
     """Validate every cell, check that the data of every cell not done yet is there, claim
@@ -204,20 +239,15 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
 
     runner = runner or Runner()
     executor = executor or LocalExecutor()
-    for cell in cells:
-        validate(cell)
-    # Every dataset a cell still to run reads must be there (or download) before anything is written:
-    # a missing --data-dir fails the command once, not each of its cells one after the other.
-    with warnings.catch_warnings():  # a torn file is repaired, and told of, under the claim below
-        warnings.simplefilter("ignore", res.ResultsWarning)
-        done = res.finished_keys(Path(out_dir) / res.RESULTS_FILE)
-    for dataset, data_dir in dict.fromkeys((c.dataset, c.data_dir) for c in cells if c.key() not in done):
-        open_dataset(dataset, data_dir)
+    for error in preflight(cells, out_dir):
+        if error is not None:
+            raise error
     with res.ResultsFile(Path(out_dir)) as results:
         if set_aside_others:
             results.set_aside_cells({c.key() for c in cells})
         for notice in results.notices:
             print(f"note: {notice}")
+        runner.fingerprints = folder_fingerprints(res.read_rows(results.path))
         write_metadata(out_dir, runner.run_id, {
             **(metadata or {}), "executor": executor.name,
             "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})

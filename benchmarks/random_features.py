@@ -30,6 +30,7 @@ batch through the backbone), ``eval_s`` (train and validation accuracy) and
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -62,8 +63,8 @@ class RandomFeaturesConfig:
             raise ValueError(f"pool_size must be >= 0, got {self.pool_size}")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.alphas is not None and (not self.alphas or min(self.alphas) <= 0):
-            raise ValueError(f"alphas must be positive numbers, got {self.alphas}")
+        if self.alphas is not None and (not self.alphas or not all(math.isfinite(a) and a > 0 for a in self.alphas)):
+            raise ValueError(f"alphas must be positive, finite numbers, got {self.alphas}")
 
 
 ENCODERS = ("sign", "threshold", "none")

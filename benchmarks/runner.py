@@ -34,6 +34,34 @@ from benchmarks.timing import Clock, peak_memory_bytes, reset_peak_memory
 Sink = Callable[[list[dict]], None]
 
 
+class DataChanged(ValueError):
+    """A cell's data differ from the data of the rows already in its results folder."""
+
+
+def data_group(row: dict) -> tuple:
+    """What rows computed on one dataset subset share: name, image size and split sizes. Rows of one
+    group must all have one ``data_fingerprint``: seeds averaged over, cells compared and runs resumed
+    in one folder then all saw the same images."""
+    return tuple(str(row.get(k) or "") for k in ("dataset", "image_size", "n_train", "n_val", "n_test"))
+
+
+def folder_fingerprints(rows) -> dict[tuple, str]:
+    """``{data group: data_fingerprint}`` of the rows of a results folder; :class:`DataChanged` if a
+    group already holds two fingerprints (rows of a folder written before this check existed)."""
+    seen: dict[tuple, str] = {}
+    for row in rows:
+        fp = row.get("data_fingerprint") or ""
+        if not fp or row.get("status") != "ok":
+            continue
+        group = data_group(row)
+        if seen.setdefault(group, fp) != fp:
+            raise DataChanged(f"the rows of {group[0]} at {group[1]} px (n_train {group[2]}, n_val {group[3]}, "
+                              f"n_test {group[4]}) in this results folder come from two different data "
+                              f"(data_fingerprint {seen[group]} and {fp}); move one set of rows out, or use a "
+                              "new --out.")
+    return seen
+
+
 def common_columns(run_id: str, cell: Cell) -> dict:
     """The identity and axes columns every row of ``cell`` carries."""
     return {"run_id": run_id, "cell_key": cell.key(), "suite": cell.suite, "method": cell.method,
@@ -54,6 +82,9 @@ class Runner:
     progress: bool = True
     fail_fast: bool = False
     feature_cache: FeatureCache | None = field(default_factory=FeatureCache)
+    #: ``{data group: data_fingerprint}`` of the rows already in the results folder (:func:`folder_fingerprints`):
+    #: a cell whose data differ stops the run with :class:`DataChanged` before its method runs.
+    fingerprints: dict[tuple, str] = field(default_factory=dict)
     _data: tuple | None = None
 
     def load_data(self, cell: Cell) -> DataBundle:
@@ -63,6 +94,19 @@ class Runner:
                                   cell.test_per_class, cell.val_fraction, progress=self.progress)
             self._data = (cell.data_key(), bundle)
         return self._data[1]
+
+    def check_data(self, cell: Cell, columns: dict) -> None:
+        """:class:`DataChanged` when ``cell``'s data (its ``columns``' fingerprint) differ from what the
+        folder's rows of the same data group were computed on: resuming would mix two datasets."""
+        group, fp = data_group(columns), columns["data_fingerprint"]
+        known = self.fingerprints.setdefault(group, fp)
+        if known != fp:
+            raise DataChanged(
+                f"{describe(cell)}: its data ({cell.dataset}, data_fingerprint {fp}) differ from the data the "
+                f"rows already in this results folder were computed on (data_fingerprint {known}, same dataset, "
+                "image size and split sizes): the images changed, or --data-dir points at another copy. "
+                "Resuming would mix the two. Use a new --out for the new data, or rename the folder's "
+                "results.csv to keep the old rows apart.")
 
     def run_cell(self, cell: Cell, sink: Sink) -> dict:
         """Run ``cell``; every row goes to ``sink``; return its final (or failed) row."""
@@ -80,6 +124,7 @@ class Runner:
             config = make_config(method_cls, cell.option_dict())
             data = self.load_data(cell)
             common.update(data.describe())
+            self.check_data(cell, common)
             if method_cls.uses_backbone:
                 common.update(cut=resolve_cut(cell.backbone, cell.cut),
                               weights=resolve_weights(cell.backbone, cell.weights))
@@ -106,7 +151,7 @@ class Runner:
                    "peak_memory_bytes": peak_memory_bytes(device)}
             if clock.charged:
                 row["extra"] = {"cached_phases": sorted(clock.charged)}
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DataChanged):
             raise
         except Exception as err:
             if self.fail_fast:
@@ -120,4 +165,5 @@ class Runner:
         return row
 
 
-__all__ = ["Cell", "Runner", "Sink", "common_columns", "describe", "failed_row"]
+__all__ = ["Cell", "DataChanged", "Runner", "Sink", "common_columns", "data_group", "describe", "failed_row",
+           "folder_fingerprints"]

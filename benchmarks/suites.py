@@ -34,6 +34,7 @@ from typing import Any
 
 from benchmarks.backbones import BackboneError, list_cuts
 from benchmarks.cells import ALIASES, Cell, CellError, canonical, config_fields, make_cell
+from benchmarks.datasets import remembered_identities
 from benchmarks.methods import REGISTRY
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -170,6 +171,11 @@ def _is_axis(key: str, value: Any, tuple_options: set[str]) -> bool:
 
 def expand(suite: Suite) -> list[Cell]:
     """Every cell of ``suite``: the union of its grids, normalised, deduplicated, grouped to share features."""
+    with remembered_identities():  # an image folder's files listed once, not once a cell
+        return _expand(suite)
+
+
+def _expand(suite: Suite) -> list[Cell]:
     tuple_options = _tuple_options()
     cells: dict[str, Cell] = {}
     for grid in suite.grids:

@@ -262,10 +262,12 @@ def _cut_positions(backbone: str) -> dict[str, int]:
 
 
 def aggregate(finals: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds of ``columns`` per :data:`GROUP`; ``seeds`` counts them."""
+    """Mean and std over seeds of ``columns`` per :data:`GROUP`; ``seeds`` counts them. Rows computed on
+    different data (another ``data_fingerprint``) are never averaged together: they stay apart."""
     if finals.empty:
         return pd.DataFrame()
-    g = finals.fillna({c: "" for c in GROUP}).groupby(GROUP, sort=False, dropna=False)
+    by = GROUP + ["data_fingerprint"]
+    g = finals.fillna({c: "" for c in by}).groupby(by, sort=False, dropna=False)
     out = g[columns].mean()
     std = g[columns].std(ddof=1)
     out = out.join(std.add_suffix("_std"))

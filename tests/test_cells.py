@@ -92,7 +92,7 @@ def test_methods_without_a_backbone_lose_its_axes():
     ({"method": "finetune", "precision": "int8"}, "int8 is post-training quantization"),
     ({"method": "finetune", "patience": 0}, "patience must be >= 1"),
     ({"method": "small_cnn", "tune_epochs": 2}, "needs an lr_grid"),
-    ({"method": "small_cnn", "lr_grid": [0.0, 0.1]}, "positive learning rates"),
+    ({"method": "small_cnn", "lr_grid": [0.0, 0.1]}, "positive, finite learning rates"),
     ({"classifier": "svm"}, "unknown classifier 'svm'"),
     ({"projection": "hologram"}, "unknown projection 'hologram'"),
 ])

@@ -68,9 +68,9 @@ def test_unknown_cut_is_rejected_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "results.csv").exists()
 
 
-def test_a_fraction_of_an_epoch_is_airbench_only(tmp_path, capsys):
+def test_a_fraction_of_an_epoch_is_airbench_only(tmp_path, capsys, cifar10_dir):
     # airbench94 runs 9.9 epochs as published (any fraction goes); a trainer counting whole epochs refuses 9.5 up front
-    common = ["--dataset", "cifar10", "--image-size", "32", "--dry-run", "--no-progress"]
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--image-size", "32", "--dry-run", "--no-progress"]
     assert main(["run", "--method", "airbench", "--epochs", "9.5", "--out", str(tmp_path / "a"), *common]) == 0
     assert "epochs=9.5" in capsys.readouterr().out
     code = main(["run", "--method", "small_cnn", "--epochs", "9.5", "--out", str(tmp_path / "b"), *common])
