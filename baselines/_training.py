@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import numbers
 import random
 from collections.abc import Callable
@@ -43,50 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from baselines._divergence import GridDiverged, TrainingDiverged, non_finite
 from benchmarks.data import ImageSplit, to_float
 from benchmarks.timing import Clock
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "none")
-
-
-class TrainingDiverged(RuntimeError):
-    """A training whose loss or weights became NaN or infinite: its model is garbage, not a result.
-
-    ``epoch`` (1-based) is the epoch after which it was found, ``what`` what was not finite
-    (``"loss nan"``, ``"weight fc.bias is inf"``), ``lr`` the learning rate when known.
-    """
-
-    def __init__(self, epoch: int, what: str, lr: float | None = None):
-        self.epoch, self.what, self.lr = epoch, what, lr
-        at = f" (learning rate {lr:g})" if lr is not None else ""
-        super().__init__(f"training diverged at epoch {epoch}{at}: {what}; lower the learning rate")
-
-    def at_lr(self, lr: float) -> "TrainingDiverged":
-        """The same divergence, its message naming the learning rate."""
-        return TrainingDiverged(self.epoch, self.what, lr)
-
-
-class GridDiverged(RuntimeError):
-    """Every value of a learning-rate grid diverged (``diverged``: value -> reason): nothing to choose."""
-
-    def __init__(self, diverged: dict[str, str]):
-        self.diverged = diverged
-        tried = "; ".join(f"lr {float(v):g} at {why}" for v, why in diverged.items())
-        super().__init__(f"training diverged at every learning rate of the grid ({tried}); "
-                                    "lower the learning rates of lr_grid")
-
-
-def non_finite(train_loss: float, model: nn.Module) -> str | None:
-    """What is not finite after an epoch: the mean training loss, else the first weight or buffer
-    (BatchNorm statistics) holding a NaN or an infinity; None when everything is finite."""
-    if not math.isfinite(train_loss):
-        return f"loss {train_loss}"
-    tensors = [(k, t) for k, t in model.state_dict().items() if t.is_floating_point()]
-    if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):  # one sync
-        return None
-    name, t = next((k, t) for k, t in tensors if not bool(torch.isfinite(t).all()))
-    return f"loss {train_loss:.4g}, but {name} is {'nan' if bool(t.isnan().any()) else 'inf'}"
 
 
 def seed_everything(seed: int) -> None:
@@ -388,7 +349,7 @@ def fit_recipe(model: nn.Module, ctx, cfg, feed: Feed, lr: float, epochs: int, d
                score_test: bool = False) -> dict:
     """:func:`fit` with a Config's recipe: its optimizer (``optimizer``, ``weight_decay``,
     ``momentum``) at ``lr``, its ``schedule`` over the run's steps, cross-entropy with its
-    ``label_smoothing``, early stopping after its ``patience``."""
+    ``label_smoothing``, early stopping after its ``patience``. A :class:`TrainingDiverged` names ``lr``."""
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
     steps = epochs * n_train_batches(len(ctx.data.train), feed.batch_size)
     scheduler = make_scheduler(cfg.schedule, optimizer, lr, steps)

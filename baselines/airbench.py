@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import _training
+from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
 from baselines.airbench_net import AirbenchNet, whitening_filters
 
@@ -331,10 +332,10 @@ class Airbench(FromScratch):
                         lookahead.update(model, 1.0)  # the model ends as the average
                         break
                 train_loss = float(loss_sum) / max(seen, 1)
-            diverged = _training.non_finite(train_loss, model)
+            diverged = non_finite(train_loss, model)
             if diverged is not None:  # stop now: the remaining epochs would only train NaNs
                 bar.close()
-                raise _training.TrainingDiverged(epoch + 1, diverged, cfg.lr)
+                raise TrainingDiverged(epoch + 1, diverged, cfg.lr)
             with clock.phase("eval_s", counted=False):
                 val_acc = accuracy(model, data.val, feed, dtype, tta_level=0)
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")

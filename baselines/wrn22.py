@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from baselines import _training
+from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
 
 FASTAI_VERSION = "2.8.12"
@@ -196,9 +197,9 @@ def _runner_callback(Callback):
 
         def after_epoch(self):
             train_loss = float(self._loss_sum) / max(self._n_train, 1)
-            diverged = _training.non_finite(train_loss, self.learn.model)
+            diverged = non_finite(train_loss, self.learn.model)
             if diverged is not None:  # out of fastai's loop: the rest of the cycle would only train NaNs
-                raise _training.TrainingDiverged(self.learn.epoch + 1, diverged)
+                raise TrainingDiverged(self.learn.epoch + 1, diverged)
             val_acc = int(self._correct) / max(self._n_val, 1)
             self.val_accs.append(val_acc)
             self.bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
@@ -284,7 +285,7 @@ class WRN22OneCycle(FromScratch):
         try:
             learn.fit_one_cycle(cfg.epochs, cfg.lr_max, wd=cfg.weight_decay, pct_start=cfg.pct_start,
                                 div=cfg.div)
-        except _training.TrainingDiverged as err:  # fastai rewrote its message: say it again, with lr_max
+        except TrainingDiverged as err:  # fastai rewrote its message: say it again, with lr_max
             raise err.at_lr(cfg.lr_max) from None
         finally:
             clock_cb.close_phase()

@@ -8,7 +8,7 @@ It exposes what :mod:`benchmarks.random_features` reads of a classifier (``fit``
 ``decision_function``, ``classes_``, ``coef_``, ``intercept_``, ``alpha_``, ``val_scores_``,
 ``weight_bytes``). A ``C`` whose fit is not finite (coefficients or validation decision values
 NaN or infinite) is left out of the choice and recorded in ``diverged_``; if every one is,
-or the final fit is, :class:`~benchmarks.random_features.NonFiniteFit`.
+or the final fit is, :class:`NonFiniteFit` (which :mod:`benchmarks.random_features` raises too).
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from benchmarks.random_features import NonFiniteFit
+
+class NonFiniteFit(RuntimeError):
+    """Features, coefficients or decision values of a gradient-free fit that are NaN or infinite."""
+
 
 #: Inverse regularisation strengths tried on validation.
 DEFAULT_CS = tuple(10.0 ** np.arange(-3, 4))

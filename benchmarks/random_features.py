@@ -40,11 +40,8 @@ import torch
 
 from benchmarks.backbones import build_backbone, extract_features, quantize_extractor
 from benchmarks.flops import PRECISION_BYTES, backbone_shape
+from benchmarks.logistic import NonFiniteFit
 from benchmarks.protocol import CellShape, RunContext
-
-
-class NonFiniteFit(RuntimeError):
-    """Features or decision values of the gradient-free pipeline that are NaN or infinite."""
 
 
 def _require_finite(x: torch.Tensor, what: str, fix) -> None:
