@@ -299,6 +299,9 @@ class RandomFeatures:
             n_out = int(x_test.shape[1])
 
         val_scores = getattr(ridge, "val_scores_", None) or {}
+        # penalties left out of the choice because their fit was not finite (value -> why)
+        diverged = {"grid_diverged": {f"{a:.6g}": why for a, why in ridge.diverged_.items()}} \
+            if getattr(ridge, "diverged_", None) else {}
         ridge_bytes = int(ridge.weight_bytes)  # kernel: the kept training rows + dual coefficients
         if cfg.projection == "kernel":
             ridge_params = int(ridge.param_count)
@@ -319,9 +322,7 @@ class RandomFeatures:
             "grid_solver": getattr(ridge, "grid_solver_", None),
             # validation accuracy at every penalty of the grid (the report's tuning table)
             "grid_val_acc": {f"{a:.6g}": float(s) for a, s in val_scores.items()} if len(val_scores) > 1 else None,
-            # penalties left out of the choice because their fit was not finite (value -> why)
-            "grid_diverged": {f"{a:.6g}": why for a, why in ridge.diverged_.items()}
-            if getattr(ridge, "diverged_", None) else None,
+            **diverged,
             "feature_dim": feature_dim,
             "backbone_param_count": ext.param_count,
             "backbone_bytes": ext.param_bytes,
