@@ -9,6 +9,7 @@
   in the style of the PyTorch CIFAR-10 tutorial.
 
 ``baselines._training`` holds the shared loop (warm-up, epochs on the
-runner's clock, best epoch on validation). Nothing here imports fastai:
+runner's clock, best epoch on validation); ``baselines._divergence`` what
+stops a training whose loss or weights are no longer finite. Nothing here imports fastai:
 ``baselines.wrn22`` imports it when it runs.
 """

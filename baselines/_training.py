@@ -13,10 +13,15 @@ backprop baseline follows the same way:
 3. the epoch with the best validation accuracy is kept (a copy of its state
    dict; the earliest on ties), and the train and test splits are scored once
    for that epoch, in ``eval_s``; with a ``patience``, training stops once the
-   validation accuracy has not improved for that many epochs (early stopping).
+   validation accuracy has not improved for that many epochs (early stopping);
+4. a training whose mean loss or weights stop being finite (NaN or infinite)
+   after an epoch has diverged: it stops there and raises :class:`TrainingDiverged`
+   (the runner records the cell as failed with that reason, never ``ok``).
 
 :func:`tune` chooses a hyperparameter (the learning rate) on validation from a
-small grid, one training per value, and reports the grid's cost as ``tune_s``.
+small grid, one training per value, and reports the grid's cost as ``tune_s``;
+a value whose training diverged is excluded from the choice and recorded
+(``grid_diverged``); if every value diverged the cell fails.
 
 Images stay ``uint8`` until a batch is on the device, where it is augmented
 (random crop with reflect padding, horizontal flip) and normalised. Mixed
@@ -38,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from baselines._divergence import GridDiverged, TrainingDiverged, non_finite
 from benchmarks.data import ImageSplit, to_float
 from benchmarks.timing import Clock
 
@@ -298,7 +304,8 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
     ``patience``: stop once the validation accuracy has not improved for that many epochs
     (``epochs`` is then the budget, ``epochs_run`` what was used). ``score_test=False`` leaves the
     test split alone (a candidate of :func:`tune`, scored only if it is chosen). On return the
-    model holds its best epoch's weights.
+    model holds its best epoch's weights. A non-finite loss or weight after an epoch stops the
+    training there: :class:`TrainingDiverged` (that epoch emits no row).
     """
     from tqdm.auto import tqdm
 
@@ -315,6 +322,10 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
         with clock.phase("train_s"):
             train_loss = train_epoch(model, ctx.data.train, optimizer, loss_fn, feed, generator,
                                      scheduler, scaler, bar)
+        diverged = non_finite(train_loss, model)
+        if diverged is not None:  # stop now: the remaining epochs would only train NaNs
+            bar.close()
+            raise TrainingDiverged(epoch, diverged)
         with clock.phase("eval_s", counted=False):
             val_acc = evaluate(model, ctx.data.val, feed)
             if val_acc > best_acc:
@@ -339,13 +350,16 @@ def fit_recipe(model: nn.Module, ctx, cfg, feed: Feed, lr: float, epochs: int, d
                score_test: bool = False) -> dict:
     """:func:`fit` with a Config's recipe: its optimizer (``optimizer``, ``weight_decay``,
     ``momentum``) at ``lr``, its ``schedule`` over the run's steps, cross-entropy with its
-    ``label_smoothing``, early stopping after its ``patience``."""
+    ``label_smoothing``, early stopping after its ``patience``. A :class:`TrainingDiverged` names ``lr``."""
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
     steps = epochs * n_train_batches(len(ctx.data.train), feed.batch_size)
     scheduler = make_scheduler(cfg.schedule, optimizer, lr, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    return fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=desc, patience=cfg.patience,
-               score_test=score_test)
+    try:
+        return fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=desc, patience=cfg.patience,
+                   score_test=score_test)
+    except TrainingDiverged as err:
+        raise err.at_lr(lr) from None
 
 
 def check_epochs(epochs) -> None:
@@ -406,43 +420,47 @@ def tune(ctx, grid, train_one: Callable, retrain: Callable | None = None) -> dic
     training time, never hidden in it nor dropped. With ``retrain(ctx, value)`` (the grid ran on a
     short budget), every grid run is tuning and the chosen value is trained again in full: that run
     is the cell's training time and curve.
+
+    A value whose training diverged (:class:`TrainingDiverged`) is excluded from the choice, its
+    cost kept in ``tune_s`` and its epoch and reason in ``grid_diverged`` (value -> reason); if
+    every value diverged, :class:`GridDiverged`.
     """
-    if retrain is not None:
-        scores, tune_s = {}, 0.0
-        best_value, best_acc = None, -1.0
-        for value in grid:
-            sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=lambda row: None)
-            _, out, _ = train_one(sub, value)
-            scores[str(value)] = out["val_acc"]
-            tune_s += sub.clock.counted_s
-            if out["val_acc"] > best_acc:
-                best_value, best_acc = value, out["val_acc"]
-        ctx.clock.book("tune_s", tune_s, counted=False)
-        model, out, feed = retrain(ctx, best_value)
-        with ctx.clock.phase("eval_s", counted=False):
-            out["test_acc"] = evaluate(model, ctx.data.test, feed)
-        return {**out, "tuned_value": best_value, "tune_s": tune_s, "grid_val_acc": scores, "model": model}
-    best, tune_s, scores = None, 0.0, {}
+    keep = retrain is None  # the chosen grid run is the cell's model
+    best, tune_s, scores, diverged = None, 0.0, {}, {}
     for value in grid:
         rows: list[dict] = []
-        sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=rows.append)
-        model, out, feed = train_one(sub, value)
+        sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=rows.append if keep else lambda row: None)
+        try:
+            model, out, feed = train_one(sub, value)
+        except TrainingDiverged as err:
+            diverged[str(value)] = f"epoch {err.epoch}: {err.what}"
+            tune_s += sub.clock.counted_s
+            continue
         scores[str(value)] = out["val_acc"]
         if best is None or out["val_acc"] > best[1]["val_acc"]:  # the earliest value on ties
             if best is not None:
                 tune_s += best[3].counted_s
-            best = (model, out, feed, sub.clock, rows, value)
+            best = (model if keep else None, out, feed, sub.clock, rows, value)
         else:
             tune_s += sub.clock.counted_s
         del model
+    if best is None:
+        raise GridDiverged(diverged)
+    noted = {"grid_val_acc": scores, **({"grid_diverged": diverged} if diverged else {})}
     model, out, feed, clock, rows, value = best
-    ctx.clock.merge(clock)
+    best = None
+    if keep:
+        ctx.clock.merge(clock)
+    else:
+        tune_s += clock.counted_s
     ctx.clock.book("tune_s", tune_s, counted=False)
     for row in rows:
         ctx.emit(row)
+    if not keep:
+        model, out, feed = retrain(ctx, value)
     with ctx.clock.phase("eval_s", counted=False):
         out["test_acc"] = evaluate(model, ctx.data.test, feed)
-    return {**out, "tuned_value": value, "tune_s": tune_s, "grid_val_acc": scores, "model": model}
+    return {**out, "tuned_value": value, "tune_s": tune_s, **noted, "model": model}
 
 
 def train_or_tune(ctx, cfg, train: Callable) -> tuple[nn.Module, dict]:

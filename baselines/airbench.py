@@ -38,7 +38,9 @@ state put back, in ``warmup_s``; the whitening and each epoch in ``train_s`` (co
 the validation split scored after each epoch without TTA (airbench's own per-epoch log)
 in ``eval_s``, with an epoch row; then the final model (no early stopping: the schedule
 and the average end at the last step) is scored with TTA on validation and test (test
-once), and without TTA on the training split (a diagnostic, 6x cheaper).
+once), and without TTA on the training split (a diagnostic, 6x cheaper). A loss or weight
+that stops being finite ends the training after that epoch (``TrainingDiverged``: the cell
+fails).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines import _training
+from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
 from baselines.airbench_net import AirbenchNet, whitening_filters
 
@@ -330,6 +333,10 @@ class Airbench(FromScratch):
                         lookahead.update(model, 1.0)  # the model ends as the average
                         break
                 train_loss = float(loss_sum) / max(seen, 1)
+            diverged = non_finite(train_loss, model)
+            if diverged is not None:  # stop now: the remaining epochs would only train NaNs
+                bar.close()
+                raise TrainingDiverged(epoch + 1, diverged, cfg.lr)
             with clock.phase("eval_s", counted=False):
                 val_acc = accuracy(model, data.val, feed, dtype, tta_level=0)
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")

@@ -19,7 +19,8 @@ fastai's progress bars and printed logs are switched off; ours is a tqdm bar.
 
 One-cycle is not early-stopped: the schedule only ends at its last epoch, so
 the final epoch is the model scored on test (``best_epoch == epochs``); the
-validation accuracy of every epoch is in the epoch rows.
+validation accuracy of every epoch is in the epoch rows. A loss or weight that
+stops being finite ends the fit after that epoch (``TrainingDiverged``: the cell fails).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from baselines import _training
+from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
 
 FASTAI_VERSION = "2.8.12"
@@ -195,6 +197,9 @@ def _runner_callback(Callback):
 
         def after_epoch(self):
             train_loss = float(self._loss_sum) / max(self._n_train, 1)
+            diverged = non_finite(train_loss, self.learn.model)
+            if diverged is not None:  # out of fastai's loop: the rest of the cycle would only train NaNs
+                raise TrainingDiverged(self.learn.epoch + 1, diverged)
             val_acc = int(self._correct) / max(self._n_val, 1)
             self.val_accs.append(val_acc)
             self.bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
@@ -281,6 +286,8 @@ class WRN22OneCycle(FromScratch):
         try:
             learn.fit_one_cycle(cfg.epochs, cfg.lr_max, wd=cfg.weight_decay, pct_start=cfg.pct_start,
                                 div=cfg.div)
+        except TrainingDiverged as err:  # fastai rewrote its message: say it again, with lr_max
+            raise err.at_lr(cfg.lr_max) from None
         finally:
             clock_cb.close_phase()
             bar.close()

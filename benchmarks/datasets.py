@@ -152,6 +152,11 @@ def _file_source(classes, paths: list[Path], labels, origin: str) -> Source:
             img = Image.open(paths[i])
             img.load()
             return img
+        except Image.DecompressionBombError as err:  # its header declares more pixels than PIL will decode
+            raise DatasetError(
+                f"{paths[i]} is too large to decode: {err} Resize it (gradfree scales every image to "
+                "--image-size anyway) or remove it."
+            ) from err
         except (UnidentifiedImageError, OSError) as err:
             raise DatasetError(
                 f"cannot read {paths[i]} as an image ({err.__class__.__name__}). "

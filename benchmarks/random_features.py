@@ -26,6 +26,10 @@ Counted phases (``train_total_s``): ``extract_s`` (train + validation images),
 ``encode_s``, ``project_s``, ``fit_s``. Not counted: ``warmup_s`` (one
 batch through the backbone), ``eval_s`` (train and validation accuracy) and
 ``predict_s`` (test images through the whole pipeline).
+
+Features or decision values that are not finite (an extraction that overflowed, a fit that
+blew up) raise :class:`NonFiniteFit`: the runner records the cell as failed with that reason,
+never an accuracy scored on NaNs.
 """
 
 from __future__ import annotations
@@ -37,7 +41,41 @@ import torch
 
 from benchmarks.backbones import build_backbone, extract_features, quantize_extractor
 from benchmarks.flops import PRECISION_BYTES, backbone_shape
+from benchmarks.logistic import NonFiniteFit
 from benchmarks.protocol import CellShape, RunContext
+
+
+def _require_finite(x: torch.Tensor, what: str, fix) -> None:
+    """Refuse ``x`` if it holds a NaN or an infinity: ``what`` names it, ``fix`` (a string, or a
+    callable making it, only called then) says what to do."""
+    bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    if bad:
+        fix = fix() if callable(fix) else fix
+        raise NonFiniteFit(f"{what} are not finite: {bad} of {x.numel()} values are NaN or infinite. {fix}")
+
+
+def _check_features(feats: torch.Tensor, split: str, ctx: RunContext, cut: str) -> None:
+    """Refuse backbone features holding a NaN or an infinity (the extraction overflowed)."""
+    fix = ("The extraction overflowed: extract in fp32 (--precision fp32)." if ctx.precision != "fp32" else
+           "The backbone's activations overflowed: cut it elsewhere or use another backbone.")
+    _require_finite(feats, f"the {split} features of {ctx.backbone} at {cut} ({ctx.precision})", fix)
+
+
+def _finite_accuracy(classifier, X, y: torch.Tensor, split: str) -> float:
+    """Accuracy of ``classifier`` on ``(X, y)`` from its decision values, which must be finite.
+
+    ``X: (n, n_features)``; the prediction is the ridge's (and scikit-learn's): the sign of a
+    single column for two classes, else the largest score.
+    """
+    S = torch.as_tensor(classifier.decision_function(X))
+    _require_finite(S, f"the decision values on the {split} split (penalty {classifier.alpha_:g})",
+                    lambda: f"The fit blew up on features up to {float(torch.as_tensor(X).abs().max()):.3g} "
+                            "in magnitude: use larger penalties (--alphas), or features of a smaller scale "
+                            "(e.g. --encoder sign).")
+    S = S.reshape(len(S), -1)
+    pred = (S[:, 0] > 0).long() if S.shape[1] == 1 else S.argmax(dim=1)
+    classes = torch.as_tensor(classifier.classes_, device=S.device)
+    return float((classes[pred] == y.to(S.device)).double().mean()) if len(y) else float("nan")
 
 
 @dataclass(frozen=True)
@@ -169,6 +207,7 @@ class RandomFeatures:
             hit = ctx.feature_cache.get(key, ctx.device)
             if hit is not None:
                 feats, seconds = hit
+                _check_features(feats, split, ctx, ext.cut)
                 # Charge what the extraction cost when it ran, so cells stay comparable.
                 ctx.clock.charge(phase, seconds, counted=split != "test")
                 return feats
@@ -176,6 +215,7 @@ class RandomFeatures:
             feats = extract_features(ext, data.split(split).images, data.mean, data.std,
                                      batch_size=ctx.batch_size, pool_size=self.config.pool_size,
                                      device=ctx.device, progress=ctx.progress, desc=f"extract {split}")
+        _check_features(feats, split, ctx, ext.cut)
         if key is not None:
             ctx.feature_cache.put(key, feats, span.seconds)
         return feats
@@ -237,6 +277,10 @@ class RandomFeatures:
             with clock.phase("project_s"):
                 x_train = projection.fit(e_train).transform(e_train)
                 x_val = projection.transform(e_val)
+            for split, x in (("train", x_train), ("validation", x_val)):
+                _require_finite(x, f"the {split} random features ({cfg.projection}, k={cfg.n_components})",
+                                lambda: f"The projection overflowed float32: its inputs (up to "
+                                        f"{float(e_train.abs().max()):.3g}) are too large; use --encoder sign.")
             classifier = LogisticControl(Cs=cfg.alphas) if cfg.classifier == "logistic" else \
                 RidgeClassifier(alphas=cfg.alphas)
             ridge, features_of = classifier, projection.transform
@@ -246,16 +290,19 @@ class RandomFeatures:
             # No validation rows (val_fraction 0, one fixed alpha): nothing to select on.
             ridge.fit(x_train, y_train, **({"X_val": x_val, "y_val": y_val} if len(y_val) else {}))
         with clock.phase("eval_s", counted=False):
-            train_acc = ridge.score(x_train, y_train)
+            train_acc = _finite_accuracy(ridge, x_train, y_train, "train")
         del x_train, x_val
         with clock.phase("predict_s", counted=False):
             f_test = self._features(ctx, ext, "test")
             x_test = features_of(encoder.transform(f_test))
-            test_acc = ridge.score(x_test, ctx.data.test.labels.to(ctx.device))
+            test_acc = _finite_accuracy(ridge, x_test, ctx.data.test.labels, "test")
         if n_out is None:
             n_out = int(x_test.shape[1])
 
         val_scores = getattr(ridge, "val_scores_", None) or {}
+        # penalties left out of the choice because their fit was not finite (value -> why)
+        diverged = {"grid_diverged": {f"{a:.6g}": why for a, why in ridge.diverged_.items()}} \
+            if getattr(ridge, "diverged_", None) else {}
         ridge_bytes = int(ridge.weight_bytes)  # kernel: the kept training rows + dual coefficients
         if cfg.projection == "kernel":
             ridge_params = int(ridge.param_count)
@@ -276,6 +323,7 @@ class RandomFeatures:
             "grid_solver": getattr(ridge, "grid_solver_", None),
             # validation accuracy at every penalty of the grid (the report's tuning table)
             "grid_val_acc": {f"{a:.6g}": float(s) for a, s in val_scores.items()} if len(val_scores) > 1 else None,
+            **diverged,
             "feature_dim": feature_dim,
             "backbone_param_count": ext.param_count,
             "backbone_bytes": ext.param_bytes,
