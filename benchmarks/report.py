@@ -14,7 +14,12 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
 
 The rows, which of them count and the tables come from :mod:`benchmarks.tables`;
 this module only lays them out. Malformed rows are skipped with a warning on
-standard error.
+standard error; a CSV that is not a results file, or holds no finished cell, is
+refused before anything is written. Every value from the data (dataset, class,
+cut and method names, errors) is shown literally, in Markdown (:func:`md_text`)
+as in HTML. The figures are named by their content, and the previous report in
+``--out`` is replaced whole or not at all, the folder's other files left as they
+are (:mod:`benchmarks.reportdir`).
 """
 
 from __future__ import annotations

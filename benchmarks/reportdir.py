@@ -137,12 +137,9 @@ class ReportFolder:
     def figure_name(self, stem: str, png: bytes) -> str:
         """The file name of a figure: ``stem`` and its content's hash, on no file but gradfree's own copy of it."""
         sha = _sha(png)
-        for n in itertools.count(1):
-            name = f"{stem}.{sha[:8]}{f'-{n}' if n > 1 else ''}.png"
-            path = self.path / name
-            if not os.path.lexists(path) or ((name, sha) in self.owned and _file_sha(path) == sha):
-                return name
-        raise AssertionError("unreachable")
+        names = (f"{stem}.{sha[:8]}{f'-{n}' if n > 1 else ''}.png" for n in itertools.count(1))
+        return next(name for name in names if not os.path.lexists(self.path / name)
+                    or ((name, sha) in self.owned and _file_sha(self.path / name) == sha))
 
     def replace(self, figures: dict[str, bytes], reports: dict[str, bytes],
                 warn: Callable[[str], None] = print) -> None:
@@ -218,7 +215,8 @@ def _failure(folder: Path, err: OSError, started: bool) -> str:
             "make it writable, or pass another --out" if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
             else "pass another --out")
     kept = " The previous report there is unchanged." if started else ""
-    return f"could not write the report into {folder}: {what}{where}.{kept} To go on, {todo}, then run the same command again."
+    return (f"could not write the report into {folder}: {what}{where}.{kept} To go on, {todo}, then run the "
+            "same command again.")
 
 
 __all__ = ["MANIFEST", "REPORT_FILES", "ReportFolder", "ReportFolderError"]

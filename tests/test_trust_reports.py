@@ -137,8 +137,11 @@ def test_a_file_put_in_place_of_a_figure_and_a_foreign_report_md_are_never_touch
     assert _report(a, out) == 0
     replaced = next(n for n in _linked((out / "report.md").read_text()) if n.startswith("time_breakdown"))
     (out / replaced).write_bytes(_png((1, 2, 3)))  # the user's figure now, under gradfree's name
+    assert _report(a, out) == 0  # the same report again: its figure goes beside the user's
+    again = next(n for n in _linked((out / "report.md").read_text()) if n.startswith("time_breakdown"))
+    assert again == replaced.replace(".png", "-2.png") and (out / again).is_file()
     assert _report(b, out) == 0
-    assert (out / replaced).read_bytes() == _png((1, 2, 3))
+    assert (out / replaced).read_bytes() == _png((1, 2, 3)) and not (out / again).exists()
 
     mine = tmp_path / "thesis"
     (mine / "report.md").parent.mkdir()
