@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import fcntl
 import hashlib
 import html
 import io
@@ -306,6 +307,18 @@ def test_a_full_disk_leaves_the_previous_report_whole_and_says_what_to_do(two_re
     monkeypatch.undo()
     assert _report(b, out) == 0
     assert all(_state(out)[name] == _sha(data) for name, data in user.items())
+
+
+def test_two_reports_into_one_folder_at_once_are_refused(two_results, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a report under way holds
+        assert _report(two_results[0], out) == 2
+    finally:
+        os.close(fd)
+    assert "another gradfree report is writing into" in capsys.readouterr().err and not list(out.iterdir())
 
 
 # ----------------------------------------------------------------------------
