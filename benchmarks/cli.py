@@ -425,7 +425,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="Markdown + HTML report (tables and plots) of a results folder",
                        description="Write report.md, report.html and PNG plots from RESULTS (a results folder "
-                                   "or its results.csv). Reads only the results files.")
+                                   "or its results.csv). Reads only the results files. In --out it replaces the "
+                                   "previous report whole (listed in .gradfree-report.json) and leaves every other "
+                                   "file as it is.")
     p.add_argument("results", help="results folder (holding results.csv) or a csv file")
     p.add_argument("--out", default=None, help="report folder [<results folder>/report]")
     p.set_defaults(func=cmd_report)

@@ -1,9 +1,12 @@
 """The report's figures (seaborn, PNG), each from the rows :mod:`benchmarks.tables` counts.
 
-Every function takes the rows it needs and the output folder and returns a
-:class:`Figure`; when the rows lack what a plot needs (no epoch rows, one
-point, no sizes...) it returns a figure with ``path=None`` and a ``note`` that
-the report prints instead of the image, rather than failing.
+Every function takes the rows it needs and returns a :class:`Figure` holding
+its PNG bytes; when the rows lack what a plot needs (no epoch rows, one point,
+no sizes...) it returns a figure with ``png=None`` and a ``note`` that the
+report prints instead of the image, rather than failing. Nothing here writes a
+file: the report (:mod:`benchmarks.reportdir`) names and writes them, so that a
+report is replaced whole or not at all. A figure's ``name`` is a safe file-name
+stem whatever the data's values (:func:`safe_name`).
 
 Which side a method is drawn on (backprop curves, gradient-free points) comes from
 :func:`benchmarks.tables.split_sides`, that is from the registry's ``is_backprop``.
@@ -12,8 +15,10 @@ matplotlib and seaborn are imported when a figure is drawn, not with the module.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,11 +29,22 @@ from benchmarks.tables import COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, c
 
 @dataclass
 class Figure:
-    name: str
+    name: str  # a file-name stem: letters, digits, "_" and "-" only
     title: str
     caption: str = ""
-    path: Path | None = None
+    png: bytes | None = None
     note: str = ""
+
+
+def safe_name(value: str, limit: int = 40) -> str:
+    """``value`` as a file-name stem: itself when made of letters, digits, "_" and "-" only, else a slug
+    of it plus a short hash of the whole value, so that two values never share a name
+    (``imagefolder:/data/x`` -> ``imagefolder-data-x-<8 hex digits>``)."""
+    value = str(value)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", value).strip("-")[:limit]
+    if slug == value and value:
+        return value
+    return "-".join(filter(None, [slug, hashlib.sha256(value.encode()).hexdigest()[:8]]))
 
 
 def _plt():
@@ -39,6 +55,7 @@ def _plt():
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
+    plt.rcParams["text.parse_math"] = False  # a "$" in a folder or class name is text, not a formula
     return plt, sns
 
 
@@ -58,16 +75,16 @@ def _log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def _save(fig, out: Path, name: str) -> Path:
-    path = out / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return path
+    return buf.getvalue()
 
 
-def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, ylabel: str) -> Figure:
+def versus_size(finals: pd.DataFrame, y: str, name: str, title: str, ylabel: str) -> Figure:
     """``y`` against model size, one line per configuration through its cut layers (mean ± std over seeds)."""
     fig_info = Figure(name, title)
     if finals.empty or finals["model_bytes"].notna().sum() == 0 or finals[y].notna().sum() == 0:
@@ -95,7 +112,7 @@ def versus_size(finals: pd.DataFrame, out: Path, y: str, name: str, title: str, 
         ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="best")
-    fig_info.path = _save(fig, out, name)
+    fig_info.png = _png(fig)
     fig_info.caption = (f"{ylabel} against the size of the model kept, mean ± std over seeds; "
                         + ("each line joins the cut layers of one configuration." if n_cuts > 1
                            else "one cut layer in these results, so one point per configuration."))
@@ -106,7 +123,7 @@ def _short_cut(cut: str) -> str:
     return cut.replace("denseblock", "db").replace("denselayer", "l")
 
 
-def versus_cut(finals: pd.DataFrame, out: Path, name: str = "by_cut", where: str = "") -> Figure:
+def versus_cut(finals: pd.DataFrame, name: str = "by_cut", where: str = "") -> Figure:
     """Training time and model size at each cut layer in depth order, one line per configuration (the
     seeds' Figure 6), and test accuracy below them unless every cell ran on random weights (whose
     accuracies mean nothing). Drawn when the results hold three cuts or more."""
@@ -145,7 +162,7 @@ def versus_cut(finals: pd.DataFrame, out: Path, name: str = "by_cut", where: str
     axes[0, 0].set_title(fig_info.title + (" (random weights: time and size only)" if random_weights else ""))
     handles, labels = axes[0, 0].get_legend_handles_labels()
     bottom.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=1)
-    fig_info.path = _save(fig, out, name)
+    fig_info.png = _png(fig)
     fig_info.caption = ("Counted training time and the size of the model kept at each cut layer, mean ± std over "
                         "seeds" + ("; every cell ran on random weights, so no accuracy is shown." if random_weights
                                    else ", and test accuracy."))
@@ -164,7 +181,7 @@ PARETO = (
 )
 
 
-def pareto(finals: pd.DataFrame, out: Path, x: str = "train_total_s", name: str = "pareto_acc_vs_time",
+def pareto(finals: pd.DataFrame, x: str = "train_total_s", name: str = "pareto_acc_vs_time",
            title: str = PARETO[0][2], xlabel: str = PARETO[0][3], better: str = "faster") -> Figure:
     """Test accuracy against ``x``, gradient-free and backprop apart, with the Pareto front drawn: the
     configurations that no ``better`` one matches in accuracy."""
@@ -188,14 +205,14 @@ def pareto(finals: pd.DataFrame, out: Path, x: str = "train_total_s", name: str 
     ax.set_ylabel("test accuracy")
     ax.set_title(fig_info.title)
     ax.legend(fontsize=7, loc="best")
-    fig_info.path = _save(fig, out, fig_info.name)
+    fig_info.png = _png(fig)
     fig_info.caption = ("Each point is a configuration (mean ± std over seeds; marker: backprop or gradient-free); "
                         f"the dashed line and circled points are the Pareto front: {len(front)} configuration(s) "
                         f"that no {better} one matches in accuracy.")
     return fig_info
 
 
-def time_breakdown(finals: pd.DataFrame, out: Path, name: str = "time_breakdown",
+def time_breakdown(finals: pd.DataFrame, name: str = "time_breakdown",
                    title: str = "Training time per phase") -> Figure:
     """Stacked seconds per counted phase, one bar per configuration."""
     fig_info = Figure(name, title)
@@ -215,7 +232,7 @@ def time_breakdown(finals: pd.DataFrame, out: Path, name: str = "time_breakdown"
     ax.set_ylabel("")
     ax.set_title(fig_info.title)
     ax.legend(title="phase", fontsize=8)
-    fig_info.path = _save(fig, out, fig_info.name)
+    fig_info.png = _png(fig)
     fig_info.caption = "Counted phases only (warm-up, evaluation and test prediction are not counted)."
     return fig_info
 
@@ -231,7 +248,7 @@ def time_to_accuracy_data(finals: pd.DataFrame, epochs: pd.DataFrame) -> tuple[p
     return curves, points
 
 
-def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, name: str = "time_to_accuracy",
+def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "time_to_accuracy",
                      title: str = "Time to accuracy: backprop epochs vs gradient-free fits") -> Figure:
     """Validation accuracy after each epoch against cumulative training time, gradient-free points alongside."""
     fig_info = Figure(name, title)
@@ -267,7 +284,7 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, name
     ax.set_ylabel("validation accuracy")
     ax.set_title(fig_info.title)
     ax.legend(fontsize=7, loc="best")
-    fig_info.path = _save(fig, out, fig_info.name)
+    fig_info.png = _png(fig)
     fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
                         "Stars: random features, at their whole training time, with their validation accuracy "
                         "at the selected alpha. Dotted: the best gradient-free validation accuracy of each data "
@@ -276,41 +293,38 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, name
     return fig_info
 
 
-def make_all(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> list[Figure]:
+def make_all(finals: pd.DataFrame, epochs: pd.DataFrame) -> list[Figure]:
     """Every figure; one set per data group (dataset, training-set size...) when the results hold several,
     since a front or a target across two training-set sizes would compare cells that saw different data."""
-    out = Path(out)
-    for old in out.glob("*.png"):
-        old.unlink()  # no stale figure from an earlier report
     groups = list(data_groups(finals))
     if len(groups) <= 1:
-        return _figure_set(finals, epochs, out, "", "")
+        return _figure_set(finals, epochs, "", "")
     figures, used = [], set()
     for i, (group, rows) in enumerate(groups):
         n_train = "" if pd.isna(group["n_train"]) or group["n_train"] < 0 else f"{group['n_train']:.0f}"
-        suffix = f"__{group['dataset']}" + (f"_n{n_train}" if n_train else "")
+        suffix = f"__{safe_name(group['dataset'])}" + (f"_n{n_train}" if n_train else "")
         suffix = suffix if suffix not in used else f"{suffix}_{i}"  # same size, other validation/test split
         used.add(suffix)
         where = f" ({group['dataset']}" + (f", {n_train} training images" if n_train else "") + ")"
         mine = epochs[in_group(epochs, group)] if not epochs.empty else epochs
-        figures += _figure_set(rows, mine, out, suffix, where)
+        figures += _figure_set(rows, mine, suffix, where)
     return figures
 
 
-def _figure_set(finals: pd.DataFrame, epochs: pd.DataFrame, out: Path, suffix: str, where: str) -> list[Figure]:
+def _figure_set(finals: pd.DataFrame, epochs: pd.DataFrame, suffix: str, where: str) -> list[Figure]:
     n_cuts = finals["cut"].fillna("").astype(str).replace("", np.nan).nunique() if not finals.empty else 0
     return [
-        versus_size(finals, out, "test_acc", "acc_vs_size" + suffix,
+        versus_size(finals, "test_acc", "acc_vs_size" + suffix,
                     "Test accuracy vs model size across cut layers" + where, "test accuracy"),
-        versus_size(finals, out, "train_total_s", "time_vs_size" + suffix,
+        versus_size(finals, "train_total_s", "time_vs_size" + suffix,
                     "Training time vs model size across cut layers" + where, "training time (s, log scale)"),
-        *(pareto(finals, out, x, name + suffix, title + where, xlabel, better)
+        *(pareto(finals, x, name + suffix, title + where, xlabel, better)
           for x, name, title, xlabel, better in PARETO),
-        time_breakdown(finals, out, "time_breakdown" + suffix, "Training time per phase" + where),
-        time_to_accuracy(finals, epochs, out, "time_to_accuracy" + suffix,
+        time_breakdown(finals, "time_breakdown" + suffix, "Training time per phase" + where),
+        time_to_accuracy(finals, epochs, "time_to_accuracy" + suffix,
                          "Time to accuracy: backprop epochs vs gradient-free fits" + where),
-        *([versus_cut(finals, out, "by_cut" + suffix, where)] if n_cuts >= 3 else []),  # a sweep over cuts
+        *([versus_cut(finals, "by_cut" + suffix, where)] if n_cuts >= 3 else []),  # a sweep over cuts
     ]
 
 
-__all__ = ["Figure", "make_all", "GROUP"]
+__all__ = ["Figure", "make_all", "safe_name", "GROUP"]

@@ -14,14 +14,21 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
 
 The rows, which of them count and the tables come from :mod:`benchmarks.tables`;
 this module only lays them out. Malformed rows are skipped with a warning on
-standard error.
+standard error; a CSV that is not a results file, or holds no finished cell, is
+refused before anything is written. Every value from the data (dataset, class,
+cut and method names, errors) is shown literally, in Markdown (:func:`md_text`)
+as in HTML. The figures are named by their content, and the previous report in
+``--out`` is replaced whole or not at all, the folder's other files left as they
+are (:mod:`benchmarks.reportdir`).
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -29,8 +36,10 @@ import pandas as pd
 from benchmarks import plots
 from benchmarks.comparison import time_to_accuracy_table
 from benchmarks.metadata import read_metadata
-from benchmarks.tables import (accuracy_table, failed_table, load_results, results_csv, size_table, split_rows,
-                               summary_table, time_table)
+from benchmarks.reportdir import ReportFolder
+from benchmarks.results import ResultsError
+from benchmarks.tables import (accuracy_table, check_results_file, failed_table, load_results, results_csv,
+                               size_table, split_rows, summary_table, time_table)
 from benchmarks.tuning import tuning_table
 from benchmarks.walltime import cell_walls, format_duration, wall_note
 
@@ -50,6 +59,8 @@ TUNING_NOTE = ("What each configuration chose on the validation split, per seed:
                "grid's cost is tune_s, outside the training time) and the penalty of ridge (alpha) or logistic "
                "regression (C). A value at an end of its grid means the grid may have cut the optimum off. The "
                "spread of validation accuracy over the grid is how much that hyperparameter matters.")
+SIZE_NOTE = ("What is kept after training: backbone up to the cut + ridge weights for random features (R is "
+             "regenerated from its seed, its would-be size shown for reference); the whole network for backprop.")
 TIME_NOTE = ("Training time (`train_total_s`) is the sum of the counted phases (extract, encode, project, fit "
              "for random features on train + validation images; train for backprop). Warm-up, evaluation and "
              "test prediction are measured but not counted. A cell whose features came from the feature cache "
@@ -60,14 +71,32 @@ TIME_NOTE = ("Training time (`train_total_s`) is the sum of the counted phases (
 # Writing
 # ----------------------------------------------------------------------------
 
+#: What Markdown would read as markup in a value: backslash, code, emphasis, links, strikethrough, math,
+#: a table's cell separator, and "_" at a word's edge ("small_cnn" stays as it is).
+_MD_MARKUP = re.compile(r"[\\`*\[\]~$|]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md_text(value: object) -> str:
+    """``value`` (a dataset, class, cut or method name, an error...) as Markdown that shows it literally:
+    no HTML tag or entity (``<img onerror=...>`` is text) and markup characters backslashed (``[a](javascript:...)``
+    is no link), on one line."""
+    text = re.sub(r"[\r\n]+", " ", str(value).replace("&", "&amp;").replace("<", "&lt;"))
+    return _MD_MARKUP.sub(lambda m: "\\" + m.group(0), text)
+
+
+def _md_code(value: object) -> str:
+    """``value`` as a Markdown code span, whatever backticks it holds."""
+    text = re.sub(r"[\r\n]+", " ", str(value))
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
+
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no extra dependency)."""
+    """A GitHub Markdown table (no extra dependency), every value shown literally (:func:`md_text`)."""
     if df.empty:
         return "_(none)_\n"
-    cells = df.astype(object).where(df.notna(), "").astype(str)
-    cells = cells.apply(lambda col: col.str.replace("|", "\\|", regex=False).str.replace("\n", " ", regex=False))
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    cells = df.astype(object).where(df.notna(), "").astype(str).map(md_text)
+    lines = ["| " + " | ".join(md_text(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in cells.values.tolist()]
     return "\n".join(lines) + "\n"
 
@@ -87,59 +116,96 @@ def _run_info(csv: Path, finals: pd.DataFrame, walls: dict[tuple[str, str], floa
 
 
 def build_report(results: str | Path, out: str | Path | None = None) -> Path:
-    """Write report.md, report.html and the PNGs; return the Markdown file's path."""
-    csv = results_csv(results)
-    out = Path(out) if out else csv.parent / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    df = load_results(csv, warn=lambda message: print(f"warning: {message}", file=sys.stderr))
-    finals, epochs, failed = split_rows(df)
-    walls = cell_walls(csv.parent)
-    figures = plots.make_all(finals, epochs, out)
+    """Write report.md, report.html and the PNGs; return the Markdown file's path.
 
-    suites = ", ".join(sorted(s for s in df["suite"].unique() if s)) or "(single runs)"
-    datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d)) if not finals.empty else ""
-    sections: list[tuple[str, str, object]] = [
-        ("Summary", f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {suites}; dataset(s): "
-                    f"{datasets}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}",
-         summary_table(df)),
-        ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
-        ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
-        ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs)),
-        ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
-        ("Model size", "What is kept after training: backbone up to the cut + ridge weights for random features "
-                       "(R is regenerated from its seed, its would-be size shown for reference); the whole "
-                       "network for backprop.", size_table(finals)),
-    ]
-    md = [f"# gradfree report: {suites}\n", f"Generated from `{csv}` (reports read only results files).\n",
-          f"> {SELECTION_NOTE}\n"]
-    body_html = [f"<h1>gradfree report: {html.escape(suites)}</h1>",
-                 f"<p>Generated from <code>{html.escape(str(csv))}</code>.</p>",
-                 f"<blockquote>{html.escape(SELECTION_NOTE)}</blockquote>"]
-    for title, text, table in sections:
-        md += [f"## {title}\n", f"{text}\n", markdown_table(table)]
-        body_html += [f"<h2>{html.escape(title)}</h2>", f"<p>{html.escape(text)}</p>", _html_table(table)]
-    md.append("## Plots\n")
-    body_html.append("<h2>Plots</h2>")
-    for fig in figures:
-        md.append(f"### {fig.title}\n")
-        body_html.append(f"<h3>{html.escape(fig.title)}</h3>")
-        if fig.path is None:
-            md.append(f"_Skipped: {fig.note}_\n")
-            body_html.append(f"<p><em>Skipped: {html.escape(fig.note)}</em></p>")
-            continue
-        md.append(f"{fig.caption}\n\n![{fig.title}]({fig.path.name})\n")
-        data = base64.b64encode(fig.path.read_bytes()).decode()
-        body_html += [f"<p>{html.escape(fig.caption)}</p>",
-                      f'<img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">']
-    md += ["## Failed cells\n", markdown_table(failed_table(failed))]
-    body_html += ["<h2>Failed cells</h2>", _html_table(failed_table(failed))]
-    runs = pd.DataFrame(_run_info(csv, finals, walls))
-    md += ["## Runs\n", markdown_table(runs)]
-    body_html += ["<h2>Runs</h2>", _html_table(runs)]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_HTML.format(title=html.escape(f"gradfree report: {suites}"),
-                                                  body="\n".join(body_html)))
+    Refuses (:class:`benchmarks.results.ResultsError`) a CSV that is not a results file and one with
+    no finished cell, before writing anything. The folder's other files are left as they are, and the
+    previous report is replaced whole or not at all (:mod:`benchmarks.reportdir`)."""
+    csv = results_csv(results)
+    check_results_file(csv)
+    out = Path(out) if out else csv.parent / "report"
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    df = load_results(csv, warn=warn)
+    finals, epochs, failed = split_rows(df)
+    if finals.empty:
+        failures = f" ({len(failed)} failed: their errors are in the file's error column)" if len(failed) else ""
+        raise ResultsError(f"nothing to report: {csv} holds no finished cell{failures}. Run cells into it "
+                           "(`gradfree run ... --out FOLDER`), or give another results folder.")
+    with ReportFolder(out) as folder:
+        walls = cell_walls(csv.parent)
+        figures = plots.make_all(finals, epochs)
+        files = {fig.name: folder.figure_name(fig.name, fig.png) for fig in figures if fig.png is not None}
+        suites = ", ".join(sorted(s for s in df["suite"].unique() if s)) or "(single runs)"
+        datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d))
+
+        def summary(value: Callable[[str], str]) -> str:  # the data's names through ``value``, the Markdown's or not
+            return (f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {value(suites)}; dataset(s): "
+                    f"{value(datasets)}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}")
+
+        tables: list[Section] = [
+            ("Summary", summary, summary_table(df)),
+            ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
+            ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
+            ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs)),
+            ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
+            ("Model size", SIZE_NOTE, size_table(finals)),
+        ]
+        after: list[Section] = [("Failed cells", "", failed_table(failed)),
+                                ("Runs", "", pd.DataFrame(_run_info(csv, finals, walls)))]
+        title = f"gradfree report: {suites}"
+        md = _markdown(title, csv, tables, figures, files, after)
+        page = _page(title, csv, tables, figures, after)
+        folder.replace({files[f.name]: f.png for f in figures if f.png is not None},
+                       {"report.md": md.encode(), "report.html": page.encode()}, warn)
     return out / "report.md"
+
+
+#: (heading, text or a function of how to show the data's names in it, table)
+Section = tuple[str, str | Callable[[Callable[[str], str]], str], pd.DataFrame]
+
+
+def _text(text, value: Callable[[str], str]) -> str:
+    return text(value) if callable(text) else text
+
+
+def _markdown(title: str, csv: Path, tables: list[Section], figures: list[plots.Figure], files: dict[str, str],
+              after: list[Section]) -> str:
+    def sections(items: list[Section]) -> list[str]:
+        out = []
+        for heading, text, table in items:
+            out += [f"## {heading}\n", *([f"{_text(text, md_text)}\n"] if text else []), markdown_table(table)]
+        return out
+
+    md = [f"# {md_text(title)}\n", f"Generated from {_md_code(csv)} (reports read only results files).\n",
+          f"> {SELECTION_NOTE}\n", *sections(tables), "## Plots\n"]
+    for fig in figures:
+        md.append(f"### {md_text(fig.title)}\n")
+        if fig.png is None:
+            md.append(f"_Skipped: {md_text(fig.note)}_\n")
+        else:
+            md.append(f"{md_text(fig.caption)}\n\n![{md_text(fig.title)}]({files[fig.name]})\n")
+    return "\n".join(md + sections(after))
+
+
+def _page(title: str, csv: Path, tables: list[Section], figures: list[plots.Figure], after: list[Section]) -> str:
+    def sections(items: list[Section]) -> list[str]:
+        out = []
+        for heading, text, table in items:
+            out += [f"<h2>{html.escape(heading)}</h2>", *([f"<p>{html.escape(_text(text, str))}</p>"] if text else []),
+                    _html_table(table)]
+        return out
+
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>Generated from <code>{html.escape(str(csv))}</code>.</p>",
+            f"<blockquote>{html.escape(SELECTION_NOTE)}</blockquote>", *sections(tables), "<h2>Plots</h2>"]
+    for fig in figures:
+        body.append(f"<h3>{html.escape(fig.title)}</h3>")
+        if fig.png is None:
+            body.append(f"<p><em>Skipped: {html.escape(fig.note)}</em></p>")
+        else:
+            data = base64.b64encode(fig.png).decode()
+            body += [f"<p>{html.escape(fig.caption)}</p>",
+                     f'<img alt="{html.escape(fig.title)}" src="data:image/png;base64,{data}">']
+    return _HTML.format(title=html.escape(title), body="\n".join(body + sections(after)))
 
 
 def _html_table(df: pd.DataFrame) -> str:

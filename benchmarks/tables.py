@@ -4,6 +4,8 @@ This module owns everything that reads ``results.csv`` into frames; the report
 (:mod:`benchmarks.report`), its figures (:mod:`benchmarks.plots`) and the
 regression check (:mod:`benchmarks.compare`) read results through it only.
 
+* :func:`check_results_file`: refuses a CSV that is not a results file (another tool's, gradfree
+  perf's), naming what it holds.
 * :func:`load_results`: every row of a results file, numeric columns as numbers,
   plus a ``config`` label per row (each method's own :func:`benchmarks.methods.label`).
   Rows are read by :func:`benchmarks.results.read_rows`: those a crash or a bad merge left
@@ -34,7 +36,7 @@ import pandas as pd
 
 from benchmarks.backbones import BackboneError, list_cuts
 from benchmarks.methods import REGISTRY, backprop_methods, config_fields, label
-from benchmarks.results import RESULTS_FILE, SCHEMA, ResultsWarning, read_rows
+from benchmarks.results import RESULTS_FILE, SCHEMA, ResultsError, ResultsWarning, read_rows
 
 NUMERIC = ("n_components", "seed", "image_size", "n_classes", "n_train", "n_val", "n_test", "threads", "epoch",
            "train_loss", "train_acc", "val_acc", "test_acc", "best_epoch", "epochs", "alpha", "warmup_s",
@@ -63,6 +65,27 @@ def results_csv(path: str | Path) -> Path:
         raise FileNotFoundError(f"no results at {csv_path}: give a results folder (with {RESULTS_FILE}) "
                                 "or a csv file.")
     return csv_path
+
+
+#: The columns without which a CSV is not a results file (the report and the comparison group by them).
+IDENTITY = ("run_id", "cell_key", "row_type", "status", "method")
+
+
+def check_results_file(csv_path: Path) -> None:
+    """Raise :class:`benchmarks.results.ResultsError` unless ``csv_path`` has a results file's columns
+    (:data:`IDENTITY` at least), saying what it holds instead."""
+    header = _header(csv_path)
+    missing = [c for c in IDENTITY if c not in header]
+    if not missing:
+        return
+    if not header or csv_path.stat().st_size == 0:
+        what = "it is empty"
+    else:
+        shown = ", ".join(header[:6]) + (", ..." if len(header) > 6 else "")
+        what = f"its columns are {shown}, without {', '.join(missing)}"
+    raise ResultsError(f"{csv_path} is not a gradfree results file: {what}. Expected the {RESULTS_FILE} that "
+                       f"`gradfree run` writes (columns {', '.join(SCHEMA[:4])}, ...); give its folder or the "
+                       "file itself.")
 
 
 def _header(csv_path: Path) -> list[str]:
