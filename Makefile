@@ -76,4 +76,4 @@ gpu-check-data:
 	cp ../shared/data/cifar10-jpg.tar.gz $(GPU_DATA)/cifar10-jpg.tar.gz
 
 gpu-check:
-	PYTHONPATH=. python3 -m benchmarks.gpu_check
+	PYTHONPATH=. python3 -m benchmarks.cli gpu-check

@@ -72,6 +72,9 @@ class Cell:
     train_per_class: int | None = 500
     test_per_class: int | None = 200
     val_fraction: float = 0.2
+    #: A fixed validation split of this many images per class, held out once from the training pool (the
+    #: same at every size and seed; val_fraction unused), training images drawn from the rest with the seed.
+    val_per_class: int | None = None
     batch_size: int = 128
     device: str = "auto"
     seed: int = 0
@@ -92,6 +95,9 @@ class Cell:
         ident = dataclasses.asdict(self)
         for k in ("threads", "suite", "batch_size", "data_dir", "data_id"):
             ident.pop(k)
+        for k, default in _KEYED_WHEN_SET.items():  # fields added later: keys made before them stay
+            if ident[k] == default:
+                ident.pop(k)
         if self.dataset.startswith(IMAGEFOLDER):
             ident["dataset"] = IMAGEFOLDER + (self.data_id or folder_identity(Path(self.dataset[len(IMAGEFOLDER):])))
         ident["options"] = sorted([list(o) for o in self.options])
@@ -99,16 +105,21 @@ class Cell:
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def data_key(self) -> tuple:
-        return (self.dataset, self.data_dir, self.image_size, self.train_per_class,
-                self.test_per_class, self.val_fraction)
+        """What the loaded images depend on (the seed too, when it draws the training subset)."""
+        resampled = self.val_per_class is not None and self.train_per_class is not None
+        return (self.dataset, self.data_dir, self.image_size, self.train_per_class, self.test_per_class,
+                self.val_fraction, self.val_per_class, self.seed if resampled else None)
 
     @property
     def uses_backbone(self) -> bool:
         return get_method(self.method).uses_backbone
 
 
+#: Cell fields added after keys were first made, with their default: left out of the key at that default.
+_KEYED_WHEN_SET = {"val_per_class": None}
+
 CELL_FIELDS = {f.name: f for f in dataclasses.fields(Cell) if f.name not in ("options", "suite", "data_id")}
-_NONE_IF_ZERO = ("train_per_class", "test_per_class")
+_NONE_IF_ZERO = ("train_per_class", "test_per_class", "val_per_class")
 
 
 def known_keys() -> list[str]:
@@ -264,10 +275,12 @@ def validate(cell: Cell) -> None:
         value = getattr(cell, name)
         if value is not None and value < 1:
             raise CellError(f"{name} = {value}: expected a positive number of images per class, or 0 for all.")
-    if not 0.0 <= cell.val_fraction < 1.0:
+    if cell.val_per_class is not None:
+        _check_fixed_validation(cell)
+    elif not 0.0 <= cell.val_fraction < 1.0:
         raise CellError(f"val_fraction = {cell.val_fraction}: expected a fraction in [0, 1) "
                         "(the share of each class's training images held out for validation).")
-    if cell.val_fraction == 0.0 and (method_cls.is_backprop or len(cell.option_dict().get("alphas") or ()) != 1):
+    if cell.val_per_class is None and cell.val_fraction == 0.0 and (method_cls.is_backprop or len(cell.option_dict().get("alphas") or ()) != 1):
         raise CellError(f"{cell.method} selects on the validation split (alpha or the best epoch), so "
                         "val_fraction 0 leaves it nothing to select on; use a fraction above 0"
                         + ("" if method_cls.is_backprop else ", or a single fixed --alphas value") + ".")
@@ -288,12 +301,30 @@ def validate(cell: Cell) -> None:
     plan_memory(cell, device)
 
 
+def _check_fixed_validation(cell: Cell) -> None:
+    if cell.val_per_class < 1:
+        raise CellError(f"val_per_class = {cell.val_per_class}: expected a positive number of validation images per "
+                        "class (or leave it out for --val-fraction).")
+    if cell.dataset.startswith(IMAGEFOLDER) or cell.dataset not in FULL_SIZES:
+        return  # counted when the folder is read
+    per_class = FULL_SIZES[cell.dataset][0] // N_CLASSES.get(cell.dataset, 10)
+    need = cell.val_per_class + (cell.train_per_class or 1)
+    if need > per_class:
+        raise CellError(f"val_per_class {cell.val_per_class} + train_per_class {cell.train_per_class} exceeds the "
+                        f"{per_class:,} training images per class of {cell.dataset}; use at most "
+                        f"{per_class - cell.val_per_class:,} training images per class (or 0 for all the rest).")
+
+
 def cell_shape(cell: Cell, device: torch.device | None = None) -> CellShape:
     """The sizes the cell will load (counted from the folders of an imagefolder dataset)."""
     n_classes, full_train, full_test = _dataset_sizes(cell)
     per_class_train = cell.train_per_class
-    n_fit = per_class_train * n_classes if per_class_train else full_train
-    n_val = int(round(n_fit * cell.val_fraction))
+    if cell.val_per_class is not None:  # a fixed validation split held out first, training drawn from the rest
+        n_val = cell.val_per_class * n_classes
+        n_fit = n_val + (per_class_train * n_classes if per_class_train else max(full_train - n_val, 0))
+    else:
+        n_fit = per_class_train * n_classes if per_class_train else full_train
+        n_val = int(round(n_fit * cell.val_fraction))
     n_test = cell.test_per_class * n_classes if cell.test_per_class else full_test
     dev = device.type if device is not None else resolve_device(cell.device).type
     return CellShape(backbone=cell.backbone, cut=cell.cut, image_size=cell.image_size, precision=cell.precision,

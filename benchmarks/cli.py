@@ -91,6 +91,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--test-per-class", type=int, default=200, help="test images per class; 0 = all [200]")
     g.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of each class's training images held out for validation [0.2]")
+    g.add_argument("--val-per-class", type=int, default=None,
+                   help="instead of --val-fraction: a fixed validation split of N images per class, held out "
+                        "once from the whole training pool (the same at every size and seed); the training "
+                        "images are then drawn from the rest with --seed (0 or left out: --val-fraction)")
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default="mobilenet_v2", choices=list(BACKBONES),
                    help="ImageNet-pretrained CNN to cut [mobilenet_v2]")
@@ -150,7 +154,8 @@ def _warn_unused(method: str, options: dict) -> None:
 
 
 _CELL_ARGS = ("method", "dataset", "data_dir", "backbone", "cut", "weights", "precision", "image_size",
-              "train_per_class", "test_per_class", "val_fraction", "batch_size", "device", "seed", "threads")
+              "train_per_class", "test_per_class", "val_fraction", "val_per_class", "batch_size", "device", "seed",
+              "threads")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -379,6 +384,7 @@ def _add_optional_commands(sub) -> None:
     _add_report_parser(sub)
     _add_compare_parser(sub)
     _add_rekey_parser(sub)
+    _add_gpu_check_parser(sub)
 
 
 def _add_perf_parser(sub) -> None:
@@ -480,6 +486,18 @@ def _add_rekey_parser(sub) -> None:
     p.add_argument("results", help="results folder (holding results.csv and runs/)")
     p.add_argument("--dry-run", action="store_true", help="count what would change, write nothing")
     p.set_defaults(func=cmd_rekey)
+
+
+def _add_gpu_check_parser(sub) -> None:
+    from benchmarks import gpu_check
+
+    p = sub.add_parser("gpu-check", help="every CUDA path once, on a machine with a GPU (make gpu-check)",
+                       description=gpu_check.__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("--device", default="cuda", help="cuda, or cpu to try the plumbing without a GPU [cuda]")
+    p.add_argument("--out", default=str(gpu_check.OUT), help="output folder [results/gpu-check]")
+    p.add_argument("--data", default=str(gpu_check.DATA),
+                   help="the carried CIFAR-10 archive's folder (make gpu-check-data) [.cache/gpu-check]")
+    p.set_defaults(func=lambda args: gpu_check.run(args.device, args.out, args.data))
 
 
 class Terminated(KeyboardInterrupt):

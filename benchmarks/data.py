@@ -82,14 +82,24 @@ class DataBundle:
             "n_val": len(self.val),
             "n_test": len(self.test),
             "data_fingerprint": self.fingerprint(),
+            # (not schema columns: they go to the row's extra) which images, exactly, and how drawn
+            "split_hash": self.info.get("split_hash"),
+            **({"val_per_class": self.info["val_per_class"], "subset_seed": self.info["subset_seed"]}
+               if self.info.get("val_per_class") is not None else {}),
         }
 
     def fingerprint(self) -> str:
-        """A short hash of the labels and a sample of pixels of every split."""
+        """A short hash of the labels and a sample of pixels of every split. With a fixed validation
+        split (``info["val_per_class"]``), of the validation and test splits and the training pool's
+        size instead: every training-set size and seed drawn from one pool shares it."""
         import hashlib
 
         h = hashlib.sha1()
-        for s in (self.train, self.val, self.test):
+        splits = (self.train, self.val, self.test)
+        if self.info.get("val_per_class") is not None:
+            splits = (self.val, self.test)
+            h.update(f"pool {self.info.get('pool_size')}".encode())
+        for s in splits:
             h.update(s.labels.numpy().tobytes())
             if len(s) == 0:  # an empty split (val_fraction 0): no pixels to sample
                 continue
@@ -206,6 +216,8 @@ def load_dataset(
     data_seed: int = 0,
     progress: bool = True,
     clamp_per_class: bool | None = None,
+    val_per_class: int | None = None,
+    subset_seed: int = 0,
 ) -> DataBundle:
     """Load ``name`` as a :class:`DataBundle` of decoded, resized uint8 images.
 
@@ -220,6 +232,14 @@ def load_dataset(
     ``True`` for ``imagefolder:PATH`` (a user's own folder: the sizes are upper bounds, so
     the defaults of 500 / 200 work on a folder of 100 images per class), ``False`` for the
     named datasets, whose sizes are known.
+
+    ``val_per_class`` (the learning-curve protocol): a *fixed* validation split of that many images
+    per class is held out first from the whole training pool (drawn with ``data_seed``: the same at
+    every training-set size and seed), and ``val_fraction`` is unused; ``train_per_class`` images
+    per class are then drawn from the rest with ``subset_seed`` (so seeds resample the training
+    subset), or all of the rest when ``train_per_class`` is None. The bundle's fingerprint then
+    covers the validation and test splits and the pool, not the drawn subset, so every size and
+    seed of one dataset shares it; ``info["split_hash"]`` names the exact three index sets.
     """
     _check_sizes(train_per_class, test_per_class, val_fraction)
     if clamp_per_class is None:
@@ -228,8 +248,12 @@ def load_dataset(
 
     rng = np.random.default_rng(data_seed)
     tr_idx, va_idx, short_train, short_test = [], [], [], []
-    for idx in _stratified(train.labels, train_per_class, rng, train.classes, "training", clamp_per_class,
-                           short_train):
+    if val_per_class is not None:
+        tr_idx, va_idx = _fixed_validation(train, val_per_class, train_per_class, rng, subset_seed, clamp_per_class,
+                                           short_train)
+    for idx in ([] if val_per_class is not None else
+                _stratified(train.labels, train_per_class, rng, train.classes, "training", clamp_per_class,
+                            short_train)):
         n_val = int(round(val_fraction * len(idx)))
         if val_fraction > 0 and (n_val == 0 or n_val == len(idx)):
             label = train.classes[int(train.labels[idx[0]])]
@@ -244,9 +268,10 @@ def load_dataset(
         if short:
             _notice_once(f"{name}: {len(short)} class(es) have fewer {split} images than the {asked} per class "
                          f"asked; using all of theirs: {', '.join(short)}.")
-    splits = {}
+    splits, ids = {}, {}
     for split, source, idx in (("train", train, tr_idx), ("val", train, va_idx), ("test", test, te_idx)):
         idx = np.sort(np.concatenate(idx)) if idx else np.zeros(0, dtype=np.int64)
+        ids[split] = idx
         splits[split] = _decode(source, idx, image_size, f"decode {name} {split}", progress)
     return DataBundle(
         name=name,
@@ -258,8 +283,46 @@ def load_dataset(
         source=train.origin,
         info={"data_seed": data_seed, "val_fraction": val_fraction,
               "train_per_class": train_per_class, "test_per_class": test_per_class,
-              "clamped_classes": {"train": short_train, "test": short_test}},
+              "clamped_classes": {"train": short_train, "test": short_test},
+              "val_per_class": val_per_class, "subset_seed": subset_seed if val_per_class is not None else None,
+              "pool_size": len(train.labels), "split_hash": _split_hash(ids)},
     )
+
+
+def _split_hash(ids: dict[str, np.ndarray]) -> str:
+    """A short hash of the train, validation and test index sets (indices into each split's source)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for split in ("train", "val", "test"):
+        h.update(split.encode() + np.asarray(ids[split], dtype=np.int64).tobytes())
+    return h.hexdigest()[:12]
+
+
+def _fixed_validation(train: Source, val_per_class: int, train_per_class: int | None, rng: np.random.Generator,
+                      subset_seed: int, clamp: bool, short: list[str]) -> tuple[list, list]:
+    """Per class: the first ``val_per_class`` of a ``rng`` permutation (the fixed validation split), then
+    ``train_per_class`` of the rest drawn with ``subset_seed`` (all of the rest when None)."""
+    if isinstance(val_per_class, bool) or not isinstance(val_per_class, (int, np.integer)) or val_per_class < 1:
+        raise DatasetError(f"--val-per-class {val_per_class!r}: expected a whole number of images per class, "
+                           "at least 1.")
+    draw = np.random.default_rng(subset_seed)
+    tr_idx, va_idx = [], []
+    for idx in _stratified(train.labels, None, rng, train.classes, "training", clamp, short):
+        label = train.classes[int(train.labels[idx[0]])]
+        if val_per_class >= len(idx):
+            raise DatasetError(f"--val-per-class {val_per_class} leaves no training image of class {label!r}, "
+                               f"which has {len(idx)}; hold out fewer.")
+        pool = idx[val_per_class:]
+        if train_per_class is not None and train_per_class > len(pool):
+            if not clamp:
+                raise DatasetError(f"asked for {train_per_class} training images of class {label!r} besides its "
+                                   f"{val_per_class} validation images, but it has {len(idx)}; lower "
+                                   f"--train-per-class to at most {len(pool)}.")
+            short.append(f"{label!r} ({len(pool)})")
+        va_idx.append(idx[:val_per_class])
+        tr_idx.append(pool if train_per_class is None else draw.permutation(pool)[:train_per_class])
+    return tr_idx, va_idx
 
 
 def synthetic_bundle(n_per_class: int = 20, image_size: int = 32, n_classes: int = 2, seed: int = 0) -> DataBundle:

@@ -19,7 +19,6 @@ development CIFAR-10) writes a 20 MB archive to ``.cache/gpu-check/`` for the le
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -41,8 +40,8 @@ def _cifar10(data: Path) -> Path:
         if not archive.exists():
             raise SystemExit(f"no CIFAR-10 archive at {archive}: run `make gpu-check-data` where the development "
                              "copy is, and carry .cache/gpu-check to the GPU machine.")
-        with tarfile.open(archive) as tar:
-            tar.extractall(data, filter="data")
+        with tarfile.open(archive) as tar:  # train/<class>/*.jpg, test/<class>/*.jpg
+            tar.extractall(target, filter="data")
     return target
 
 
@@ -77,30 +76,26 @@ def _method_cells(data: Path, device: str, out: Path) -> list[str]:
             "--no-progress"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(device: str = "cuda", out: str | Path = OUT, data: str | Path = DATA) -> int:
+    """Every step above on ``device`` (``cpu`` tries the plumbing without a GPU); 0 if all passed."""
     import torch
 
-    p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda", help="cuda, or cpu to try the plumbing without a GPU [cuda]")
-    p.add_argument("--out", default=str(OUT), help=f"output folder [{OUT.relative_to(REPO)}]")
-    p.add_argument("--data", default=str(DATA), help=f"carried data folder [{DATA.relative_to(REPO)}]")
-    args = p.parse_args(argv)
-    out = Path(args.out)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device here; nothing to check (use --device cpu to try the plumbing).")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here; nothing to check (--device cpu tries the plumbing).")
         return 2
-    cifar10 = _cifar10(Path(args.data))
+    cifar10 = _cifar10(Path(data))
     env = {**os.environ, "PYTHONPATH": str(REPO), "GRADFREE_TEST_CIFAR10": str(cifar10), "PYTHONUNBUFFERED": "1"}
     summary = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
-               "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+               "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "steps": []}
     steps = [
         ("pytest-gpu", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                        "--junitxml", str(out / "pytest-gpu.xml")], 150),
-        ("cells", _method_cells(cifar10, args.device, out), 120),
-        ("perf", [sys.executable, "-m", "benchmarks.cli", "perf", "--quick", "--device", args.device,
-                  "--data-dir", str(cifar10), "--out", str(out / "perf")], 90),
+                        "--junitxml", str(out / "pytest-gpu.xml")], 120),
+        ("cells", _method_cells(cifar10, device, out), 120),
+        ("perf", [sys.executable, "-m", "benchmarks.cli", "perf", "--quick", "--device", device,
+                  "--data-dir", str(cifar10), "--out", str(out / "perf")], 120),
     ]
     for name, command, limit in steps:
         summary["steps"].append(_step(name, command, out, limit, env))
@@ -109,7 +104,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gpu-check: {len(summary['steps']) - len(failed)} of {len(summary['steps'])} steps passed"
           + (f"; not passed: {', '.join(failed)}" if failed else "") + f". Summary: {out / 'summary.json'}")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

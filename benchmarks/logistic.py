@@ -41,11 +41,13 @@ def _non_finite(model: LogisticRegression, X: np.ndarray | None = None) -> str |
 
 
 class LogisticControl:
-    """``C`` chosen on validation from ``Cs`` (default :data:`DEFAULT_CS`), refitted on train + validation."""
+    """``C`` chosen on validation from ``Cs`` (default :data:`DEFAULT_CS`), refitted on train + validation
+    (``refit=False``: on the training rows alone, as they were when C was chosen)."""
 
-    def __init__(self, Cs: tuple[float, ...] | None = None, max_iter: int = 1000):
+    def __init__(self, Cs: tuple[float, ...] | None = None, max_iter: int = 1000, refit: bool = True):
         self.Cs = tuple(Cs) if Cs else DEFAULT_CS
         self.max_iter = max_iter
+        self.refit = refit  # False: the model kept is the one fitted on the training rows at the chosen C
 
     def _model(self, C: float) -> LogisticRegression:
         return LogisticRegression(C=C, solver="lbfgs", max_iter=self.max_iter)
@@ -70,7 +72,8 @@ class LogisticControl:
                                    + "); use other values of C (--alphas) or features of a smaller scale.")
             # the strongest penalty on ties
             self.alpha_ = max(self.val_scores_, key=lambda C: (self.val_scores_[C], -C))
-            X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
+            if self.refit:
+                X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
         else:
             self.alpha_ = self.Cs[0]
         self.scaler_ = StandardScaler().fit(X)

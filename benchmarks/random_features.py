@@ -4,7 +4,8 @@ No gradients and one pass over the data: the pretrained backbone, truncated at
 the cut, extracts the features of every image once; an encoder binarises them
 (``sign`` by default); a random projection ``Y = |X R|^2`` maps them to
 ``n_components`` features; a ridge classifier is fitted, its alpha chosen on
-the validation split, then refitted on train + validation. ``projection="none"``
+the validation split, then refitted on train + validation (``refit=False``: kept as fitted on the
+training images alone, the images a backprop trainer fits). ``projection="none"``
 is the control: the ridge sees the encoded (or, with ``encoder="none"``, the
 raw float) features directly.
 
@@ -88,6 +89,9 @@ class RandomFeaturesConfig:
     block_size: int | None = None  # columns of R per block; None: chosen from free memory
     streaming: bool | None = None  # ridge from a streamed Gram; None: when (n, k) float32 features would not fit
     classifier: str = "ridge"  # ridge | logistic (the control: scikit-learn L-BFGS, C chosen on validation)
+    # after choosing alpha (or C) on validation, refit on train + validation (True), or keep the model fitted on
+    # the training images alone (False: what a backprop trainer keeps, so both sides fit the same images)
+    refit: bool = True
 
     def __post_init__(self):
         checks = (("encoder", ENCODERS), ("projection", PROJECTION_NAMES), ("classifier", CLASSIFIERS))
@@ -267,10 +271,11 @@ class RandomFeatures:
             # Fitted on the encoded features: k = infinity (kernel ridge, no projection), or
             # the projection run inside the streamed fit (both charged to fit_s).
             if cfg.projection == "kernel":
-                ridge = KernelRidgeClassifier(alphas=cfg.alphas)
+                ridge = KernelRidgeClassifier(alphas=cfg.alphas, refit=cfg.refit)
                 n_out = KERNEL_N_COMPONENTS
             else:
-                ridge = StreamingRidgeClassifier(projection, alphas=cfg.alphas, progress=ctx.progress)
+                ridge = StreamingRidgeClassifier(projection, alphas=cfg.alphas, refit=cfg.refit,
+                                                 progress=ctx.progress)
                 n_out = int(projection.n_components)
             x_train, x_val, features_of = e_train, e_val, (lambda e: e)
         else:
@@ -281,8 +286,8 @@ class RandomFeatures:
                 _require_finite(x, f"the {split} random features ({cfg.projection}, k={cfg.n_components})",
                                 lambda: f"The projection overflowed float32: its inputs (up to "
                                         f"{float(e_train.abs().max()):.3g}) are too large; use --encoder sign.")
-            classifier = LogisticControl(Cs=cfg.alphas) if cfg.classifier == "logistic" else \
-                RidgeClassifier(alphas=cfg.alphas)
+            classifier = LogisticControl(Cs=cfg.alphas, refit=cfg.refit) if cfg.classifier == "logistic" else \
+                RidgeClassifier(alphas=cfg.alphas, refit=cfg.refit)
             ridge, features_of = classifier, projection.transform
         del e_train, e_val
 
@@ -310,7 +315,7 @@ class RandomFeatures:
             ridge_params = int(ridge.coef_.numel() + torch.as_tensor(ridge.intercept_).numel())
         return {
             "train_acc": train_acc,
-            # validation accuracy at the chosen alpha, before the refit on train + validation
+            # validation accuracy at the chosen alpha (before any refit on train + validation)
             "val_acc": val_scores.get(ridge.alpha_) if val_scores else None,
             "test_acc": test_acc,
             "alpha": float(ridge.alpha_),

@@ -91,7 +91,8 @@ class Runner:
         # Keep the last dataset decoded: cells of a sweep usually share it.
         if self._data is None or self._data[0] != cell.data_key():
             bundle = load_dataset(cell.dataset, cell.data_dir, cell.image_size, cell.train_per_class,
-                                  cell.test_per_class, cell.val_fraction, progress=self.progress)
+                                  cell.test_per_class, cell.val_fraction, progress=self.progress,
+                                  val_per_class=cell.val_per_class, subset_seed=cell.seed)
             self._data = (cell.data_key(), bundle)
         return self._data[1]
 
