@@ -4,6 +4,7 @@ command line, resolved configuration), and the names of devices that rows carry.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -21,16 +22,42 @@ _PACKAGES = ("gradfree", "torch", "torchvision", "numpy", "scikit-learn", "panda
              "fastai", "lightonml", "ray")
 
 
-def _git_commit() -> dict:
-    here = Path(__file__).resolve().parent.parent
+#: Paths whose changes do not make a run's code dirty: the results a run writes into the checkout.
+_NOT_CODE = (":(exclude)results",)
+
+
+def _git_commit(here: Path | None = None) -> dict:
+    """The commit the code ran from and whether the tree differed from it (tracked files outside
+    ``results/``, which runs write to); a dirty tree's diff is named by its SHA-1 (``diff_sha1``), so
+    two runs from the same edits can be told from runs from other edits."""
+    here = here or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=20).stdout
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return {"commit": commit or None, "dirty": bool(dirty)}
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", *_NOT_CODE).strip()
+        out = {"commit": commit or None, "dirty": bool(dirty)}
+        if dirty:
+            out["diff_sha1"] = hashlib.sha1(git("diff", "HEAD", "--", ".", *_NOT_CODE).encode()).hexdigest()
+        return out
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+#: The CPU features that choose BLAS and quantized kernels (and so the speed of a run).
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> str:
+    """The :data:`_CPU_FLAGS` this CPU has, space-separated (empty where /proc/cpuinfo is not there)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in _CPU_FLAGS if f in have)
+    return ""
 
 
 def cpu_name() -> str:
@@ -62,6 +89,7 @@ def environment() -> dict:
         "hostname": platform.node(),
         "packages": versions,
         "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from benchmarks import results as res
-from benchmarks.metadata import device_name
+from benchmarks.metadata import cpu_flags, device_name
 from benchmarks.backbones import resolve_cut, resolve_weights
 from benchmarks.cells import Cell, describe, resolve_device
 from benchmarks.data import DataBundle, load_dataset
@@ -121,6 +121,8 @@ class Runner:
                 torch.set_num_threads(cell.threads)
             common.update(device=str(device), device_name=device_name(device),
                           threads=torch.get_num_threads())
+            if device.type == "cpu":  # (extra) what picks the BLAS and int8 kernels, and so the time
+                common["cpu_flags"] = cpu_flags()
             method_cls = get_method(cell.method)
             config = make_config(method_cls, cell.option_dict())
             data = self.load_data(cell)
