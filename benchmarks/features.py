@@ -53,7 +53,9 @@ class FeatureCache:
     def key(self, data: DataBundle, ext, split: str, pool_size: int) -> str:
         dtype = ext.dtype_name  # torch.float32, torch.float16... or int8 (float32 out, not the same features)
         blob = f"{data.fingerprint()}|{data.image_size}|{ext.name}|{ext.cut}|{ext.weights}|{dtype}|{pool_size}|{split}"
-        if data.info.get("val_per_class") is not None:  # the fingerprint covers the pool, not the drawn subset
+        if split == "train" and data.info.get("val_per_class") is not None:
+            # The fingerprint covers the validation and test splits and the pool, not the training subset
+            # drawn from it: that draw is named by the split hash (validation and test features are shared).
             blob += f"|{data.info['split_hash']}"
         return hashlib.sha1(blob.encode()).hexdigest()[:20]
 

@@ -105,6 +105,7 @@ refit = false
     assert rows[0]["data_fingerprint"] == rows[1]["data_fingerprint"]  # one data group...
     extras = [json.loads(r["extra"]) for r in rows]
     assert extras[0]["split_hash"] != extras[1]["split_hash"]  # ...two draws of its training images
-    assert not any("cached_phases" in e for e in extras)  # seed 1 was not served seed 0's training features
+    # Seed 1 was served seed 0's validation and test features (the same images), not its training features.
+    assert "cached_phases" not in extras[0] and "extract_s" not in extras[1].get("cached_phases", [])
     assert [json.loads(r["method_config"])["refit"] for r in rows] == [False, False]
     assert [r["n_train"] for r in rows] == ["50", "50"] and [r["n_val"] for r in rows] == ["30", "30"]
