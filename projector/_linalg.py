@@ -40,10 +40,10 @@ def _iter_rows(parts, mu, dtype):
     for X in parts:
         for r0 in range(0, X.shape[0], step):
             chunk = buf[:min(step, X.shape[0] - r0)]
-            if mu is not None and X.dtype == torch.float64 and dtype != torch.float64:
-                # float64 rows centred before the cast: rounding x ~ 1e4 to float32 first would
-                # cost 1e4 * 2**-24 on every centred entry
-                chunk.copy_(X[r0:r0 + step] - mu)
+            if mu is not None and X.is_floating_point() and dtype != torch.float64:
+                # rows centred in float64 before the cast: rounding x ~ 1e4 (float64 rows) or the
+                # mean (float32 rows) to float32 first would cost 1e4 * 2**-24 on every centred entry
+                chunk.copy_(X[r0:r0 + step].double() - mu)
                 yield offset + r0, chunk
                 continue
             chunk.copy_(X[r0:r0 + step])  # a copy: centred in place
@@ -64,8 +64,8 @@ def _iter_cols(parts, mu, dtype):
         chunk = flat[:n_total * w].view(n_total, w)  # contiguous for BLAS
         r0 = 0
         for X in parts:
-            if mu is not None and X.dtype == torch.float64 and dtype != torch.float64:
-                chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w] - mu[c0:c0 + w])  # centred before the cast
+            if mu is not None and X.is_floating_point() and dtype != torch.float64:
+                chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w].double() - mu[c0:c0 + w])  # centred before the cast
             else:
                 chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w])
                 if mu is not None:
@@ -293,6 +293,16 @@ def _col_means64(K: torch.Tensor) -> torch.Tensor:
     for r0 in range(0, K.shape[0], step):
         total += K[r0:r0 + step].sum(0, dtype=torch.float64)
     return total / K.shape[0]
+
+
+def _centre_(Z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Z -= mu in place, float32 Z (n, d), mu (d,) float64: each entry centred in float64 and
+    rounded once, over row chunks (``Z.sub_(mu.float())`` would shift every column by the
+    rounding of its mean, ~mean * 2**-24, against centred entries that may be far smaller)."""
+    step = _rows_per_chunk(Z.shape[1], 8)
+    for r0 in range(0, Z.shape[0], step):
+        Z[r0:r0 + step].copy_(Z[r0:r0 + step].double().sub_(mu))
+    return Z
 
 
 def _frobenius64(K: torch.Tensor) -> float:

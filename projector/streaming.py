@@ -38,7 +38,7 @@ from projector._base import _ClassifierBase
 from projector._factor import _solve_psd
 from projector._fits import dual_fit, dual_loo, primal_loo
 from projector._labels import _accuracy
-from projector._linalg import _col_means64, _symmetrize_, _syrk_
+from projector._linalg import _centre_, _col_means64, _symmetrize_, _syrk_
 from projector._solvers import _ShiftedSolver, grid_solver_for
 from projector._validation import _check_fitted, fitted
 from projector.structured import StructuredProjection
@@ -133,12 +133,10 @@ class StreamingRidgeClassifier(_ClassifierBase):
         solver = self.solver if self.solver != "auto" else ("dual" if k > n else "primal")
         self.solver_ = solver
         if solver == "dual":
-            W, b = self._fit_dual(parts, Y, n, data.yv_idx, data.y_idx)
+            W, b, centre = self._fit_dual(parts, Y, n, data.yv_idx, data.y_idx)
         else:
-            W, b = self._fit_primal(parts, Y, n, data.yv_idx, data.y_idx)
-        self.coef_ = fitted(W.T.to(torch.float32).contiguous(), data.kind)
-        self.intercept_ = fitted(torch.as_tensor(b, dtype=torch.float32, device=X.device).reshape(-1).clone(),
-                                 data.kind)
+            W, b, centre = self._fit_primal(parts, Y, n, data.yv_idx, data.y_idx)
+        self._set_linear(W, b, centre, data.kind)  # predict centres the features with ``centre``
         return self
 
     def _proj(self):
@@ -215,10 +213,10 @@ class StreamingRidgeClassifier(_ClassifierBase):
         mu = torch.zeros(int(k if k is not None else parts[0].shape[1]), dtype=torch.float64, device=device)
         n = parts[0].shape[0]
         for cols, Zb in self._stacked_blocks(parts, "stream pass 1/2 (Gram)"):  # (N, width) float32
+            m_b = _col_means64(Zb[:n])  # in row chunks: mean(dtype=float64) copies Zb to float64
+            mu[cols] = m_b  # without an intercept, only predict's centre
             if self.fit_intercept:
-                m_b = _col_means64(Zb[:n])  # in row chunks: mean(dtype=float64) copies Zb to float64
-                mu[cols] = m_b
-                Zb.sub_(m_b.float())
+                _centre_(Zb, m_b)
             _syrk_(Kz, Zb, rows=True)  # tiled past 2**31 elements (N > 46,340)
             del Zb
         return _symmetrize_(Kz), mu
@@ -258,7 +256,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             W[cols] = acc
             del Zb
         b = fit["offset"] - (mu @ W if self.fit_intercept else 0.0)
-        return W, b
+        return W, b, mu
 
     def _row_features(self, X):
         """Yield (r0, features (rows, k) float32) over row chunks of X."""
@@ -281,7 +279,8 @@ class StreamingRidgeClassifier(_ClassifierBase):
         for i, P in enumerate(parts):
             for r0, F in self._row_features(P):
                 if pilot is None:
-                    pilot = F.mean(0, dtype=torch.float64) if self.fit_intercept else \
+                    # float32-representable: the shift applied to F below is exactly this one
+                    pilot = F.mean(0, dtype=torch.float64).float().double() if self.fit_intercept else \
                         torch.zeros(k, dtype=torch.float64, device=device)
                 if F.untyped_storage().data_ptr() == P.untyped_storage().data_ptr():
                     F = F.clone()  # the features are X itself (NoProjection): never shift the caller's data
@@ -303,7 +302,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             rows = lambda: ((r0, F - mu_tr.float()) for r0, F in self._row_features(parts[0]))  # noqa: E731
             fit = primal_loo(G_tr, B_tr, rows, Yc, y_tr, y_idx, self._resolve_alphas, n, self.fit_intercept)
             self._record_fit({**fit, "grid_solver": "eigh"}, None)
-            return fit["W"], y_tr - mu_tr @ fit["W"]
+            return fit["W"], y_tr - mu_tr @ fit["W"], mu_tr
         alphas = self._resolve_alphas(float(G_tr.diagonal().sum()) / n)
         has_val = yv_idx is not None
         method = grid_solver_for(k, len(alphas) if has_val else 1, device, self.grid_solver)
@@ -330,7 +329,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             W = Ws[best]
             b = y_tr - mu_tr @ W
         self._record_fit({"alpha": alpha, "alphas": alphas, "scores": scores, "grid_solver": method}, yv_idx)
-        return W, b
+        return W, b, mu_tr
 
     def _record_fit(self, fit, yv_idx):
         self._record(fit, None)
@@ -341,7 +340,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
     def _decision(self, X) -> torch.Tensor:
         """X: (n, m) encoded tensor -> (n, c) float32 scores, the features streamed block by block."""
         coef = torch.as_tensor(self.coef_, device=X.device)
-        S = torch.as_tensor(self.intercept_, device=X.device).expand(X.shape[0], -1).clone()
+        S = self._offset(X.device).expand(X.shape[0], -1).clone()
         # rows in chunks whose blocks stay within 2 x _ROW_CHUNK_BYTES: a structured block of
         # 8,000 test rows would be 2.1 GB (narrow blocks leave X whole, R drawn once per block)
         proj = self._stream(X.device)
@@ -349,7 +348,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             else max(X.shape[0], 1)
         for r0 in range(0, X.shape[0], step):
             for cols, (Yb,) in self._blocks([X[r0:r0 + step]], "predict"):
-                S[r0:r0 + step].addmm_(Yb, coef[:, cols].T)
+                S[r0:r0 + step].addmm_(self._centred(Yb, cols), coef[:, cols].T)
                 del Yb
         return S
 
