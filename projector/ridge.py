@@ -61,7 +61,7 @@ import torch
 
 from projector._base import _SOLVERS, _ClassifierBase, auto_alphas
 from projector._fits import FITS, dual_fit
-from projector._linalg import _mean, _rows_per_chunk, gram
+from projector._linalg import _mean, _rows_mm, gram
 from projector._solvers import _GRID_SOLVER_CHOICES as _GRID_SOLVERS, grid_solver_for
 from projector._validation import _check_fitted, fitted
 
@@ -157,13 +157,9 @@ class RidgeClassifier(_ClassifierBase):
         return self
 
     def _decision(self, X) -> torch.Tensor:
-        """X: (n, d) tensor -> (n, c) float32 scores, in row chunks."""
+        """X: (n, d) tensor -> (n, c) float32 scores, in fixed-size row blocks (``_rows_mm``)."""
         coef = torch.as_tensor(self.coef_, device=X.device)
-        b = self._offset(X.device)
-        step = _rows_per_chunk(X.shape[1], 4)
-        if not len(X):
-            return torch.zeros(0, coef.shape[0], device=X.device)
-        return torch.cat([self._centred(X[r0:r0 + step]) @ coef.T + b for r0 in range(0, X.shape[0], step)])
+        return _rows_mm(X, coef.T, self._centred).add_(self._offset(X.device))
 
     @property
     def weight_bytes(self) -> int:

@@ -38,7 +38,7 @@ from projector._base import _ClassifierBase
 from projector._factor import _solve_psd
 from projector._fits import dual_fit, dual_loo, primal_loo
 from projector._labels import _accuracy
-from projector._linalg import _centre_, _col_means64, _symmetrize_, _syrk_
+from projector._linalg import _centre_, _col_means64, _rows_mm, _symmetrize_, _syrk_
 from projector._solvers import _ShiftedSolver, grid_solver_for
 from projector._validation import _check_fitted, fitted
 from projector.structured import StructuredProjection
@@ -348,7 +348,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             else max(X.shape[0], 1)
         for r0 in range(0, X.shape[0], step):
             for cols, (Yb,) in self._blocks([X[r0:r0 + step]], "predict"):
-                S[r0:r0 + step].addmm_(self._centred(Yb, cols), coef[:, cols].T)
+                S[r0:r0 + step] += _rows_mm(Yb, coef[:, cols].T.contiguous(), lambda rows: self._centred(rows, cols))
                 del Yb
         return S
 
