@@ -43,8 +43,15 @@ run: setup
 REGRESSION_OUT ?= .cache/regression-quick
 REGRESSION_TOLERANCE ?= 0.03
 
+# The numerical tests (-m numerics) run a second time with MKL (torch) and OpenBLAS (scipy, numpy)
+# forced off this CPU's default code path, so that no tolerance holds on one CPU's kernels only;
+# tests/blas_paths.py first checks, and prints, that the forcing really changed each library's path.
+NUMERICS_BLAS ?= MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Sandybridge
+
 test: setup
 	$(PY) -m pytest -q
+	env $(NUMERICS_BLAS) $(PY) tests/blas_paths.py
+	env $(NUMERICS_BLAS) $(PY) -m pytest -q -m numerics
 	$(MAKE) --no-print-directory regression
 
 regression: setup

@@ -205,7 +205,20 @@ def gram(parts, mu, rows: bool = True) -> torch.Tensor:
         K = torch.zeros(d, d, dtype=torch.float32, device=device)
         for _, Xc in _iter_rows(parts, mu, torch.float32):
             _syrk_(K, Xc, rows=False)
-    return _symmetrize_(K)
+    return check_finite_gram(_symmetrize_(K), parts)
+
+
+def check_finite_gram(K: torch.Tensor, parts) -> torch.Tensor:
+    """K itself if finite, else a ValueError that says why and what to do: finite X whose float32
+    Gram overflows (entries past 3.4e38: |x| ~ 1e19 and more) would give NaN coefficients and
+    every prediction class 0, silently."""
+    if bool(torch.isfinite(K).all()):
+        return K
+    big = max((float(P.abs().max()) for P in parts if P.numel()), default=float("nan"))
+    raise ValueError(
+        f"The float32 Gram matrix of X overflowed (X's largest magnitude is {big:.3g}; float32 holds "
+        "values up to 3.4e38, so |x| must stay well below 1e19). Scale X to moderate values (e.g. divide "
+        "it by its largest absolute value, or sklearn.preprocessing.StandardScaler) and fit again.")
 
 
 def _gram_primal(parts, mu) -> torch.Tensor:

@@ -63,7 +63,7 @@ from projector._base import _SOLVERS, _ClassifierBase, auto_alphas
 from projector._fits import FITS, dual_fit
 from projector._linalg import _mean, _rows_mm, gram
 from projector._solvers import _GRID_SOLVER_CHOICES as _GRID_SOLVERS, grid_solver_for
-from projector._validation import _check_fitted, fitted
+from projector._validation import _check_fitted, check_finite_fit, fitted
 
 __all__ = ["RidgeClassifier", "auto_alphas", "dual_fit", "gram", "grid_solver_for"]
 
@@ -153,6 +153,7 @@ class RidgeClassifier(_ClassifierBase):
         self.solver_ = fit["solver"]
         # W: (d, c) float64, b: (c,) -> coef_ (c, d), intercept_ (c,), float32; predict centres
         # its rows with the training mean (any centre is exact; one near the data is accurate)
+        check_finite_fit(type(self).__name__, X, fit["W"], fit["b"])
         self._set_linear(fit["W"], fit["b"], _mean([X]), data.kind)
         return self
 

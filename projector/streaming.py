@@ -38,9 +38,9 @@ from projector._base import _ClassifierBase
 from projector._factor import _solve_psd
 from projector._fits import dual_fit, dual_loo, primal_loo
 from projector._labels import _accuracy
-from projector._linalg import _centre_, _col_means64, _rows_mm, _symmetrize_, _syrk_
+from projector._linalg import _centre_, _col_means64, _rows_mm, _symmetrize_, _syrk_, check_finite_gram
 from projector._solvers import _ShiftedSolver, grid_solver_for
-from projector._validation import _check_fitted, fitted
+from projector._validation import _check_fitted, check_finite_fit, check_memory
 from projector.structured import StructuredProjection
 
 __all__ = ["StreamingRidgeClassifier", "feature_matrix_bytes"]
@@ -63,6 +63,15 @@ def _lockstep(iters):
             del item
         yield cols, blocks
         del blocks
+
+
+def _fit_bytes(k: int, N: int, c: int, solver: str, n_parts: int) -> int:
+    """Bytes a fit on N rows (c classes) with k features holds: the Gram (float32, and its float64
+    solve), the feature means and the weights (float64, then float32 coef_), a block of features."""
+    per_feature = 8 + 8 * c + 4 * c  # mean, W, coef_
+    if solver == "dual":  # + two blocks of at most 8,192 features of the N rows
+        return 4 * N * N + 2 * 8 * N * N + k * per_feature + 2 * 4 * N * min(k, 8192)
+    return (4 * n_parts + 2 * 8) * k * k + k * per_feature + _ROW_CHUNK_BYTES
 
 
 def feature_matrix_bytes(n_rows: int, n_components: int) -> int:
@@ -131,11 +140,17 @@ class StreamingRidgeClassifier(_ClassifierBase):
         k = int(self.projection_.n_components if self.projection_.n_components is not None else X.shape[1])
         self.n_components_ = k
         solver = self.solver if self.solver != "auto" else ("dual" if k > n else "primal")
+        N, c = sum(P.shape[0] for P in parts), Y.shape[1]
+        check_memory(f"{type(self).__name__}.fit on {N:,} rows", lambda kk: _fit_bytes(kk, N, c, solver, len(parts)),
+                     k, X.device, "its Gram, weights and feature means" + (", (N, N) for the dual" if solver == "dual"
+                                                                           else ", (k, k) for the primal"),
+                     "or fewer rows" + (" (the dual Gram is N x N)." if solver == "dual" else "."))
         self.solver_ = solver
         if solver == "dual":
             W, b, centre = self._fit_dual(parts, Y, n, data.yv_idx, data.y_idx)
         else:
             W, b, centre = self._fit_primal(parts, Y, n, data.yv_idx, data.y_idx)
+        check_finite_fit(type(self).__name__, X, W, b)
         self._set_linear(W, b, centre, data.kind)  # predict centres the features with ``centre``
         return self
 
@@ -219,7 +234,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 _centre_(Zb, m_b)
             _syrk_(Kz, Zb, rows=True)  # tiled past 2**31 elements (N > 46,340)
             del Zb
-        return _symmetrize_(Kz), mu
+        return check_finite_gram(_symmetrize_(Kz), parts), mu
 
     def _fit_dual(self, parts, Y, n, yv_idx, y_idx):
         device = parts[0].device
@@ -289,7 +304,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 s[i] += F.sum(0, dtype=torch.float64)
                 rows = slice(offsets[i] + r0, offsets[i] + r0 + F.shape[0])
                 B[i] += (Y[rows].T @ F.double()).T
-            _symmetrize_(G[i])
+            check_finite_gram(_symmetrize_(G[i]), parts)
         # train: centred Gram and right-hand side
         y_tr = Y[:n].mean(0) if self.fit_intercept else torch.zeros(c, dtype=torch.float64, device=device)
         d_tr = s[0] / n if self.fit_intercept else torch.zeros(k, dtype=torch.float64, device=device)
