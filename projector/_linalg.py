@@ -208,17 +208,17 @@ def gram(parts, mu, rows: bool = True) -> torch.Tensor:
     return check_finite_gram(_symmetrize_(K), parts)
 
 
-def check_finite_gram(K: torch.Tensor, parts) -> torch.Tensor:
+def check_finite_gram(K: torch.Tensor, parts, what: str = "X") -> torch.Tensor:
     """K itself if finite, else a ValueError that says why and what to do: finite X whose float32
     Gram overflows (entries past 3.4e38: |x| ~ 1e19 and more) would give NaN coefficients and
-    every prediction class 0, silently."""
+    every prediction class 0, silently. ``what``: whose Gram it is (X, or its features)."""
     if bool(torch.isfinite(K).all()):
         return K
     big = max((float(P.abs().max()) for P in parts if P.numel()), default=float("nan"))
     raise ValueError(
-        f"The float32 Gram matrix of X overflowed (X's largest magnitude is {big:.3g}; float32 holds "
-        "values up to 3.4e38, so |x| must stay well below 1e19). Scale X to moderate values (e.g. divide "
-        "it by its largest absolute value, or sklearn.preprocessing.StandardScaler) and fit again.")
+        f"The float32 Gram matrix of {what} overflowed (float32 holds values up to 3.4e38; X's largest "
+        f"magnitude is {big:.3g}). Scale X to moderate values (e.g. divide it by its largest absolute value, "
+        "or sklearn.preprocessing.StandardScaler) and fit again.")
 
 
 def _gram_primal(parts, mu) -> torch.Tensor:
@@ -313,19 +313,23 @@ ROW_BLOCK = 256  # rows of one fixed-shape product in ``_rows_mm`` (and the proj
 
 def _rows_mm(X: torch.Tensor, B: torch.Tensor, prep=None, block: int = ROW_BLOCK) -> torch.Tensor:
     """``prep(X) @ B``, (n, c) float32, one fixed-size block of rows per product, the last one
-    zero-padded: a BLAS picks its kernel and summation order from the shape, so a row's result
+    zero-padded, each row starting on a 64-byte boundary: a BLAS picks its kernel and summation
+    order from the shape (and, for small products, from each row's alignment), so a row's result
     would otherwise change with the rows it is batched with (MKL: 2e-7 relative). X: (n, d);
     B: (d, c) float32; ``prep(rows) -> (r, d) float32`` (default: a cast), applied per block."""
     n, d = X.shape
+    d_pad = -(-d // 16) * 16  # 16 float32 = 64 bytes: every row of the buffer aligned alike
     out = torch.empty(n, B.shape[1], dtype=torch.float32, device=X.device)
-    buf = torch.zeros(block, d, dtype=torch.float32, device=X.device)
+    buf = torch.zeros(block, d_pad, dtype=torch.float32, device=X.device)
+    Bp = torch.zeros(d_pad, B.shape[1], dtype=torch.float32, device=X.device)
+    Bp[:d] = B
     for r0 in range(0, n, block):
         rows = min(block, n - r0)
         xr = X[r0:r0 + rows]
-        buf[:rows].copy_(prep(xr) if prep is not None else xr)
+        buf[:rows, :d].copy_(prep(xr) if prep is not None else xr)
         if rows < block:
             buf[rows:].zero_()
-        out[r0:r0 + rows] = (buf @ B)[:rows]
+        out[r0:r0 + rows] = (buf @ Bp)[:rows]
     return out
 
 

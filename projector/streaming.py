@@ -234,7 +234,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 _centre_(Zb, m_b)
             _syrk_(Kz, Zb, rows=True)  # tiled past 2**31 elements (N > 46,340)
             del Zb
-        return check_finite_gram(_symmetrize_(Kz), parts), mu
+        return check_finite_gram(_symmetrize_(Kz), parts, "X's projected features"), mu
 
     def _fit_dual(self, parts, Y, n, yv_idx, y_idx):
         device = parts[0].device
@@ -304,7 +304,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 s[i] += F.sum(0, dtype=torch.float64)
                 rows = slice(offsets[i] + r0, offsets[i] + r0 + F.shape[0])
                 B[i] += (Y[rows].T @ F.double()).T
-            check_finite_gram(_symmetrize_(G[i]), parts)
+            check_finite_gram(_symmetrize_(G[i]), parts, "X's projected features")
         # train: centred Gram and right-hand side
         y_tr = Y[:n].mean(0) if self.fit_intercept else torch.zeros(c, dtype=torch.float64, device=device)
         d_tr = s[0] / n if self.fit_intercept else torch.zeros(k, dtype=torch.float64, device=device)
