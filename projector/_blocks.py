@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin
 
-from projector._validation import _Transformer, check_int_param, check_memory
+from projector._validation import _Transformer, all_finite, check_int_param, check_memory
 
 # torch's generators take seeds below 2**64; tile t of R is seeded with seed * 1_000_003 + t
 SEED_MAX = (2**64 - 1) // 1_000_003 - 2**20
@@ -14,8 +14,10 @@ SEED_MAX = (2**64 - 1) // 1_000_003 - 2**20
 def check_projection_params(est) -> None:
     """n_components a positive integer and seed an integer in [0, SEED_MAX], scikit-learn's way
     (TypeError for 2.5, '100' or None; ValueError out of range)."""
-    check_int_param(est.n_components, "n_components", min_val=1)
-    check_int_param(est.seed, "seed", min_val=0, max_val=SEED_MAX)
+    check_int_param(est.n_components, "n_components", min_val=1,
+                    expected="a positive integer (the number of random features), e.g. n_components=1000")
+    check_int_param(est.seed, "seed", min_val=0, max_val=SEED_MAX,
+                    expected=f"an integer from 0 to {SEED_MAX:,}, e.g. seed=0")
 
 
 def feature_bytes(n_rows: int, n_components: int) -> int:
@@ -60,7 +62,7 @@ class BlockProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
         Y = torch.empty(X.shape[0], self.n_components, dtype=torch.float32, device=X.device)
         for cols, Y_block in self._blocks_of(X):
             Y[:, cols] = Y_block
-        if not bool(torch.isfinite(Y).all()):  # finite X, features past float32's range
+        if not all_finite(Y):  # finite X, features past float32's range
             raise ValueError(
                 f"{type(self).__name__}.transform: the features overflowed float32 (values past 3.4e38) "
                 f"for X of largest magnitude {float(X.abs().max()):.3g}. Scale X to moderate values (e.g. "

@@ -212,7 +212,9 @@ def check_finite_gram(K: torch.Tensor, parts, what: str = "X") -> torch.Tensor:
     """K itself if finite, else a ValueError that says why and what to do: finite X whose float32
     Gram overflows (entries past 3.4e38: |x| ~ 1e19 and more) would give NaN coefficients and
     every prediction class 0, silently. ``what``: whose Gram it is (X, or its features)."""
-    if bool(torch.isfinite(K).all()):
+    from projector._validation import all_finite
+
+    if all_finite(K):
         return K
     big = max((float(P.abs().max()) for P in parts if P.numel()), default=float("nan"))
     raise ValueError(
