@@ -47,11 +47,12 @@ def all_finite(T: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(rows[r0:r0 + step]).all()) for r0 in range(0, rows.shape[0], step))
 
 
-def _check_nonempty_finite(X: torch.Tensor, who: str, name: str = "X") -> None:
-    """What scikit-learn's ``check_array`` refuses in an array, refused in a tensor: no sample, no
-    feature, NaN or infinity (over row chunks: no full-size temporary)."""
+def _check_nonempty_finite(X: torch.Tensor, who: str, name: str = "X", min_samples: int = 1) -> None:
+    """What scikit-learn's ``check_array`` refuses in an array, refused in a tensor: no sample (with
+    ``min_samples=1``: a fit; predicting on no rows answers no rows), no feature, NaN or infinity
+    (over row chunks: no full-size temporary)."""
     est = who.split(".")[0]
-    if X.shape[0] < 1:
+    if X.shape[0] < min_samples:
         raise ValueError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is "
                          f"required by {est}. Pass at least one row.")
     if X.shape[1] < 1:
@@ -165,7 +166,7 @@ def as_tensor(est, X, who: str, reset: bool, device=None):
     """
     if isinstance(X, torch.Tensor):
         _check_2d(X, who)
-        _check_nonempty_finite(X, who)
+        _check_nonempty_finite(X, who, min_samples=1 if reset else 0)
         if reset:
             est.n_features_in_ = int(X.shape[1])
             if hasattr(est, "feature_names_in_"):
