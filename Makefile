@@ -1,5 +1,6 @@
 # gradfree: `make run` sets up and runs the embedded default; `make test` sets up, runs the tests (the
-# performance ratio gate included) and the accuracy regression check of the quick suite: what CI runs.
+# performance ratio gate included), the numerical tests again on other BLAS code paths, and the
+# accuracy regression check of the quick suite: what CI runs.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
