@@ -52,7 +52,7 @@ NUMERICS_BLAS ?= MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Sandybridge
 test: setup
 	$(PY) -m pytest -q
 	env $(NUMERICS_BLAS) $(PY) tests/blas_paths.py
-	env $(NUMERICS_BLAS) $(PY) -m pytest -q -m numerics
+	env $(NUMERICS_BLAS) $(PY) -m pytest -q -rfE -m numerics
 	$(MAKE) --no-print-directory regression
 
 regression: setup

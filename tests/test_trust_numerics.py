@@ -88,7 +88,7 @@ def test_make_test_runs_the_numerical_tests_again_on_the_forced_paths():
     forced = re.search(r"^NUMERICS_BLAS \?= (.*)$", text, re.M).group(1).split()
     assert dict(v.split("=") for v in forced) == blas_paths.FORCED
     assert "env $(NUMERICS_BLAS) $(PY) tests/blas_paths.py" in target
-    assert "env $(NUMERICS_BLAS) $(PY) -m pytest -q -m numerics" in target
+    assert "env $(NUMERICS_BLAS) $(PY) -m pytest -q -rfE -m numerics" in target
     assert target.index("blas_paths.py") < target.index("-m numerics") < target.index("regression")
 
 
