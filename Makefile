@@ -1,5 +1,6 @@
 # gradfree: `make run` sets up and runs the embedded default; `make test` sets up, runs the tests (the
-# performance ratio gate included) and the accuracy regression check of the quick suite: what CI runs.
+# performance ratio gate included), the numerical tests again on other BLAS code paths, and the
+# accuracy regression check of the quick suite: what CI runs.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -43,8 +44,15 @@ run: setup
 REGRESSION_OUT ?= .cache/regression-quick
 REGRESSION_TOLERANCE ?= 0.03
 
+# The numerical tests (-m numerics) run a second time with MKL (torch) and OpenBLAS (scipy, numpy)
+# forced off this CPU's default code path, so that no tolerance holds on one CPU's kernels only;
+# tests/blas_paths.py first checks, and prints, that the forcing really changed each library's path.
+NUMERICS_BLAS ?= MKL_CBWR=COMPATIBLE OPENBLAS_CORETYPE=Sandybridge
+
 test: setup
 	$(PY) -m pytest -q
+	env $(NUMERICS_BLAS) $(PY) tests/blas_paths.py
+	env $(NUMERICS_BLAS) $(PY) -m pytest -q -rfE -m numerics
 	$(MAKE) --no-print-directory regression
 
 regression: setup

@@ -40,10 +40,10 @@ def _iter_rows(parts, mu, dtype):
     for X in parts:
         for r0 in range(0, X.shape[0], step):
             chunk = buf[:min(step, X.shape[0] - r0)]
-            if mu is not None and X.dtype == torch.float64 and dtype != torch.float64:
-                # float64 rows centred before the cast: rounding x ~ 1e4 to float32 first would
-                # cost 1e4 * 2**-24 on every centred entry
-                chunk.copy_(X[r0:r0 + step] - mu)
+            if mu is not None and X.is_floating_point() and dtype != torch.float64:
+                # rows centred in float64 before the cast: rounding x ~ 1e4 (float64 rows) or the
+                # mean (float32 rows) to float32 first would cost 1e4 * 2**-24 on every centred entry
+                chunk.copy_(X[r0:r0 + step].double() - mu)
                 yield offset + r0, chunk
                 continue
             chunk.copy_(X[r0:r0 + step])  # a copy: centred in place
@@ -64,8 +64,8 @@ def _iter_cols(parts, mu, dtype):
         chunk = flat[:n_total * w].view(n_total, w)  # contiguous for BLAS
         r0 = 0
         for X in parts:
-            if mu is not None and X.dtype == torch.float64 and dtype != torch.float64:
-                chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w] - mu[c0:c0 + w])  # centred before the cast
+            if mu is not None and X.is_floating_point() and dtype != torch.float64:
+                chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w].double() - mu[c0:c0 + w])  # centred before the cast
             else:
                 chunk[r0:r0 + X.shape[0]].copy_(X[:, c0:c0 + w])
                 if mu is not None:
@@ -205,7 +205,22 @@ def gram(parts, mu, rows: bool = True) -> torch.Tensor:
         K = torch.zeros(d, d, dtype=torch.float32, device=device)
         for _, Xc in _iter_rows(parts, mu, torch.float32):
             _syrk_(K, Xc, rows=False)
-    return _symmetrize_(K)
+    return check_finite_gram(_symmetrize_(K), parts)
+
+
+def check_finite_gram(K: torch.Tensor, parts, what: str = "X") -> torch.Tensor:
+    """K itself if finite, else a ValueError that says why and what to do: finite X whose float32
+    Gram overflows (entries past 3.4e38: |x| ~ 1e19 and more) would give NaN coefficients and
+    every prediction class 0, silently. ``what``: whose Gram it is (X, or its features)."""
+    from projector._validation import all_finite
+
+    if all_finite(K):
+        return K
+    big = max((float(P.abs().max()) for P in parts if P.numel()), default=float("nan"))
+    raise ValueError(
+        f"The float32 Gram matrix of {what} overflowed (float32 holds values up to 3.4e38; X's largest "
+        f"magnitude is {big:.3g}). Scale X to moderate values (e.g. divide it by its largest absolute value, "
+        "or sklearn.preprocessing.StandardScaler) and fit again.")
 
 
 def _gram_primal(parts, mu) -> torch.Tensor:
@@ -293,6 +308,41 @@ def _col_means64(K: torch.Tensor) -> torch.Tensor:
     for r0 in range(0, K.shape[0], step):
         total += K[r0:r0 + step].sum(0, dtype=torch.float64)
     return total / K.shape[0]
+
+
+ROW_BLOCK = 256  # rows of one fixed-shape product in ``_rows_mm`` (and the projections' GEMMs)
+
+
+def _rows_mm(X: torch.Tensor, B: torch.Tensor, prep=None, block: int = ROW_BLOCK) -> torch.Tensor:
+    """``prep(X) @ B``, (n, c) float32, one fixed-size block of rows per product, the last one
+    zero-padded, each row starting on a 64-byte boundary: a BLAS picks its kernel and summation
+    order from the shape (and, for small products, from each row's alignment), so a row's result
+    would otherwise change with the rows it is batched with (MKL: 2e-7 relative). X: (n, d);
+    B: (d, c) float32; ``prep(rows) -> (r, d) float32`` (default: a cast), applied per block."""
+    n, d = X.shape
+    d_pad = -(-d // 16) * 16  # 16 float32 = 64 bytes: every row of the buffer aligned alike
+    out = torch.empty(n, B.shape[1], dtype=torch.float32, device=X.device)
+    buf = torch.zeros(block, d_pad, dtype=torch.float32, device=X.device)
+    Bp = torch.zeros(d_pad, B.shape[1], dtype=torch.float32, device=X.device)
+    Bp[:d] = B
+    for r0 in range(0, n, block):
+        rows = min(block, n - r0)
+        xr = X[r0:r0 + rows]
+        buf[:rows, :d].copy_(prep(xr) if prep is not None else xr)
+        if rows < block:
+            buf[rows:].zero_()
+        out[r0:r0 + rows] = (buf @ Bp)[:rows]
+    return out
+
+
+def _centre_(Z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Z -= mu in place, float32 Z (n, d), mu (d,) float64: each entry centred in float64 and
+    rounded once, over row chunks (``Z.sub_(mu.float())`` would shift every column by the
+    rounding of its mean, ~mean * 2**-24, against centred entries that may be far smaller)."""
+    step = _rows_per_chunk(Z.shape[1], 8)
+    for r0 in range(0, Z.shape[0], step):
+        Z[r0:r0 + step].copy_(Z[r0:r0 + step].double().sub_(mu))
+    return Z
 
 
 def _frobenius64(K: torch.Tensor) -> float:

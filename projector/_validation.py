@@ -37,6 +37,107 @@ def _check_2d(X, who: str) -> torch.Tensor:
     return X
 
 
+def all_finite(T: torch.Tensor) -> bool:
+    """Whether every value of T is finite, over row chunks of ~16 MB: ``torch.isfinite`` of a whole
+    (46,342, 46,342) Gram took an 8.6 GB temporary beside its boolean result."""
+    if not (T.is_floating_point() or T.is_complex()) or T.numel() == 0:
+        return True
+    rows = T.reshape(T.shape[0], -1) if T.ndim > 1 else T.reshape(-1, 1)
+    step = max(1, (16 << 20) // max(rows.shape[1] * rows.element_size(), 1))
+    return all(bool(torch.isfinite(rows[r0:r0 + step]).all()) for r0 in range(0, rows.shape[0], step))
+
+
+def _check_nonempty_finite(X: torch.Tensor, who: str, name: str = "X", min_samples: int = 1) -> None:
+    """What scikit-learn's ``check_array`` refuses in an array, refused in a tensor: no sample (with
+    ``min_samples=1``: a fit; predicting on no rows answers no rows), no feature, NaN or infinity
+    (over row chunks: no full-size temporary)."""
+    est = who.split(".")[0]
+    if X.shape[0] < min_samples:
+        raise ValueError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is "
+                         f"required by {est}. Pass at least one row.")
+    if X.shape[1] < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is "
+                         f"required by {est}. Pass at least one column.")
+    if all_finite(X):
+        return
+    has_nan = any(bool(torch.isnan(X[r0:r0 + 4096]).any()) for r0 in range(0, X.shape[0], 4096))
+    what = "NaN" if has_nan else f"infinity or a value too large for {X.dtype}"
+    raise ValueError(f"Input {name} contains {what} ({who}, a torch tensor of shape {tuple(X.shape)}). "
+                     f"{est} does not accept missing or infinite values: impute or drop them first "
+                     "(e.g. sklearn.impute.SimpleImputer).")
+
+
+def check_int_param(value, name: str, min_val: int = 1, max_val: int | None = None, expected: str = "") -> int:
+    """An integer hyperparameter, scikit-learn's way (``check_scalar``): a TypeError for a float,
+    a string, None or a bool ("n_components must be an instance of int, not float"), a ValueError
+    out of range ("n_components == 0, must be >= 1"), each followed by ``expected`` (what to pass).
+    Returns it as an int."""
+    import numbers
+
+    from sklearn.utils.validation import check_scalar
+
+    try:
+        if isinstance(value, bool):  # an Integral to Python, never meant as a count or a seed
+            raise TypeError(f"{name} must be an instance of int, not bool.")
+        check_scalar(value, name, target_type=numbers.Integral, min_val=min_val, max_val=max_val)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{e} Expected {expected}." if expected else str(e)) from None
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _largest_fitting(need, free: int) -> int:
+    """The largest k >= 0 with need(k) <= free (need increasing), to 3 significant digits, rounded down."""
+    lo, hi = 0, 1
+    while need(hi) <= free and hi < 10**15:
+        lo, hi = hi, hi * 2
+    while hi - lo > max(1, lo // 1000):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
+    if lo < 1000:
+        return lo
+    scale = 10 ** (len(str(lo)) - 3)
+    return lo // scale * scale
+
+
+def check_memory(who: str, need, k: int, device, what: str, fix: str) -> None:
+    """Refuse before allocating: ``need(k)`` bytes (k = n_components) against the device's free
+    memory, the error naming the estimate and the largest k that fits (as the CLI does).
+    ``what``: what the bytes are for; ``fix``: the other ways out."""
+    from projector._random_matrix import available_memory_bytes
+
+    needed = need(k)
+    free = available_memory_bytes(device)
+    if needed <= free:
+        return
+    k_max = _largest_fitting(need, free)
+    fit = (f"The largest n_components that fits is about {k_max:,}: use that or fewer" if k_max >= 1
+           else "Even n_components=1 does not fit")
+    raise ValueError(f"{who} with n_components={k:,} would need about {format_bytes(needed)} of memory "
+                     f"({what}), but {torch.device(device).type} has {format_bytes(free)} free. {fit}; {fix}")
+
+
+def check_finite_fit(who: str, X: torch.Tensor, *results) -> None:
+    """A fit whose coefficients came out non-finite refuses to leave garbage behind: finite X whose
+    float32 Gram overflows (|x| ~ 1e20: x^2 > 3.4e38) gives NaN coefficients and every prediction
+    class 0."""
+    if all(all_finite(torch.as_tensor(r)) for r in results):
+        return
+    big = float(X.abs().max()) if X.is_floating_point() and X.numel() else float("nan")
+    raise ValueError(
+        f"{who}: the fit produced non-finite coefficients: the float32 Gram of X overflowed or lost all "
+        f"precision (X's largest magnitude is {big:.3g}; float32 holds squares up to 3.4e38). Scale X to "
+        "moderate values (e.g. divide it by its largest absolute value, or sklearn.preprocessing."
+        "StandardScaler) and fit again.")
+
+
 def _check_fitted(est, attr: str = "n_features_in_") -> None:
     if not hasattr(est, attr):
         raise NotFittedError(
@@ -65,6 +166,7 @@ def as_tensor(est, X, who: str, reset: bool, device=None):
     """
     if isinstance(X, torch.Tensor):
         _check_2d(X, who)
+        _check_nonempty_finite(X, who, min_samples=1 if reset else 0)
         if reset:
             est.n_features_in_ = int(X.shape[1])
             if hasattr(est, "feature_names_in_"):

@@ -11,7 +11,10 @@ It is defined as column tiles of ``TILE_COLS`` columns: tile ``t`` (columns
 transpose of the tile, in float32, then scaled by ``1/sqrt(m)``). Hence:
 
 * the features do not depend on the block size (a block is a whole number of tiles),
-  nor on the row chunking, up to float rounding;
+  up to float rounding;
+* a row's features do not depend on the rows it comes with, to the bit: every GEMM
+  multiplies one fixed-size block of rows (``_ROW_BLOCK``, the last one zero-padded), so
+  the BLAS runs the same kernel on every row whatever the batch;
 * the first ``k`` components are the same whatever ``n_components >= k``;
 * a consumer can regenerate any block of ``R`` later (``random_block``) without
   storing it: the projection's only parameter is its seed.
@@ -33,10 +36,10 @@ GEMMs accumulated in float32, near-float32 results at bf16 speed. Only X is exac
 low precision; R is Gaussian and is only approximated by a single bfloat16/float16.
 
 Memory: a block of ``c`` columns costs ``2 * m * c`` values of the compute dtype (twice
-with prefetch, plus a float32 draw buffer for non-float32 modes) plus ``n * 2c`` for
-its product; ``c`` is chosen from the free memory of the input's device when
-``block_size=None``. Binary ``uint8`` input is converted to the compute dtype once
-when that fits the budget, else in row chunks for each block.
+with prefetch, plus a float32 draw buffer for non-float32 modes) plus ``rows * 2c`` for
+the product of one row block and ``n * c`` for the block's features; ``c`` is chosen from
+the free memory of the input's device when ``block_size=None``. X is converted to the
+compute dtype one row block at a time (``rows * m`` values).
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ import torch
 from projector._blocks import BlockProjection
 from projector._random_matrix import (_MEM_FRACTION, _MODES, TILE_COLS, _auto_block_tiles, _mm_f32,
                                       available_memory_bytes, gaussian_tiles, resolve_compute_mode)
+from projector._linalg import ROW_BLOCK
 from projector._validation import _check_2d, _check_fitted, _check_n_features
+
+# Rows multiplied by one GEMM: always this many, the last block zero-padded. A BLAS picks its
+# kernel (and its order of summation) from the shape, so a row's features would otherwise depend
+# on how many rows came with it: 2e-7 relative under MKL's AVX2 path, enough for scikit-learn's
+# sample-order check to fail. The copy into one buffer also fixes the operand's alignment.
+_ROW_BLOCK = {"cpu": ROW_BLOCK, "cuda": 1024}
 
 # --- estimators ---
 
@@ -116,22 +126,17 @@ class _RandomProjection(BlockProjection):
         prefetch = device.type == "cuda" and self.prefetch is not False
         slots = 2 if prefetch else 1
 
-        # Convert X once if its compute-dtype copy fits half the budget, else per row chunk.
-        x_bytes = n * m * itemsize
-        if self.row_chunk_size is not None:
-            chunk = max(1, int(self.row_chunk_size))
-        elif all(P.dtype == cdt for P in parts) or x_bytes <= budget // 2:
-            chunk = max(n, 1)
-        else:
-            chunk = max(1, (budget // 2) // (m * itemsize))
-        Xcs = [P.to(cdt) if chunk >= P.shape[0] else P for P in parts]
+        rows_per_gemm = _ROW_BLOCK.get(device.type, _ROW_BLOCK["cpu"])
+        # every GEMM multiplies one fixed-size block of rows, copied (converted) into this buffer
+        xbuf = torch.zeros(rows_per_gemm, m, dtype=cdt, device=device)
 
         draw_f32 = cdt != torch.float32  # draw in float32, then convert / split
         r_bytes = slots * (copies * itemsize + (4 if draw_f32 else 0))
         if self.block_size is not None:
             tiles = max(1, math.ceil(int(self.block_size) / TILE_COLS))
         else:
-            tiles = _auto_block_tiles(m, min(n, chunk), r_bytes, device, budget // 2)
+            # from the row block, not n: the GEMM's shape (hence its kernel) must not depend on the batch
+            tiles = _auto_block_tiles(m, rows_per_gemm, r_bytes, device, budget // 2)
         n_tiles_total = math.ceil(k / TILE_COLS)
         blocks = [(t0, min(tiles, n_tiles_total - t0)) for t0 in range(0, n_tiles_total, tiles)]
         halves = 2 if self._imag else 1
@@ -191,14 +196,17 @@ class _RandomProjection(BlockProjection):
                 width = cols.stop - cols.start
                 h = halves * c
                 Y_blocks = []
-                for Xc in Xcs:
-                    Y_block = torch.empty(Xc.shape[0], width, dtype=torch.float32, device=device)
-                    for r0 in range(0, Xc.shape[0], chunk):
-                        xr = Xc[r0:r0 + chunk].to(cdt)
-                        P = _mm_f32(xr, RT.T)  # (rows_in_chunk, copies * h): [X Re R | X Im R] (hi, lo)
+                for Xp in parts:
+                    Y_block = torch.empty(Xp.shape[0], width, dtype=torch.float32, device=device)
+                    for r0 in range(0, Xp.shape[0], rows_per_gemm):
+                        rows = min(rows_per_gemm, Xp.shape[0] - r0)
+                        xbuf[:rows].copy_(Xp[r0:r0 + rows])
+                        if rows < rows_per_gemm:
+                            xbuf[rows:].zero_()
+                        P = _mm_f32(xbuf, RT.T)  # (rows_per_gemm, copies * h): [X Re R | X Im R] (hi, lo)
                         if copies == 2:
                             P = P[:, :h] + P[:, h:]
-                        Y_block[r0:r0 + chunk] = self._combine(P, c, m)[:, :width]
+                        Y_block[r0:r0 + rows] = self._combine(P[:rows], c, m)[:, :width]
                     Y_blocks.append(Y_block)
                 if stream is not None:
                     free[i % slots].record(torch.cuda.current_stream(device))
@@ -252,8 +260,9 @@ class GaussianProjection(_RandomProjection):
     block_size : columns of R generated at once, rounded up to whole tiles of
         ``TILE_COLS``; None chooses from the device's free memory (at most 512 on
         CPU, 4096 on CUDA).
-    row_chunk_size : rows of X multiplied at once; None: all rows unless converting a
-        uint8 X to the compute dtype would not fit the memory budget.
+    row_chunk_size : kept for compatibility, no effect: rows are multiplied in fixed blocks
+        of ``_ROW_BLOCK`` rows (256 on CPU), so that a row's features do not depend on the
+        batch it comes in.
     compute_dtype : how the GEMM ``X @ R`` runs: None (auto: ``"bf16x2"`` for a uint8/bool
         X on CUDA, else float32), a torch dtype (float32, float64, bfloat16, float16: R
         rounded to it) or ``"bf16x2"`` (R split into two bfloat16 halves, ~2e-5 relative

@@ -31,7 +31,7 @@ import torch
 from projector._base import _ClassifierBase
 from projector._fits import dual_fit, dual_loo
 from projector._linalg import _BLAS_MAX_ELEMENTS, _blas_threads, _rows_per_chunk, gram
-from projector._validation import _check_fitted, fitted
+from projector._validation import _check_fitted, check_finite_fit, fitted, format_bytes
 
 __all__ = ["opu_kernel", "KernelRidgeClassifier"]
 
@@ -119,6 +119,20 @@ def _sq_norms(A) -> torch.Tensor:
         if A.shape[0] else torch.zeros(0, dtype=torch.float64, device=A.device)
 
 
+def check_memory_rows(who: str, N: int, device) -> None:
+    """Refuse before the (N, N) Gram when it cannot fit: about 3 float64 copies of it are held
+    (the kernel, its float32 product, the solve)."""
+    from projector._random_matrix import available_memory_bytes
+
+    need, free = 3 * 8 * N * N, available_memory_bytes(device)
+    if need > free:
+        n_max = int((free / 24) ** 0.5)
+        raise ValueError(f"{who} on {N:,} rows (train + validation) would need about {format_bytes(need)} of "
+                         f"memory for its (N, N) kernel, but {torch.device(device).type} has {format_bytes(free)} "
+                         f"free. Fit on at most about {n_max:,} rows, or use random features "
+                         "(StreamingRidgeClassifier) instead of the exact kernel.")
+
+
 def _centre_with_train(K: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre an (N, N) kernel in feature space with the mean of its first n_train rows, in
     place: ``K_ij - a_i - a_j + c`` with ``a_i = mean_{j < n_train} K_ij``, ``c = mean(a[:n_train])``.
@@ -176,6 +190,8 @@ class KernelRidgeClassifier(_ClassifierBase):
         parts = [X] if data.X_val is None else [X, data.X_val]
         if data.X_val is not None:
             Y = torch.cat([Y, data.Yv])
+        N = sum(P.shape[0] for P in parts)
+        check_memory_rows(f"{type(self).__name__}.fit", N, X.device)
         G = gram(parts, None, rows=True).to(torch.float64)  # exact for binary rows
         r = G.diagonal().clone()
         K = _from_gram(G, r, r, m)
@@ -200,6 +216,7 @@ class KernelRidgeClassifier(_ClassifierBase):
         self._record(fit, data.kind)
         n_used = fit["n_used"]
         beta = fit["beta"]
+        check_finite_fit(type(self).__name__, X, beta, fit["offset"])
         # f(x) = kz(x) beta + offset, kz centred with the train mean; sum(beta) = 0 leaves
         # K(x, X_used) beta - a_used . beta + offset with the uncentred kernel.
         self.dual_coef_ = fitted(beta, data.kind)

@@ -106,6 +106,14 @@ class OPUProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
 
     def _fit(self, X: torch.Tensor, kind: str) -> None:
         """X: (n_samples, n_features) binary. Opens the OPU (builds the simulator's R)."""
+        from projector._blocks import check_projection_params
+
+        check_projection_params(self)
+        if self.simulated is not False:  # the simulator holds R whole
+            from projector._validation import check_memory
+
+            check_memory("OPUProjection (simulated)", lambda k: X.shape[1] * k * 8, int(self.n_components), "cpu",
+                         f"its complex64 R, {X.shape[1]:,} x n_components", "or fewer input features.")
         X_np = self._binary_numpy(X)
         _import_lightonml()
         from lightonml import OPU

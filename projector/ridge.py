@@ -61,9 +61,9 @@ import torch
 
 from projector._base import _SOLVERS, _ClassifierBase, auto_alphas
 from projector._fits import FITS, dual_fit
-from projector._linalg import _rows_per_chunk, gram
+from projector._linalg import _mean, _rows_mm, gram
 from projector._solvers import _GRID_SOLVER_CHOICES as _GRID_SOLVERS, grid_solver_for
-from projector._validation import _check_fitted, fitted
+from projector._validation import _check_fitted, check_finite_fit, fitted
 
 __all__ = ["RidgeClassifier", "auto_alphas", "dual_fit", "gram", "grid_solver_for"]
 
@@ -151,20 +151,16 @@ class RidgeClassifier(_ClassifierBase):
         self.val_predictions_ = None if preds is None else {
             float(a): fitted(p, data.kind) for a, p in zip(self.alphas_, preds)}
         self.solver_ = fit["solver"]
-        # W: (d, c) float64, b: (c,) -> coef_ (c, d), intercept_ (c,), float32
-        self.coef_ = fitted(fit["W"].T.to(torch.float32).contiguous(), data.kind)
-        b = torch.as_tensor(fit["b"], dtype=torch.float32, device=X.device).reshape(-1).clone()
-        self.intercept_ = fitted(b, data.kind)
+        # W: (d, c) float64, b: (c,) -> coef_ (c, d), intercept_ (c,), float32; predict centres
+        # its rows with the training mean (any centre is exact; one near the data is accurate)
+        check_finite_fit(type(self).__name__, X, fit["W"], fit["b"])
+        self._set_linear(fit["W"], fit["b"], _mean([X]), data.kind)
         return self
 
     def _decision(self, X) -> torch.Tensor:
-        """X: (n, d) tensor -> (n, c) float32 scores, in row chunks."""
+        """X: (n, d) tensor -> (n, c) float32 scores, in fixed-size row blocks (``_rows_mm``)."""
         coef = torch.as_tensor(self.coef_, device=X.device)
-        b = torch.as_tensor(self.intercept_, device=X.device)
-        step = _rows_per_chunk(X.shape[1], 4)
-        if not len(X):
-            return torch.zeros(0, coef.shape[0], device=X.device)
-        return torch.cat([X[r0:r0 + step].to(torch.float32) @ coef.T + b for r0 in range(0, X.shape[0], step)])
+        return _rows_mm(X, coef.T, self._centred).add_(self._offset(X.device))
 
     @property
     def weight_bytes(self) -> int:

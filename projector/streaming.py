@@ -38,9 +38,9 @@ from projector._base import _ClassifierBase
 from projector._factor import _solve_psd
 from projector._fits import dual_fit, dual_loo, primal_loo
 from projector._labels import _accuracy
-from projector._linalg import _col_means64, _symmetrize_, _syrk_
+from projector._linalg import _centre_, _col_means64, _rows_mm, _symmetrize_, _syrk_, check_finite_gram
 from projector._solvers import _ShiftedSolver, grid_solver_for
-from projector._validation import _check_fitted, fitted
+from projector._validation import _check_fitted, check_finite_fit, check_memory
 from projector.structured import StructuredProjection
 
 __all__ = ["StreamingRidgeClassifier", "feature_matrix_bytes"]
@@ -63,6 +63,15 @@ def _lockstep(iters):
             del item
         yield cols, blocks
         del blocks
+
+
+def _fit_bytes(k: int, N: int, c: int, solver: str, n_parts: int) -> int:
+    """Bytes a fit on N rows (c classes) with k features holds: the Gram (float32, and its float64
+    solve), the feature means and the weights (float64, then float32 coef_), a block of features."""
+    per_feature = 8 + 8 * c + 4 * c  # mean, W, coef_
+    if solver == "dual":  # + two blocks of at most 8,192 features of the N rows
+        return 4 * N * N + 2 * 8 * N * N + k * per_feature + 2 * 4 * N * min(k, 8192)
+    return (4 * n_parts + 2 * 8) * k * k + k * per_feature + _ROW_CHUNK_BYTES
 
 
 def feature_matrix_bytes(n_rows: int, n_components: int) -> int:
@@ -131,14 +140,18 @@ class StreamingRidgeClassifier(_ClassifierBase):
         k = int(self.projection_.n_components if self.projection_.n_components is not None else X.shape[1])
         self.n_components_ = k
         solver = self.solver if self.solver != "auto" else ("dual" if k > n else "primal")
+        N, c = sum(P.shape[0] for P in parts), Y.shape[1]
+        check_memory(f"{type(self).__name__}.fit on {N:,} rows", lambda kk: _fit_bytes(kk, N, c, solver, len(parts)),
+                     k, X.device, "its Gram, weights and feature means" + (", (N, N) for the dual" if solver == "dual"
+                                                                           else ", (k, k) for the primal"),
+                     "or fewer rows" + (" (the dual Gram is N x N)." if solver == "dual" else "."))
         self.solver_ = solver
         if solver == "dual":
-            W, b = self._fit_dual(parts, Y, n, data.yv_idx, data.y_idx)
+            W, b, centre = self._fit_dual(parts, Y, n, data.yv_idx, data.y_idx)
         else:
-            W, b = self._fit_primal(parts, Y, n, data.yv_idx, data.y_idx)
-        self.coef_ = fitted(W.T.to(torch.float32).contiguous(), data.kind)
-        self.intercept_ = fitted(torch.as_tensor(b, dtype=torch.float32, device=X.device).reshape(-1).clone(),
-                                 data.kind)
+            W, b, centre = self._fit_primal(parts, Y, n, data.yv_idx, data.y_idx)
+        check_finite_fit(type(self).__name__, X, W, b)
+        self._set_linear(W, b, centre, data.kind)  # predict centres the features with ``centre``
         return self
 
     def _proj(self):
@@ -215,13 +228,13 @@ class StreamingRidgeClassifier(_ClassifierBase):
         mu = torch.zeros(int(k if k is not None else parts[0].shape[1]), dtype=torch.float64, device=device)
         n = parts[0].shape[0]
         for cols, Zb in self._stacked_blocks(parts, "stream pass 1/2 (Gram)"):  # (N, width) float32
+            m_b = _col_means64(Zb[:n])  # in row chunks: mean(dtype=float64) copies Zb to float64
+            mu[cols] = m_b  # without an intercept, only predict's centre
             if self.fit_intercept:
-                m_b = _col_means64(Zb[:n])  # in row chunks: mean(dtype=float64) copies Zb to float64
-                mu[cols] = m_b
-                Zb.sub_(m_b.float())
+                _centre_(Zb, m_b)
             _syrk_(Kz, Zb, rows=True)  # tiled past 2**31 elements (N > 46,340)
             del Zb
-        return _symmetrize_(Kz), mu
+        return check_finite_gram(_symmetrize_(Kz), parts, "X's projected features"), mu
 
     def _fit_dual(self, parts, Y, n, yv_idx, y_idx):
         device = parts[0].device
@@ -258,7 +271,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             W[cols] = acc
             del Zb
         b = fit["offset"] - (mu @ W if self.fit_intercept else 0.0)
-        return W, b
+        return W, b, mu
 
     def _row_features(self, X):
         """Yield (r0, features (rows, k) float32) over row chunks of X."""
@@ -281,7 +294,8 @@ class StreamingRidgeClassifier(_ClassifierBase):
         for i, P in enumerate(parts):
             for r0, F in self._row_features(P):
                 if pilot is None:
-                    pilot = F.mean(0, dtype=torch.float64) if self.fit_intercept else \
+                    # float32-representable: the shift applied to F below is exactly this one
+                    pilot = F.mean(0, dtype=torch.float64).float().double() if self.fit_intercept else \
                         torch.zeros(k, dtype=torch.float64, device=device)
                 if F.untyped_storage().data_ptr() == P.untyped_storage().data_ptr():
                     F = F.clone()  # the features are X itself (NoProjection): never shift the caller's data
@@ -290,7 +304,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 s[i] += F.sum(0, dtype=torch.float64)
                 rows = slice(offsets[i] + r0, offsets[i] + r0 + F.shape[0])
                 B[i] += (Y[rows].T @ F.double()).T
-            _symmetrize_(G[i])
+            check_finite_gram(_symmetrize_(G[i]), parts, "X's projected features")
         # train: centred Gram and right-hand side
         y_tr = Y[:n].mean(0) if self.fit_intercept else torch.zeros(c, dtype=torch.float64, device=device)
         d_tr = s[0] / n if self.fit_intercept else torch.zeros(k, dtype=torch.float64, device=device)
@@ -303,7 +317,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             rows = lambda: ((r0, F - mu_tr.float()) for r0, F in self._row_features(parts[0]))  # noqa: E731
             fit = primal_loo(G_tr, B_tr, rows, Yc, y_tr, y_idx, self._resolve_alphas, n, self.fit_intercept)
             self._record_fit({**fit, "grid_solver": "eigh"}, None)
-            return fit["W"], y_tr - mu_tr @ fit["W"]
+            return fit["W"], y_tr - mu_tr @ fit["W"], mu_tr
         alphas = self._resolve_alphas(float(G_tr.diagonal().sum()) / n)
         has_val = yv_idx is not None
         method = grid_solver_for(k, len(alphas) if has_val else 1, device, self.grid_solver)
@@ -330,7 +344,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             W = Ws[best]
             b = y_tr - mu_tr @ W
         self._record_fit({"alpha": alpha, "alphas": alphas, "scores": scores, "grid_solver": method}, yv_idx)
-        return W, b
+        return W, b, mu_tr
 
     def _record_fit(self, fit, yv_idx):
         self._record(fit, None)
@@ -341,7 +355,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
     def _decision(self, X) -> torch.Tensor:
         """X: (n, m) encoded tensor -> (n, c) float32 scores, the features streamed block by block."""
         coef = torch.as_tensor(self.coef_, device=X.device)
-        S = torch.as_tensor(self.intercept_, device=X.device).expand(X.shape[0], -1).clone()
+        S = self._offset(X.device).expand(X.shape[0], -1).clone()
         # rows in chunks whose blocks stay within 2 x _ROW_CHUNK_BYTES: a structured block of
         # 8,000 test rows would be 2.1 GB (narrow blocks leave X whole, R drawn once per block)
         proj = self._stream(X.device)
@@ -349,7 +363,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
             else max(X.shape[0], 1)
         for r0 in range(0, X.shape[0], step):
             for cols, (Yb,) in self._blocks([X[r0:r0 + step]], "predict"):
-                S[r0:r0 + step].addmm_(Yb, coef[:, cols].T)
+                S[r0:r0 + step] += _rows_mm(Yb, coef[:, cols].T.contiguous(), lambda rows: self._centred(rows, cols))
                 del Yb
         return S
 

@@ -11,7 +11,7 @@ from projector.projections import GaussianProjection
 from projector.ridge import RidgeClassifier
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]
 
 
 def _data(n, m, n_classes=3, seed=0):

@@ -73,6 +73,7 @@ ESTIMATORS = [
 ]
 
 
+@pytest.mark.numerics
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: EXPECTED_FAILURES.get(type(est).__name__, {}))
 def test_sklearn_checks(estimator, check):
     if isinstance(estimator, OPUProjection):

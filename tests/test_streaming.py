@@ -12,7 +12,7 @@ from projector.streaming import StreamingRidgeClassifier
 from projector.structured import StructuredProjection
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]
 
 
 def _data(n, m=30, seed=0):
