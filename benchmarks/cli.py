@@ -73,7 +73,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="AXIS=VALUE",
                    help="with --suite: override an axis or setting, e.g. --set seed=0,1 (repeatable)")
     g.add_argument("--dry-run", action="store_true",
-                   help="list the cell(s) with their memory and time estimates, run nothing")
+                   help="list the cell(s) with their memory and time estimates and what a run would refuse, "
+                        "run nothing (exit 2 if a cell would be refused)")
+    g.add_argument("--rates-from", action="append", default=[], metavar="RESULTS",
+                   help="with --dry-run: estimate times from the rates measured in these results folders too "
+                        "(repeatable), where OUT has none yet")
     g.add_argument("--set-aside-others", action="store_true",
                    help="with --suite: first move the rows of cells this suite no longer has (an edited "
                         "suite's old configurations) from results.csv to results.superseded.csv, so that "
@@ -174,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **options})
     out = Path(args.out)
     if args.dry_run:
-        return _dry_run([cell], out)
+        return _dry_run([cell], out, args.rates_from)
     from benchmarks.executors import run_cells
     from benchmarks.features import FeatureCache
     from benchmarks.runner import Runner
@@ -187,13 +191,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
-def _dry_run(cells: list, out: Path) -> int:
+def _dry_run(cells: list, out: Path, rates_from: list[str] = ()) -> int:
     """List the cells with their estimates and the verdict of the checks a run makes: exit 2 if any
     would be refused, as the run would."""
     from benchmarks.estimate import print_plan
     from benchmarks.executors import preflight
 
-    return 2 if print_plan(cells, out, preflight(cells, out)) else 0
+    return 2 if print_plan(cells, out, preflight(cells, out), rates_from) else 0
 
 
 def run_suite(args: argparse.Namespace, options: dict) -> int:
@@ -204,7 +208,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     cells = suites.expand(suite)
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
     if args.dry_run:
-        return _dry_run(cells, out)
+        return _dry_run(cells, out, args.rates_from)
     from benchmarks.executors import make_executor, run_cells
     from benchmarks.features import FeatureCache
     from benchmarks.results import finished_keys

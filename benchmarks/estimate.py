@@ -84,14 +84,21 @@ def _fmt_time(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
-def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | None] | None = None) -> int:
+def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | None] | None = None,
+               rates_from: list[str | Path] = ()) -> int:
     """The dry-run table: one line per cell, with totals; return the number of cells a run would refuse.
 
     ``errors``: per cell, what refuses it (:func:`benchmarks.executors.preflight`, the checks a run
-    makes), or None; a refused cell is listed as such, with the reason, and not estimated."""
+    makes), or None; a refused cell is listed as such, with the reason, and not estimated.
+    ``rates_from``: other results folders (or files) whose measured rates are used where ``out_dir`` has
+    none yet (a new suite planned from an earlier one on the same machine)."""
     errors = errors or [None] * len(cells)
     path = Path(out_dir) / RESULTS_FILE
-    rates = measured_rates(path)
+    rates: dict[tuple[str, str], float] = {}
+    for other in rates_from:
+        other = Path(other)
+        rates.update(measured_rates(other / RESULTS_FILE if other.is_dir() else other))
+    rates.update(measured_rates(path))
     measured = {r["cell_key"]: float(r["train_total_s"] or 0) for r in read_rows(path)
                 if r["row_type"] == "final" and r["status"] == "ok"}
     print(f"{'#':>3s}  {'cell_key':16s}  {'images':>7s}  {'feat dim':>8s}  {'k':>6s}  {'memory':>9s}  "
@@ -114,7 +121,8 @@ def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | 
               f"{format_bytes(est['memory_bytes']):>9s}  {t:>8s}  {status:8s}  {describe(cell)}")
     n_done = sum(c.key() in measured for c in cells)
     n_refused = sum(e is not None for e in errors)
-    source = f"rates measured in {path}" if rates else "default rates (benchmarks.estimate.DEFAULT_GFLOPS)"
+    source = (f"rates measured in {', '.join(str(p) for p in [*rates_from, path])}, where they were; elsewhere "
+              "the default rates" if rates else "default rates (benchmarks.estimate.DEFAULT_GFLOPS)")
     print(f"\n{len(cells)} cells, {n_done} done before; ~{_fmt_time(total_todo)} of counted time to run "
           f"({source}; untimed evaluation and data loading come on top). * measured. Results go to {path}.")
     if n_refused:

@@ -120,3 +120,15 @@ def test_the_feature_cache_shares_validation_and_test_features_across_draws_not_
     assert cache.key(a, ext, "train", 0) != cache.key(b, ext, "train", 0)  # ...but not seed 0's training features
     assert cache.key(a, ext, "val", 0) == cache.key(b, ext, "val", 0)
     assert cache.key(a, ext, "test", 0) == cache.key(b, ext, "test", 0)
+
+
+def test_a_dry_run_plans_from_the_rates_another_folder_measured(tmp_path, capsys, cifar10_dir):
+    repo = __import__("pathlib").Path(__file__).resolve().parent.parent
+    flags = ["run", "--dataset", "cifar10", "--data-dir", str(cifar10_dir), "--out", str(tmp_path / "new"), "--dry-run"]
+    assert main(flags) == 0
+    default = capsys.readouterr().out
+    assert main([*flags, "--rates-from", str(repo / "results" / "study-cifar10")]) == 0
+    measured = capsys.readouterr().out
+    assert "default rates (benchmarks.estimate.DEFAULT_GFLOPS)" in default
+    assert "rates measured in" in measured and "study-cifar10" in measured
+    assert default.splitlines()[1] != measured.splitlines()[1]  # the estimate moved with the rates
