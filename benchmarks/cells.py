@@ -44,6 +44,7 @@ from benchmarks.datasets import (DATASET_NAMES, FULL_SIZES, IMAGE_SUFFIXES, N_CL
                                  folder_identity)
 from benchmarks.methods import REGISTRY, config_fields, full_config, get_method, make_config
 from benchmarks.protocol import CellShape
+from projector._validation import format_bytes, largest_fitting  # noqa: F401 (format_bytes: re-exported)
 
 IMAGEFOLDER = "imagefolder:"
 #: Seeds are honoured as 32-bit numbers (numpy's and torch's generators, the projections' R).
@@ -371,31 +372,13 @@ def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> in
     msg = (f"{describe(cell)} needs about {format_bytes(need)} of memory ({shape.n_images} images), "
            f"but {device.type} has {format_bytes(free)} free.")
     if "n_components" in config and config.get("projection") not in ("none", "kernel"):
-        k = _largest_fitting(lambda k: method_cls.memory_bytes({**config, "n_components": k}, shape), free)
+        k = largest_fitting(lambda k: method_cls.memory_bytes({**config, "n_components": k}, shape), free)
         msg += (f" The largest number of random features that fits is about k = {k:,}; use --n-components "
                 f"{k} or fewer" if k else " Even k = 1 does not fit")
         msg += ", or fewer images (--train-per-class, --test-per-class)."
     else:
         msg += " Use fewer images (--train-per-class, --test-per-class) or a smaller image size."
     raise CellError(msg)
-
-
-def _largest_fitting(need, budget: int) -> int:
-    lo, hi = 0, 1
-    while need(hi) <= budget and hi < 10**12:
-        lo, hi = hi, hi * 2
-    while hi - lo > max(1, lo // 1000):
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid)
-    return int(10 ** math.floor(math.log10(lo)) * (lo // 10 ** math.floor(math.log10(lo))) if lo else 0)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def describe(cell: Cell) -> str:

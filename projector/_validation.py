@@ -93,7 +93,7 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def _largest_fitting(need, free: int) -> int:
+def largest_fitting(need, free: int) -> int:
     """The largest k >= 0 with need(k) <= free (need increasing), to 3 significant digits, rounded down."""
     lo, hi = 0, 1
     while need(hi) <= free and hi < 10**15:
@@ -117,7 +117,7 @@ def check_memory(who: str, need, k: int, device, what: str, fix: str) -> None:
     free = available_memory_bytes(device)
     if needed <= free:
         return
-    k_max = _largest_fitting(need, free)
+    k_max = largest_fitting(need, free)
     fit = (f"The largest n_components that fits is about {k_max:,}: use that or fewer" if k_max >= 1
            else "Even n_components=1 does not fit")
     raise ValueError(f"{who} with n_components={k:,} would need about {format_bytes(needed)} of memory "

@@ -157,10 +157,10 @@ def test_a_huge_n_components_is_refused_with_the_largest_that_fits():
 
 
 def test_largest_n_components_named_does_fit():
-    from projector._validation import _largest_fitting
+    from projector._validation import largest_fitting
 
     need = lambda k: 4 * 60 * k + 1000  # noqa: E731
-    k = _largest_fitting(need, 10**9)
+    k = largest_fitting(need, 10**9)
     assert need(k) <= 10**9 < need(int(k * 1.01))
 
 
