@@ -70,8 +70,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="method under test or baseline [random-features]")
     g.add_argument("--suite", default=None,
                    help="run a benchmark suite by name or TOML path instead of one cell (see `gradfree suites`)")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="AXIS=VALUE",
-                   help="with --suite: override an axis or setting, e.g. --set seed=0,1 (repeatable)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="set any field of the method's Config (or any cell field) by name, e.g. --set "
+                        "lr_max=0.01 or --set refit=false (repeatable); with --suite, override an axis or "
+                        "setting, e.g. --set seed=0,1")
     g.add_argument("--dry-run", action="store_true",
                    help="list the cell(s) with their memory and time estimates and what a run would refuse, "
                         "run nothing (exit 2 if a cell would be refused)")
@@ -143,6 +145,40 @@ def _method_options(args: argparse.Namespace) -> dict:
     return options
 
 
+def _single_run_settings(args: argparse.Namespace) -> dict:
+    """``--set NAME=VALUE`` for one run: any field of the method's Config (or a cell field), one value
+    each. A list of values is a grid, which is a suite's (--suite); a name also given as its own flag
+    is refused rather than silently overridden."""
+    from benchmarks.suites import parse_overrides
+
+    settings = parse_overrides(args.overrides)
+    for key, value in settings.items():
+        if isinstance(value, list):
+            raise ValueError(f"--set {key}={','.join(map(str, value))}: one run takes one value; a grid of values "
+                             "is a suite's (write a suite, or give --suite NAME --set ...).")
+        flag = "--" + key.replace("_", "-")
+        given = getattr(args, key, None)
+        if given is not None and given != _parser_default(key):
+            raise ValueError(f"--set {key}=... and {flag} both given; keep one.")
+    for key in [k for k in settings if k in _CELL_ARGS]:
+        setattr(args, key, settings.pop(key))
+    from benchmarks.methods import config_fields
+
+    fields = config_fields(args.method)
+    foreign = sorted(set(settings) - set(fields))
+    if foreign:
+        raise ValueError(f"--set {', '.join(foreign)}: not a setting of {args.method}; its settings are "
+                         f"{', '.join(sorted(fields))}.")
+    return settings
+
+
+def _parser_default(dest: str):
+    """The default argparse gives ``dest`` for `gradfree run` (None for a method option)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_run_args(parser)
+    return parser.get_default(dest)
+
+
 def _warn_unused(method: str, options: dict) -> None:
     import dataclasses
 
@@ -168,9 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = _method_options(args)
     if args.suite:
         return run_suite(args, options)
-    if args.overrides:
-        raise ValueError("--set only applies to --suite; give the axis as its own flag "
-                         "(e.g. --seed 1 instead of --set seed=1).")
+    options.update(_single_run_settings(args))
     if args.set_aside_others:
         raise ValueError("--set-aside-others only applies to --suite (which cells to keep is the suite's "
                          "list); drop it, or give --suite NAME.")

@@ -182,9 +182,9 @@ def test_cell_shape_counts_an_image_folder(tmp_path):
     assert (shape.n_classes, shape.n_train + shape.n_val, shape.n_test) == (2, 14, 6)
 
 
-def test_set_without_suite_is_refused_and_dry_run_runs_nothing(tmp_path, capsys):
-    assert main(["run", "--set", "seed=1", "--out", str(tmp_path / "a")]) == 2
-    assert "--set only applies to --suite" in capsys.readouterr().err
+def test_set_on_one_run_is_that_runs_setting_and_dry_run_runs_nothing(tmp_path, capsys):
+    assert main(["run", "--set", "seed=1", "--out", str(tmp_path / "a"), "--dry-run"]) == 0
+    assert make_cell({"seed": 1}).key() in capsys.readouterr().out
     assert main(["run", "--dry-run", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "1 cells, 0 done before" in out and _cli_cell().key() in out

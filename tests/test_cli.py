@@ -182,3 +182,57 @@ def test_logistic_control_on_the_same_features(tmp_path, cifar10_dir, mobilenet_
     assert 0.0 <= float(logistic["test_acc"]) <= 1.0
     assert ridge["data_fingerprint"] == logistic["data_fingerprint"] and ridge["feature_dim"] == logistic["feature_dim"]
     assert "cached_phases" in logistic["extra"] or float(logistic["extract_s"]) > 0
+
+
+def _other_value(field, default):
+    """A valid value of a Config field other than its default (None where the test cannot make one)."""
+    import dataclasses
+    typ = str(field.type)
+    if "bool" in typ:
+        return not default if isinstance(default, bool) else True
+    if "tuple" in typ:
+        return (0.5, 0.25)
+    if typ.startswith("int") or typ.startswith("float") or "int |" in typ or "float |" in typ:
+        if "float" in typ:
+            return round((default or 0.25) * 0.5, 6) if isinstance(default, (int, float)) and default else 0.5
+        return (default or 1) + 1
+    return None
+
+
+@pytest.mark.parametrize("method", sorted(__import__("benchmarks.methods", fromlist=["REGISTRY"]).REGISTRY))
+def test_every_numeric_and_boolean_config_field_can_be_set_for_one_run(method):
+    # --set NAME=VALUE reaches every field of every method's Config on a single run (issue 24, item 3)
+    import argparse
+    import dataclasses
+
+    from benchmarks.cli import _add_run_args, _method_options, _single_run_settings
+    from benchmarks.methods import get_method, make_config
+
+    cls = get_method(method)
+    defaults = cls.Config()
+    tried = 0
+    for field in dataclasses.fields(cls.Config):
+        value = _other_value(field, getattr(defaults, field.name))
+        if value is None or field.name in ("preset", "batch_size", "tune_epochs", "epochs"):
+            continue  # strings (checked against their choices), and fields that need a partner
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
+        parser = argparse.ArgumentParser()
+        _add_run_args(parser)
+        args = parser.parse_args(["--method", method, "--set", f"{field.name}={text}"])
+        settings = _single_run_settings(args)
+        try:
+            config = make_config(cls, settings)
+        except ValueError:
+            continue  # a value outside the field's range: refused, as it should be
+        assert getattr(config, field.name) == value, (method, field.name)
+        tried += 1
+    assert tried >= 3
+
+
+def test_set_refuses_a_grid_a_foreign_field_and_a_doubled_flag(capsys):
+    assert main(["run", "--set", "seed=0,1", "--dry-run"]) == 2
+    assert "one run takes one value" in capsys.readouterr().err
+    assert main(["run", "--set", "lr_max=0.1", "--dry-run"]) == 2
+    assert "not a setting of random-features" in capsys.readouterr().err
+    assert main(["run", "--set", "seed=3", "--seed", "2", "--dry-run"]) == 2
+    assert "both given" in capsys.readouterr().err
