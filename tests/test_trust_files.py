@@ -1,0 +1,149 @@
+"""Files gradfree does not own stay untouched, its own files are checked before they are trusted, and a
+stop request stops a run whatever it is writing (issue 21 items 3, 7, 8, 9 and 15), through the
+public commands on tiny real CIFAR-10 runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cli import main
+from benchmarks.features import FeatureCacheWarning
+TMP_PREFIX = ".gradfree-feat-"
+from benchmarks.results import read_rows
+from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+HOURS_AGO_3 = time.time() - 3 * 3600
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(cifar10_dir, tmp_path_factory):
+    return tiny_cifar10(cifar10_dir, tmp_path_factory.mktemp("cifar10-tiny"))
+
+
+def _run_args(data: Path, out: Path, *more: str) -> list[str]:
+    # --val-fraction 0.5: the train, validation and test splits all hold 50 images (one shape).
+    return ["run", "--dataset", "cifar10", "--data-dir", str(data), "--train-per-class", "10",
+            "--test-per-class", "5", "--val-fraction", "0.5", "--image-size", "32", "--n-components", "128",
+            "--device", "cpu", "--threads", "1", "--no-progress", "--out", str(out), *more]
+
+
+def _final(out: Path) -> dict:
+    [row] = [r for r in read_rows(out / "results.csv") if r["row_type"] in ("final", "failed")]
+    return row
+
+
+def _scores(row: dict) -> tuple:
+    return row["status"], row["alpha"], row["val_acc"], row["test_acc"]
+
+
+# ----------------------------------------------------------------------------
+# Item 3: --cache-dir sweeps only gradfree's own temporary files
+# ----------------------------------------------------------------------------
+
+def test_cache_dir_keeps_other_programs_hidden_tmp_files(tmp_path, tiny_dir, mobilenet_weights):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    theirs = {cache / ".thesis.tmp": b"chapter 3\n", cache / ".notes.txt.tmp": b"draft\x00\xff"}
+    stale = cache / f"{TMP_PREFIX}0123456789abcdef0123.1@another-host.{'a' * 32}.tmp"  # gradfree's own
+    for path, data in [*theirs.items(), (stale, b"half a cache file")]:
+        path.write_bytes(data)
+        os.utime(path, (HOURS_AGO_3, HOURS_AGO_3))
+    assert main(_run_args(tiny_dir, tmp_path / "out", "--cache-dir", str(cache))) == 0
+    assert {path: path.read_bytes() for path in theirs} == theirs
+    assert not stale.exists()
+    assert len(list(cache.glob("*.pt"))) == 3  # train, validation and test features
+
+
+# ----------------------------------------------------------------------------
+# Item 8: cache entries are checked against what they must be
+# ----------------------------------------------------------------------------
+
+def _rotate(entries: list[Path]) -> None:
+    """Every entry gets the next one's contents: foreign features of the right shape and dtype."""
+    blobs = [p.read_bytes() for p in entries]
+    for path, blob in zip(entries, blobs[1:] + blobs[:1]):
+        path.write_bytes(blob)
+
+
+def _reshaped(entries: list[Path]) -> None:
+    torch.save({"key": entries[0].stem, "features": torch.zeros(3, 7), "seconds": 1.0}, entries[0])
+
+
+def _retyped(entries: list[Path]) -> None:
+    blob = torch.load(entries[0], weights_only=True)
+    torch.save({**blob, "features": blob["features"].double()}, entries[0])
+
+
+@pytest.mark.parametrize("damage, why", [(_rotate, "written for entry"), (_reshaped, r"shape \(3, 7\)"),
+                                         (_retyped, "dtype torch.float64")])
+def test_a_cache_entry_that_is_not_its_keys_features_is_dropped_and_extracted_again(
+        tmp_path, tiny_dir, mobilenet_weights, damage, why):
+    cache = tmp_path / "cache"
+    assert main(_run_args(tiny_dir, tmp_path / "first", "--cache-dir", str(cache))) == 0
+    entries = sorted(cache.glob("*.pt"))
+    assert len(entries) == 3
+    damage(entries)
+    with pytest.warns(FeatureCacheWarning, match=why):
+        assert main(_run_args(tiny_dir, tmp_path / "again", "--cache-dir", str(cache))) == 0
+    assert _scores(_final(tmp_path / "again")) == _scores(_final(tmp_path / "first"))
+    assert sorted(cache.glob("*.pt")) == entries  # re-extracted and written again, each for its own key
+    for path in entries:
+        blob = torch.load(path, weights_only=True)
+        assert blob["key"] == path.stem and blob["features"].shape[0] == 50
+
+
+# ----------------------------------------------------------------------------
+# Item 7: a stop request while a cache file is written stops the run
+# ----------------------------------------------------------------------------
+
+# Runs `gradfree run` through benchmarks.cli.main; torch.save writes through a file that delivers the
+# signal to this very process on its second write, i.e. in the middle of writing a feature cache file.
+_SIGNAL_WHILE_SAVING = """
+import io, os, sys, torch
+from benchmarks.cli import main
+
+signum, real_save = int(sys.argv[1]), torch.save
+
+class SignalledFile(io.RawIOBase):
+    def __init__(self, f):
+        self.f, self.writes = f, 0
+    def writable(self):
+        return True
+    def write(self, data):
+        self.writes += 1
+        if self.writes == 2:
+            os.kill(os.getpid(), signum)
+        return self.f.write(data)
+
+def save(obj, f, *args, **kwargs):
+    return real_save(obj, SignalledFile(f), *args, **kwargs)
+
+torch.save = save
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_request_while_writing_the_feature_cache_stops_the_run(tmp_path, tiny_dir, mobilenet_weights,
+                                                                      signum, code, said):
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = _run_args(tiny_dir, out, "--cache-dir", str(cache))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_WHILE_SAVING, str(int(signum)), *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr[-3000:]
+    assert said in done.stderr and "could not write the feature cache file" not in done.stderr
+    assert [r for r in read_rows(out / "results.csv") if r["row_type"] != "epoch"] == []  # not recorded done
+    assert list(cache.iterdir()) == []  # the half-written temporary file is gone, no entry was made
+    assert main(args) == 0  # the same command resumes: the cell runs
+    assert _final(out)["status"] == "ok" and len(list(cache.glob("*.pt"))) == 3
