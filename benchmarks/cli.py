@@ -437,6 +437,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
 
 
+def _tolerance(name: str):
+    """An argparse type: a tolerance that compare.check_tolerance accepts."""
+    def parse(text: str) -> float:
+        from benchmarks.compare import check_tolerance
+
+        try:
+            return check_tolerance(name, text)
+        except ValueError as err:
+            # argparse names the flag itself: "argument --tolerance: nan is not a tolerance..."
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"--{name.replace('_', '-')} ")) from None
+    return parse
+
+
 def _add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="per-cell differences between two result sets; exit 1 on regression",
                        description="Compare result set B (candidate) with A (reference), cell by cell (matched by "
@@ -446,9 +459,9 @@ def _add_compare_parser(sub) -> None:
                                    "slower cells are warnings unless --fail-on-time.")
     p.add_argument("a", help="reference results folder or csv")
     p.add_argument("b", help="candidate results folder or csv")
-    p.add_argument("--tolerance", type=float, default=0.01,
+    p.add_argument("--tolerance", type=_tolerance("tolerance"), default=0.01,
                    help="largest accepted accuracy drop, absolute (0.01 = one point) [0.01]")
-    p.add_argument("--time-tolerance", type=float, default=0.5,
+    p.add_argument("--time-tolerance", type=_tolerance("time_tolerance"), default=0.5,
                    help="largest accepted relative slow-down of train_total_s (0.5 = 1.5x) [0.5]")
     p.add_argument("--fail-on-time", action="store_true", help="exit 1 on time regressions too")
     p.add_argument("--metric", default="test_acc", choices=["test_acc", "val_acc", "train_acc"],

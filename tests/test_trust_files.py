@@ -147,3 +147,56 @@ def test_a_stop_request_while_writing_the_feature_cache_stops_the_run(tmp_path, 
     assert list(cache.iterdir()) == []  # the half-written temporary file is gone, no entry was made
     assert main(args) == 0  # the same command resumes: the cell runs
     assert _final(out)["status"] == "ok" and len(list(cache.glob("*.pt"))) == 3
+
+
+# ----------------------------------------------------------------------------
+# Item 9: compare refuses tolerances that would pass or fail everything
+# ----------------------------------------------------------------------------
+
+QUICK = REPO / "results" / "quick" / "results.csv"
+
+
+def _dropped(tmp_path: Path, drop: float) -> Path:
+    """A copy of results/quick whose first successful cell lost ``drop`` of test accuracy."""
+    import csv
+
+    with open(QUICK, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    first = next(r for r in rows if r["row_type"] == "final" and r["status"] == "ok")
+    first["test_acc"] = repr(float(first["test_acc"]) - drop)
+    path = tmp_path / "b" / "results.csv"
+    path.parent.mkdir()
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("flags, b_drop", [
+    (["--tolerance", "nan"], 0.22),  # would pass a 22-point drop
+    (["--tolerance", "-0.01"], 0.0),  # would fail two identical files
+    (["--tolerance", "inf"], 0.22),
+    (["--tolerance", "1"], 0.22),  # accuracy is a fraction: 1 accepts any drop
+    (["--time-tolerance", "nan", "--fail-on-time"], 0.0),  # could never fail
+    (["--time-tolerance", "-1", "--fail-on-time"], 0.0),
+])
+def test_compare_refuses_a_tolerance_that_is_not_a_finite_non_negative_number(tmp_path, capsys, flags, b_drop):
+    b = _dropped(tmp_path, b_drop)
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", str(QUICK), str(b), *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flags[0]}: {flags[1]} " in err
+    assert "give a finite number >= 0" in err or "accuracy is a fraction" in err
+
+
+@pytest.mark.parametrize("kwargs", [{"tolerance": float("nan")}, {"tolerance": -0.01},
+                                    {"time_tolerance": float("nan")}, {"time_tolerance": -1.0}])
+def test_the_compare_function_refuses_them_too(tmp_path, kwargs):
+    from benchmarks.compare import compare
+
+    flag = "--" + next(iter(kwargs)).replace("_", "-")
+    with pytest.raises(ValueError, match=f"^{flag} .* is not a tolerance"):
+        compare(QUICK, _dropped(tmp_path, 0.22), fail_on_time=True, **kwargs)
