@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from benchmarks.results import RESULTS_FILE
+from benchmarks.results import RESULTS_FILE, check_out_folder
 
 DEFAULT_OUT = "results/local"
 
@@ -168,6 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _warn_unused(args.method, options)
     cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **options})
     out = Path(args.out)
+    check_out_folder(out)
     if args.dry_run:
         from benchmarks.estimate import print_plan
 
@@ -192,6 +193,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     suite = suites.apply_overrides(suites.load_suite(args.suite), _suite_overrides(args, options))
     cells = suites.expand(suite)
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
+    check_out_folder(out)
     if args.dry_run:
         from benchmarks.estimate import print_plan
 

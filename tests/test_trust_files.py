@@ -200,3 +200,109 @@ def test_the_compare_function_refuses_them_too(tmp_path, kwargs):
     flag = "--" + next(iter(kwargs)).replace("_", "-")
     with pytest.raises(ValueError, match=f"^{flag} .* is not a tolerance"):
         compare(QUICK, _dropped(tmp_path, 0.22), fail_on_time=True, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Item 15: errors that name the file and the fix, and agree between commands
+# ----------------------------------------------------------------------------
+
+def _disk_full_under(monkeypatch, folder: Path, call: str) -> None:
+    """``os.<call>`` (write or pwrite) fails with ENOSPC for every file under ``folder``: a full disk there."""
+    real = getattr(os, call)
+
+    def full(fd, *args):
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(str(folder)):
+            raise OSError(28, os.strerror(28))
+        return real(fd, *args)
+
+    monkeypatch.setattr(os, call, full)
+
+
+@pytest.mark.parametrize("call", ["write", "pwrite"])  # the run's metadata; the folder's lock file
+def test_a_full_disk_at_the_start_names_the_folder_and_the_fix_and_leaves_nothing(
+        tmp_path, tiny_dir, mobilenet_weights, monkeypatch, capsys, call):
+    out = tmp_path / "out"
+    _disk_full_under(monkeypatch, tmp_path, call)
+    for _ in range(2):  # each try leaves nothing behind
+        assert main(_run_args(tiny_dir, out)) == 2
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and f"the disk holding {out}" in err and "Free some space" in err
+        assert "[Errno" not in err
+        assert not (out / "runs").exists() and not (out / "results.csv").exists()
+        assert [p.name for p in out.iterdir() if p.name != ".gradfree.lock"] == []
+
+
+@pytest.mark.parametrize("below", ["", "below"])
+def test_an_out_that_is_a_file_is_refused_before_anything(tmp_path, capsys, below):
+    user = tmp_path / "results.csv"
+    user.write_bytes(b"the user's own table\n")
+    out = user / below if below else user
+    for extra in ([], ["--dry-run"], ["--suite", "quick"]):
+        assert main(_run_args(tmp_path / "no-data-needed", out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and f"{user} is a file, not a folder" in err
+        assert "give a folder" in err or "give --out a folder" in err
+        assert "[Errno" not in err
+    assert user.read_bytes() == b"the user's own table\n"
+
+
+def test_a_suite_file_that_is_not_utf8_is_named_with_the_fix(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    suite = 'description = "café au lait"\n[settings]\ndataset = "cifar10"\nmethod = "random-features"\n'
+    path.write_bytes(suite.encode("latin-1"))
+    assert main(["run", "--suite", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "not UTF-8" in err and "line 1" in err and "save it again as UTF-8" in err
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().decode("latin-1").encode())  # UTF-8 with a BOM: fine
+    assert main(["run", "--suite", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+
+
+@pytest.mark.filterwarnings("error::benchmarks.results.ResultsWarning")  # no byte of it is malformed
+def test_a_crlf_results_file_is_one_layout_for_run_report_and_compare(tmp_path, tiny_dir, mobilenet_weights):
+    out = tmp_path / "out"
+    assert main(_run_args(tiny_dir, out)) == 0
+    path = out / "results.csv"
+    crlf = path.read_bytes().replace(b"\n", b"\r\n")  # as saved by a Windows editor
+    path.write_bytes(crlf)
+    assert main(_run_args(tiny_dir, out, "--seed", "1")) == 0  # appended to, not refused
+    data = path.read_bytes()
+    assert data.startswith(crlf)  # never rewritten
+    assert data.count(b"\n") == data.count(b"\r\n")  # the new row ends with the file's own line ending
+    rows = read_rows(path)
+    assert [(r["seed"], r["status"]) for r in rows if r["row_type"] == "final"] == [("0", "ok"), ("1", "ok")]
+    assert main(_run_args(tiny_dir, out, "--seed", "1")) == 0 and path.read_bytes() == data  # done: skipped
+    assert main(["compare", str(out), str(out)]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert path.read_bytes() == data
+
+
+def test_repair_writes_through_a_symlinked_results_file(tmp_path, tiny_dir, mobilenet_weights, capsys):
+    first = tmp_path / "first"
+    assert main(_run_args(tiny_dir, first)) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    target, other = mine / "table.csv", mine / "notes.txt"
+    header, *rows = (first / "results.csv").read_bytes().splitlines(keepends=True)
+    target.write_bytes(header + b"a torn line, garbage in the middle\n" + b"".join(rows))
+    other.write_bytes(b"the user's other file\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").symlink_to(target)
+    assert main(_run_args(tiny_dir, out, "--seed", "1")) == 0
+    assert "set aside" in capsys.readouterr().out  # the garbage went to a side file in out/
+    assert (out / "results.csv").is_symlink() and os.readlink(out / "results.csv") == str(target)
+    assert target.read_bytes().startswith(header + b"".join(rows))  # the good rows, byte for byte
+    assert [r["seed"] for r in read_rows(target) if r["row_type"] == "final"] == ["0", "1"]
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "table.csv"]
+    assert other.read_bytes() == b"the user's other file\n"
+
+
+def test_a_symlinked_results_file_that_points_nowhere_is_refused(tmp_path, tiny_dir, mobilenet_weights):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").symlink_to(tmp_path / "gone.csv")
+    # In a child process: appending through such a link once looped for ever.
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", *_run_args(tiny_dir, out)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "is a symbolic link to" in done.stderr and "does not exist" in done.stderr
+    assert not (tmp_path / "gone.csv").exists() and (out / "results.csv").is_symlink()
