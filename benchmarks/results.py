@@ -413,8 +413,7 @@ class ResultsFile:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as err:
-                raise ResultsError(f"cannot open the lock file {lock_path} ({err.strerror or err}); "
-                                   "give this run a writable --out folder.") from err
+                raise ResultsError(write_failure(lock_path, err, self.out_dir)) from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
