@@ -246,7 +246,7 @@ def test_an_out_that_is_a_file_is_refused_before_anything(tmp_path, capsys, belo
     assert user.read_bytes() == b"the user's own table\n"
 
 
-def test_a_suite_file_that_is_not_utf8_is_named_with_the_fix(tmp_path, capsys):
+def test_a_suite_file_that_is_not_utf8_is_named_with_the_fix(tmp_path, tiny_dir, capsys):
     path = tmp_path / "latin1.toml"
     suite = 'description = "café au lait"\n[settings]\ndataset = "cifar10"\nmethod = "random-features"\n'
     path.write_bytes(suite.encode("latin-1"))
@@ -254,7 +254,8 @@ def test_a_suite_file_that_is_not_utf8_is_named_with_the_fix(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(path) in err and "not UTF-8" in err and "line 1" in err and "save it again as UTF-8" in err
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().decode("latin-1").encode())  # UTF-8 with a BOM: fine
-    assert main(["run", "--suite", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert main(["run", "--suite", str(path), "--data-dir", str(tiny_dir), "--out", str(tmp_path / "out"),
+                 "--dry-run"]) == 0
 
 
 @pytest.mark.filterwarnings("error::benchmarks.results.ResultsWarning")  # no byte of it is malformed
