@@ -93,17 +93,17 @@ def create_new(path: Path, data: bytes) -> Path:
     raise FileExistsError(f"too many files named {path}.*; move some away.")
 
 
-def write_failure(path: Path, err: OSError, folder: Path | None = None) -> str:
-    """What went wrong writing ``path`` and what to do, for an ``OSError`` (``folder``: the --out folder
-    to name in the fix, default ``path``'s)."""
+def write_failure(path: Path, err: OSError, folder: Path | None = None, doing: str = "write") -> str:
+    """What went wrong (``cannot <doing> <path>``) and what to do, for an ``OSError``; ``folder``: the
+    folder to name in the fix (default ``path``'s)."""
     folder = folder or path.parent
-    why = err.strerror or str(err)
+    what = f"cannot {doing} {path}: {err.strerror or err}"
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"cannot write {path}: {why} (the disk holding {folder}, or your quota there, is full). "
-                f"Free some space there, or give --out a folder on another disk.")
+        return (f"{what} (the disk holding {folder}, or your quota there, is full). Free some space there, "
+                "or give --out a folder on another disk.")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path}: {why}. Make {folder} writable, or give --out a folder in a writable place."
-    return f"cannot write {path}: {why}. Fix that (or give --out another folder) and run again."
+        return f"{what}. Make {folder} writable, or give --out a folder in a writable place."
+    return f"{what}. Fix that (or give --out another folder) and run again."
 
 
 def not_writable(st: os.stat_result, path: Path) -> bool:

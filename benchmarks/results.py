@@ -387,7 +387,7 @@ class ResultsFile:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ResultsError(write_failure(out, err, out)) from err
+            raise ResultsError(write_failure(out, err, out.parent, "create the results folder")) from err
         if not_writable(out.stat(), out) or not os.access(out, os.X_OK):
             raise ResultsError(f"the results folder {out} is not writable; make it writable "
                                f"(chmod u+w {out}) or give this run another --out folder.")
