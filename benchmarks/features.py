@@ -80,12 +80,16 @@ class FeatureCache:
         self._swept = False
 
     def key(self, data: DataBundle, ext, split: str, pool_size: int) -> CacheKey:
-        dtype = ext.dtype_name  # torch.float32, torch.float16... or int8 (float32 out, not the same features)
-        blob = f"{data.fingerprint()}|{data.image_size}|{ext.name}|{ext.cut}|{ext.weights}|{dtype}|{pool_size}|{split}"
+        """The entry of ``split``'s features through ``ext``: its name, and the shape and dtype they have."""
         n_images = int(data.split(split).images.shape[0])
         # Only entries read from disk are checked against it: no dry run for a cache in memory only.
         n_features = _n_features(ext, data.image_size, pool_size) if self.folder is not None else None
-        return CacheKey(hashlib.sha1(blob.encode()).hexdigest()[:20], (n_images, n_features), ext.input_dtype)
+        return CacheKey(self._name(data, ext, split, pool_size), (n_images, n_features), ext.input_dtype)
+
+    def _name(self, data: DataBundle, ext, split: str, pool_size: int) -> str:
+        dtype = ext.dtype_name  # torch.float32, torch.float16... or int8 (float32 out, not the same features)
+        blob = f"{data.fingerprint()}|{data.image_size}|{ext.name}|{ext.cut}|{ext.weights}|{dtype}|{pool_size}|{split}"
+        return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
     def get(self, key: CacheKey | str, device: torch.device) -> tuple[torch.Tensor, float] | None:
         name = str(key)
