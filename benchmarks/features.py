@@ -84,7 +84,7 @@ class FeatureCache:
         n_images = int(data.split(split).images.shape[0])
         # Only entries read from disk are checked against it: no dry run for a cache in memory only.
         n_features = _n_features(ext, data.image_size, pool_size) if self.folder is not None else None
-        return CacheKey(self._name(data, ext, split, pool_size), (n_images, n_features), ext.input_dtype)
+        return CacheKey(self._name(data, ext, split, pool_size), (n_images, n_features), _out_dtype(ext.dtype_name))
 
     def _name(self, data: DataBundle, ext, split: str, pool_size: int) -> str:
         dtype = ext.dtype_name  # torch.float32, torch.float16... or int8 (float32 out, not the same features)
@@ -186,9 +186,14 @@ def _n_features(ext, image_size: int, pool_size: int) -> int | None:
     """Flattened features per image at this cut, from a dry run on the meta device."""
     try:
         channels, h, w = ext.out_shape(image_size)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # an op without a meta kernel
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, AttributeError):  # e.g. no meta kernel
         return None
     return channels * (pool_size * pool_size if pool_size else h * w)
+
+
+def _out_dtype(dtype_name: str) -> torch.dtype:
+    """The dtype of features computed in ``dtype_name`` (an extractor's): int8 networks give float32."""
+    return torch.float32 if dtype_name == "int8" else getattr(torch, dtype_name.removeprefix("torch."))
 
 
 def _mismatch(blob: dict, feats: torch.Tensor, seconds: float, key: CacheKey | str) -> str:
