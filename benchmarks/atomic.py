@@ -1,5 +1,6 @@
 """Crash-safe file operations: a write is fsynced into a temporary sibling and renamed or linked
-into place, so a reader sees the old file or the new one, never half of one.
+into place, so a reader sees the old file or the new one, never half of one. A path that is a
+symbolic link is written through: the file it points to is replaced, the link stays.
 
 Used by the results file (:mod:`benchmarks.results`), the runs' metadata, the feature cache
 and ``gradfree perf``.
@@ -8,6 +9,7 @@ and ``gradfree perf``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -40,7 +42,13 @@ def write_tmp(folder: Path, name: str, data: bytes, mode: int) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` by ``data`` through a fsynced temporary file and a rename."""
+    """Replace ``path`` by ``data`` through a fsynced temporary file and a rename.
+
+    A symbolic link is written through (its target replaced beside it), never replaced itself:
+    a user who linked a file where gradfree writes keeps the link.
+    """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = write_tmp(path.parent, path.name, data, mode)
     try:
@@ -83,6 +91,19 @@ def create_new(path: Path, data: bytes) -> Path:
         if create_exclusive(target, data):
             return target
     raise FileExistsError(f"too many files named {path}.*; move some away.")
+
+
+def write_failure(path: Path, err: OSError, folder: Path | None = None, doing: str = "write") -> str:
+    """What went wrong (``cannot <doing> <path>``) and what to do, for an ``OSError``; ``folder``: the
+    folder to name in the fix (default ``path``'s)."""
+    folder = folder or path.parent
+    what = f"cannot {doing} {path}: {err.strerror or err}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"{what} (the disk holding {folder}, or your quota there, is full). Free some space there, "
+                "or give --out a folder on another disk.")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what}. Make {folder} writable, or give --out a folder in a writable place."
+    return f"{what}. Fix that (or give --out another folder) and run again."
 
 
 def not_writable(st: os.stat_result, path: Path) -> bool:

@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from benchmarks.results import RESULTS_FILE
+from benchmarks.results import RESULTS_FILE, check_out_folder
 
 DEFAULT_OUT = "results/local"
 
@@ -211,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _warn_unused(args.method, options)
     cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **options})
     out = Path(args.out)
+    check_out_folder(out)
     if args.dry_run:
         return _dry_run([cell], out, args.rates_from)
     from benchmarks.executors import run_cells
@@ -241,6 +242,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     suite = suites.apply_overrides(suites.load_suite(args.suite), _suite_overrides(args, options))
     cells = suites.expand(suite)
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
+    check_out_folder(out)
     if args.dry_run:
         return _dry_run(cells, out, args.rates_from)
     from benchmarks.executors import make_executor, run_cells
@@ -487,6 +489,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
 
 
+def _tolerance(name: str):
+    """An argparse type: a tolerance that compare.check_tolerance accepts."""
+    def parse(text: str) -> float:
+        from benchmarks.compare import check_tolerance
+
+        try:
+            return check_tolerance(name, text)
+        except ValueError as err:
+            # argparse names the flag itself: "argument --tolerance: nan is not a tolerance..."
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"--{name.replace('_', '-')} ")) from None
+    return parse
+
+
 def _add_compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="per-cell differences between two result sets; exit 1 on regression",
                        description="Compare result set B (candidate) with A (reference), cell by cell (matched by "
@@ -496,9 +511,9 @@ def _add_compare_parser(sub) -> None:
                                    "slower cells are warnings unless --fail-on-time.")
     p.add_argument("a", help="reference results folder or csv")
     p.add_argument("b", help="candidate results folder or csv")
-    p.add_argument("--tolerance", type=float, default=0.01,
+    p.add_argument("--tolerance", type=_tolerance("tolerance"), default=0.01,
                    help="largest accepted accuracy drop, absolute (0.01 = one point) [0.01]")
-    p.add_argument("--time-tolerance", type=float, default=0.5,
+    p.add_argument("--time-tolerance", type=_tolerance("time_tolerance"), default=0.5,
                    help="largest accepted relative slow-down of train_total_s (0.5 = 1.5x) [0.5]")
     p.add_argument("--fail-on-time", action="store_true", help="exit 1 on time regressions too")
     p.add_argument("--metric", default="test_acc", choices=["test_acc", "val_acc", "train_acc"],

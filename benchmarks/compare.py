@@ -21,6 +21,11 @@ warnings unless ``--fail-on-time``; cells only in B are warnings. Rows the reade
 had to skip (a torn or garbled file) are warnings; the cells they held then count
 as missing. The last line is always ``compare: N passed, M failed``, M counting
 every failure above.
+
+A tolerance that is not a finite number >= 0 (NaN would pass every drop, a negative
+one fail identical files), or an accuracy tolerance of 1 or more (it accepts any drop;
+accuracy is a fraction), is refused before anything is read: ``ValueError``, and exit
+status 2 from the command line.
 """
 
 from __future__ import annotations
@@ -35,6 +40,26 @@ from benchmarks.tables import load_results, split_rows
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
 #: Columns without which no cell can be matched or judged (the metric is required too).
 REQUIRED = ("cell_key", "row_type", "status", "method")
+
+
+#: What each tolerance means, for the messages that refuse one.
+TOLERANCES = {"tolerance": "the largest accepted accuracy drop, absolute: 0.01 is one point",
+              "time_tolerance": "the largest accepted relative slow-down: 0.5 is 1.5x the reference time"}
+
+
+def check_tolerance(name: str, value: float) -> float:
+    """``value`` if it is a usable ``name`` (a key of :data:`TOLERANCES`), else ``ValueError`` saying why."""
+    flag = f"--{name.replace('_', '-')}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} {value!r} is not a number; give {TOLERANCES[name]}.") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"{flag} {value} is not a tolerance: give a finite number >= 0, {TOLERANCES[name]}.")
+    if name == "tolerance" and number >= 1:
+        raise ValueError(f"{flag} {value} accepts any accuracy drop (accuracy is a fraction); give "
+                         f"{TOLERANCES[name]}.")
+    return number
 
 
 def _axes_key(df: pd.DataFrame) -> list[str]:
@@ -85,7 +110,10 @@ def _cell(r, suffix: str = "") -> str:
 
 def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5, metric: str = "test_acc",
             fail_on_time: bool = False, out=None) -> int:
-    """Print the comparison; return the exit status (0 fine, 1 regression or nothing to judge)."""
+    """Print the comparison; return the exit status (0 fine, 1 regression or nothing to judge).
+    Raises ``ValueError`` for a tolerance that is not a finite number >= 0 (see :func:`check_tolerance`)."""
+    tolerance = check_tolerance("tolerance", tolerance)
+    time_tolerance = check_tolerance("time_tolerance", time_tolerance)
     out = out or sys.stdout
     say = lambda line: print(line, file=out)  # noqa: E731
     say(f"A (reference): {a_path}\nB (candidate): {b_path}")

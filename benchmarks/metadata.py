@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.atomic import atomic_write_text
-from benchmarks.results import now
+from benchmarks.atomic import atomic_write_text, write_failure
+from benchmarks.results import ResultsError, now
 
 _PACKAGES = ("gradfree", "torch", "torchvision", "numpy", "scikit-learn", "pandas", "seaborn",
              "fastai", "lightonml", "ray")
@@ -98,7 +98,11 @@ def environment() -> dict:
 
 
 def write_metadata(out_dir: str | Path, run_id: str, config: dict, argv: list[str] | None = None) -> Path:
-    """``out_dir/runs/<run_id>/metadata.json``: environment, command line, resolved config."""
+    """``out_dir/runs/<run_id>/metadata.json``: environment, command line, resolved config.
+
+    Written before any cell runs; if it cannot be (a full disk), raises ``ResultsError`` naming
+    the file and what to do, and removes the folders it made for it.
+    """
     path = Path(out_dir) / "runs" / run_id / "metadata.json"
     meta = {
         "run_id": run_id,
@@ -107,7 +111,14 @@ def write_metadata(out_dir: str | Path, run_id: str, config: dict, argv: list[st
         "config": config,
         **environment(),
     }
-    atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    made = [folder for folder in (path.parent.parent, path.parent) if not folder.exists()]
+    try:
+        atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    except OSError as err:
+        for folder in reversed(made):  # an empty runs/<id>/ per failed try would pile up
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise ResultsError(f"{write_failure(path, err, Path(out_dir))} Nothing has run yet.") from err
     return path
 
 

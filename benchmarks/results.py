@@ -32,7 +32,12 @@ What survives what:
   it is. A row appended after a torn line starts on a line of its own.
 
 A file of another column layout (an older gradfree) is never modified: it is an
-error that asks for another ``--out``. A read-only ``results.csv`` is refused.
+error that asks for another ``--out``. A read-only ``results.csv`` is refused. A file
+with Windows line endings (CRLF: the header line ends ``\r\n``) is the same layout: rows
+are appended with its own line ending, and its bytes are never rewritten to convert it.
+A ``results.csv`` that is a symbolic link is written through (a repair replaces the file it
+points to, the link stays); one that points nowhere is refused. An ``--out`` that is a file,
+or lies below one, is refused before anything is read or written.
 
 Below this module: :mod:`benchmarks.atomic` (fsynced temporary files, renames and links)
 and :mod:`benchmarks.csvscan` (the strict reader). Each run's ``metadata.json`` is written
@@ -56,7 +61,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.atomic import atomic_write_bytes, create_exclusive, create_new, not_writable, read_fd, same_file
+from benchmarks.atomic import (atomic_write_bytes, create_exclusive, create_new, not_writable, read_fd, same_file,
+                               write_failure)
 from benchmarks.csvscan import ROW_TYPES, Scan, describe_bad, scan_rows  # noqa: F401 (ROW_TYPES: public)
 
 RESULTS_FILE = "results.csv"
@@ -87,6 +93,7 @@ SCHEMA = (
 )
 
 _HEADER = (",".join(SCHEMA) + "\n").encode()
+_HEADER_CRLF = _HEADER[:-1] + b"\r\n"  # the same layout, saved with Windows line endings
 
 
 class ResultsError(ValueError):
@@ -121,9 +128,9 @@ def normalise_row(row: dict) -> dict[str, str]:
     return out
 
 
-def _encode(rows: list[dict]) -> bytes:
+def _encode(rows: list[dict], newline: bytes = b"\n") -> bytes:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SCHEMA, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=SCHEMA, lineterminator=newline.decode())
     for row in rows:
         writer.writerow(normalise_row(row))
     return buf.getvalue().encode()
@@ -133,25 +140,27 @@ def _encode(rows: list[dict]) -> bytes:
 # Low-level writes
 # ----------------------------------------------------------------------------
 
-def _append_bytes(path: Path, data: bytes) -> None:
+def _append_bytes(path: Path, lines: bytes | list[dict]) -> None:
     """Append complete CSV lines to ``path``: one ``os.write`` to the file opened ``O_APPEND``, then fsync.
 
-    The file (created with its header if missing) is flocked during the write,
+    ``lines``: rows, encoded with the file's own line ending, or lines (bytes) appended as
+    they are. The file (created with its header if missing) is flocked during the write,
     so a repair that replaces it cannot lose the rows: a writer that waited on
     the replaced file sees it is gone and writes to the new one.
     """
-    if not data:
+    if not lines:
         return
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         except FileNotFoundError:
+            if path.is_symlink():  # a link that points nowhere: creating it would never succeed
+                raise ResultsError(_dangling_message(path)) from None
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 create_exclusive(path, _HEADER)  # whoever links it first wins; the others append
             except OSError as err:
-                raise ResultsError(f"cannot create {path}: {err.strerror or err}; "
-                                   "give this run a writable --out folder.") from err
+                raise ResultsError(write_failure(path, err)) from err
             continue
         except PermissionError as err:
             raise ResultsError(_read_only_message(path)) from err
@@ -162,18 +171,25 @@ def _append_bytes(path: Path, data: bytes) -> None:
             st = os.fstat(fd)
             if not_writable(st, path):
                 raise ResultsError(_read_only_message(path))
+            newline = _newline(os.pread(fd, len(_HEADER_CRLF), 0)) if st.st_size else b"\n"
+            if newline is None:
+                raise ResultsError(_foreign_message(path))
+            data = lines if isinstance(lines, bytes) else _encode(lines, newline)
             if st.st_size == 0:
                 payload = _HEADER + data
             else:
-                if os.pread(fd, len(_HEADER), 0) != _HEADER:
-                    raise ResultsError(_foreign_message(path))
                 # After a torn last line, start a line of our own: the torn bytes stay one bad line.
                 torn = os.pread(fd, 1, st.st_size - 1) != b"\n"
-                payload = b"\n" + data if torn else data
+                payload = newline + data if torn else data
             _write_all(fd, path, payload, st.st_size)
             return
         finally:
             os.close(fd)  # also releases the flock
+
+
+def _newline(head: bytes) -> bytes | None:
+    """The line ending of a results file that starts with ``head``; None: another column layout."""
+    return b"\n" if head.startswith(_HEADER) else b"\r\n" if head.startswith(_HEADER_CRLF) else None
 
 
 def _write_all(fd: int, path: Path, data: bytes, size_before: int) -> None:
@@ -205,6 +221,24 @@ def _read_only_message(path: Path) -> str:
             f"(chmod u+w {path}) to add to it, or give this run another --out folder.")
 
 
+def _dangling_message(path: Path) -> str:
+    return (f"{path} is a symbolic link to {os.readlink(path)}, which does not exist; create that file (empty), "
+            "point the link at a results file, or give this run another --out folder.")
+
+
+def check_out_folder(out: str | Path) -> None:
+    """Refuse an ``--out`` that is a file, or lies below one (``ResultsError``); a missing folder is fine."""
+    out = Path(out)
+    for folder in (out, *out.parents):
+        if folder.is_dir():
+            return
+        if os.path.lexists(folder):
+            if folder == out:
+                raise ResultsError(f"--out {out} is a file, not a folder; give a folder (it is created if missing).")
+            raise ResultsError(f"cannot create the results folder {out}: {folder} is a file, not a folder; give "
+                               "--out a folder path (it is created if missing).")
+
+
 def _foreign_message(path: Path) -> str:
     return (f"{path} has another column layout than this gradfree version writes; "
             "write to a new --out folder (or move the old file away).")
@@ -222,7 +256,7 @@ def append_rows(path: str | Path, rows: list[dict]) -> None:
     sets aside. Raises ``ResultsError`` for a read-only file, another column
     layout or a full disk.
     """
-    _append_bytes(Path(path), _encode(rows))
+    _append_bytes(Path(path), rows)
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
@@ -233,7 +267,7 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # below a file: no such file either
         return []
     scan = scan_rows(data)
     if scan.bad:
@@ -303,7 +337,7 @@ class ResultsFile:
 
     def append(self, rows: list[dict]) -> None:
         """Append ``rows`` (normalised onto the schema) with one ``os.write``, then fsync."""
-        _append_bytes(self.path, _encode(rows))
+        _append_bytes(self.path, rows)
 
     def rows(self) -> list[dict[str, str]]:
         return read_rows(self.path)
@@ -337,7 +371,7 @@ class ResultsFile:
                                    "it is. Please report this, with the file.")
             side = self.out_dir / SUPERSEDED_FILE
             self._set_aside_rows(side, [data[s:e] for s, e, _ in move])
-            atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+            self._rewrite(fd, new)
         finally:
             os.close(fd)
         cells = sorted({r.get("cell_key", "") for _, _, r in move})
@@ -349,19 +383,18 @@ class ResultsFile:
 
     def _check_folder(self) -> None:
         out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise ResultsError(f"--out {out} is a file, not a folder; give a folder path "
-                               "(it is created if missing).")
+        check_out_folder(out)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ResultsError(f"cannot create the results folder {out} ({err.strerror or err}); "
-                               "give a --out folder in a writable place.") from err
+            raise ResultsError(write_failure(out, err, out.parent, "create the results folder")) from err
         if not_writable(out.stat(), out) or not os.access(out, os.X_OK):
             raise ResultsError(f"the results folder {out} is not writable; make it writable "
                                f"(chmod u+w {out}) or give this run another --out folder.")
 
     def _check_file(self) -> None:
+        if self.path.is_symlink() and not self.path.exists():
+            raise ResultsError(_dangling_message(self.path))
         if not self.path.exists():
             return
         if not self.path.is_file():
@@ -380,8 +413,7 @@ class ResultsFile:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as err:
-                raise ResultsError(f"cannot open the lock file {lock_path} ({err.strerror or err}); "
-                                   "give this run a writable --out folder.") from err
+                raise ResultsError(write_failure(lock_path, err, self.out_dir)) from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -395,8 +427,12 @@ class ResultsFile:
                                    "has no file locks: give this run a --out folder on a local disk.") from err
             owner = {"pid": os.getpid(), "host": platform.node(), "command_line": list(sys.argv),
                      "started_at": now()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+            except OSError as err:  # a full disk: nothing else can be written either
+                os.close(fd)
+                raise ResultsError(write_failure(lock_path, err, self.out_dir)) from err
             _CLAIMS[key] = [fd, 1]
             self._claim_key = key
             return True
@@ -434,7 +470,7 @@ class ResultsFile:
                 raise ResultsError(_foreign_message(self.path))
             if scan.header is None and not data:
                 self.notices.append(f"{self.path} was empty; wrote its header")
-                atomic_write_bytes(self.path, _HEADER, stat.S_IMODE(os.fstat(fd).st_mode))
+                self._rewrite(fd, _HEADER)
                 return
             orphans = _orphan_epochs(scan)
             if not scan.bad and not orphans:
@@ -461,9 +497,17 @@ class ResultsFile:
                 os.ftruncate(fd, len(new))  # only a torn tail: cut it off in place
                 os.fsync(fd)
             else:
-                atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+                self._rewrite(fd, new)
         finally:
             os.close(fd)
+
+    def _rewrite(self, fd: int, new: bytes) -> None:
+        """Replace the file open as ``fd`` by ``new``, atomically, keeping its mode (and a symbolic link)."""
+        try:
+            atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+        except OSError as err:
+            raise ResultsError(f"{write_failure(Path(os.path.realpath(self.path)), err, self.out_dir)} "
+                               f"{self.path} was left as it was.") from err
 
     def _set_aside_rows(self, side: Path, lines: list[bytes]) -> None:
         # A crash between this append and the rewrite would set the rows aside twice: skip duplicates.

@@ -76,7 +76,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not path.is_file():
         raise SuiteError(f"suite file {path} does not exist.")
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(_read_text(path))
     except tomllib.TOMLDecodeError as err:
         raise SuiteError(f"{path} is not valid TOML: {err}") from err
     unknown = set(doc) - {"name", "description", "settings", "grid"}
@@ -94,6 +94,21 @@ def load_suite(name_or_path: str | Path) -> Suite:
                   settings=_canonical(doc.get("settings", {}), path),
                   grids=tuple(_canonical(g, path) for g in grids), path=path)
     return suite
+
+
+def _read_text(path: Path) -> str:
+    """The suite file's text: UTF-8 (TOML's encoding; a leading byte-order mark is allowed)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SuiteError(f"cannot read the suite file {path}: {err.strerror or err}.") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise SuiteError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line} is not "
+                         "UTF-8); TOML files must be UTF-8: save it again as UTF-8 (e.g. `iconv -f latin1 "
+                         "-t utf-8`).") from None
 
 
 def _canonical(table: dict, where) -> dict[str, Any]:

@@ -79,18 +79,21 @@ def _dead_pid() -> int:
 
 
 def test_stale_temporary_files_are_removed_when_the_folder_is_first_used(tmp_path):
-    host = features.platform.node()
-    dead = tmp_path / f".k1.{_dead_pid()}@{host}.{'a' * 32}.tmp"
-    mine = tmp_path / f".k2.{os.getpid()}@{host}.{'b' * 32}.tmp"  # this process is writing it
-    old = tmp_path / ".k3.0123456789abcdef0123456789abcdef.tmp"  # an older gradfree's, long ago
-    recent = tmp_path / ".k4.fedcba9876543210fedcba9876543210.tmp"  # maybe still being written
-    elsewhere = tmp_path / f".k5.1@another-host.{'c' * 32}.tmp"
-    for tmp in (dead, mine, old, recent, elsewhere):
-        tmp.write_bytes(b"half a cache file")
-    long_ago = os.stat(recent).st_mtime - 2 * features.STALE_TMP_S
-    os.utime(old, (long_ago, long_ago))
+    host, tmp = features.platform.node(), features.TMP_PREFIX
+    dead = tmp_path / f"{tmp}k1.{_dead_pid()}@{host}.{'a' * 32}.tmp"
+    mine = tmp_path / f"{tmp}k2.{os.getpid()}@{host}.{'b' * 32}.tmp"  # this process is writing it
+    old = tmp_path / f"{tmp}k3.1@another-host.{'d' * 32}.tmp"  # another host's, long ago
+    elsewhere = tmp_path / f"{tmp}k5.1@another-host.{'c' * 32}.tmp"  # maybe still being written
+    # Not names this cache writes (an older gradfree's, another program's): never swept, however old.
+    foreign = [tmp_path / ".k4.fedcba9876543210fedcba9876543210.tmp", tmp_path / ".notes.txt.tmp",
+               tmp_path / f"{tmp}notes.tmp"]
+    for path in (dead, mine, old, elsewhere, *foreign):
+        path.write_bytes(b"half a cache file")
+    long_ago = os.stat(old).st_mtime - 2 * features.STALE_TMP_S
+    for path in (old, *foreign):
+        os.utime(path, (long_ago, long_ago))
     assert FeatureCache(tmp_path).get("missing", CPU) is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, recent.name, elsewhere.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [mine, elsewhere, *foreign])
 
 
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
