@@ -221,3 +221,22 @@ def test_cpu_flags_choose_the_target():
     assert TARGETS["binary_gram_int8_speedup_vnni"][:2] == (">=", 2.0)
     metric, has = int8_metric("cpu", cpu_flags("flags : fpu avx2\n"))
     assert metric not in TARGETS and has.startswith("neither VNNI nor AMX")
+
+
+def test_the_kernel_row_records_the_gram_path():
+    """A kernel cell's row says how its Gram was formed (in ``extra``); other cells have no such key."""
+    from benchmarks.data import synthetic_bundle
+    from benchmarks.protocol import RunContext
+    from benchmarks.random_features import RandomFeatures, RandomFeaturesConfig
+    from benchmarks.timing import Clock
+
+    data = synthetic_bundle(n_per_class=12, image_size=32, n_classes=2)
+    for path in ("int8", "float32"):
+        ctx = RunContext(data=data, clock=Clock("cpu"), device=torch.device("cpu"), weights="none", progress=False,
+                         batch_size=64)
+        with B.forced_gram_path(path):
+            row = RandomFeatures(RandomFeaturesConfig(projection="kernel")).run(ctx)
+        assert row["gram_path"] == path and row["projection"] == "kernel"
+    ctx = RunContext(data=data, clock=Clock("cpu"), device=torch.device("cpu"), weights="none", progress=False,
+                     batch_size=64)
+    assert "gram_path" not in RandomFeatures(RandomFeaturesConfig(projection="gaussian", n_components=100)).run(ctx)
