@@ -39,7 +39,7 @@ GRAM_PATHS = ("float32", "int8", "popcount")
 ENV_VAR = "GRADFREE_GRAM_PATH"
 _MARGIN = 1.1  # an integer path must beat float32 by this factor to be chosen (timing noise)
 _PROBE_SHAPE = (512, 4096)  # the block the choice is measured on
-_TILE_ROWS = 2048  # Gram row tiles: only tiles on and below the diagonal are multiplied
+_TILE_ROWS = 2048  # row tiles: of the Gram, only pairs on and below the diagonal are multiplied
 _POPCOUNT_BYTES = 32 << 20  # bound on popcount's broadcast temporary
 _FORCED: list[str] = []  # stack of forced_gram_path contexts
 _MEASURED: dict[str, dict[str, float]] = {}  # device type -> {path: seconds on the probe block}
@@ -190,55 +190,45 @@ def _int_mm(a: torch.Tensor, b: torch.Tensor, pad: bool | None = None) -> torch.
     return torch._int_mm(a.contiguous(), b.contiguous().T)[:p, :q]
 
 
-def _column_chunks(parts, width: int):
-    """Yield (N, w) int8 column chunks of the stacked parts, w <= width (callers: N w within
-    ``_linalg``'s 128 MB chunk bound). One part of a 1-byte
-    dtype in a single chunk is reinterpreted, not copied; else one reused buffer."""
-    m = parts[0].shape[1]
-    if len(parts) == 1 and width >= m and parts[0].element_size() == 1:
-        yield _as_int8(parts[0])
-        return
-    n_total = sum(X.shape[0] for X in parts)
-    flat = torch.empty(n_total * min(width, m), dtype=torch.int8, device=parts[0].device)
-    for c0 in range(0, m, width):
-        w = min(width, m - c0)
-        chunk = flat[:n_total * w].view(n_total, w)
-        r0 = 0
-        for X in parts:
-            chunk[r0:r0 + X.shape[0]].copy_(_as_int8(X[:, c0:c0 + w]))
-            r0 += X.shape[0]
-        yield chunk
+def _row_tiles(parts, most: int):
+    """[(operand, start)]: the stacked rows as int8 row tiles of at most ``most`` rows, each
+    inside one part (a view of it for 1-byte dtypes), with its first row's index in the stack."""
+    out, offset = [], 0
+    for X in parts:
+        X8 = _as_int8(X)  # a reinterpretation, or one converted copy of the part
+        out += [(X8[r0:r1], offset + r0) for r0, r1 in _tiles(X.shape[0], most)]
+        offset += X.shape[0]
+    return out
 
 
 def _gram_int8(parts, dtype=torch.float32) -> torch.Tensor:
-    """X X^T (N, N) in dtype by int8 GEMMs: per column chunk, each row tile pair on or below
-    the diagonal in int32, added to K (and its transpose above the diagonal). Counts are
-    integers <= m, so float32 sums are exact below 2**24."""
+    """X X^T (N, N) in dtype by int8 GEMMs over all m features at once (int32 accumulation:
+    counts <= m): one product per row tile pair on or below the diagonal, written into K and,
+    transposed, above it. No float copy of the rows; float32 is exact for m < 2**24."""
     N, m = sum(X.shape[0] for X in parts), parts[0].shape[1]
-    device = parts[0].device
-    K = torch.zeros(N, N, dtype=dtype, device=device)
+    K = torch.zeros(N, N, dtype=dtype, device=parts[0].device)
     if not N or not m:
         return K
-    tiles = _tiles(N, _TILE_ROWS)
-    for C in _column_chunks(parts, min(m, _rows_per_chunk(N, 1))):
-        for i, (i0, i1) in enumerate(tiles):
-            for j0, j1 in tiles[:i + 1]:
-                T = _int_mm(C[i0:i1], C[j0:j1]).to(dtype)
-                K[i0:i1, j0:j1] += T
-                if j0 != i0:
-                    K[j0:j1, i0:i1] += T.T
+    tiles = _row_tiles(parts, _TILE_ROWS)
+    for i, (a, i0) in enumerate(tiles):
+        for b, j0 in tiles[:i + 1]:
+            T = _int_mm(a, b)
+            K[i0:i0 + a.shape[0], j0:j0 + b.shape[0]] = T
+            if j0 != i0:
+                K[j0:j0 + b.shape[0], i0:i0 + a.shape[0]] = T.T
     return K
 
 
 def _cross_int8(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """A B^T (n_a, n_b) int32 by int8 GEMMs over column chunks of both (exact: counts <= m)."""
+    """A B^T (n_a, n_b) int32 by int8 GEMMs over all m at once, in row tiles of B (exact:
+    counts <= m)."""
     nA, nB, m = A.shape[0], B.shape[0], A.shape[1]
     G = torch.zeros(nA, nB, dtype=torch.int32, device=A.device)
     if not nA or not nB or not m:
         return G
-    width = min(m, _rows_per_chunk(nA + nB, 1))
-    for C in _column_chunks([A, B], width):
-        G += _int_mm(C[:nA], C[nA:])
+    A8 = _as_int8(A)
+    for b, j0 in _row_tiles([B], _TILE_ROWS):
+        G[:, j0:j0 + b.shape[0]] = _int_mm(A8, b)
     return G
 
 

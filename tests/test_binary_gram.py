@@ -44,9 +44,9 @@ def _assert_exact(G, X, Y=None, block=512):
 
 @pytest.mark.parametrize("path", B.GRAM_PATHS)
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.bool, torch.int64])
-def test_each_path_gives_exact_counts_over_parts_tiles_and_column_chunks(path, dtype, monkeypatch):
-    # small tiles and column chunks so that the tile loop, the mirror above the diagonal and
-    # the accumulation over chunks all run; N, m not multiples of anything
+def test_each_path_gives_exact_counts_over_parts_and_tiles(path, dtype, monkeypatch):
+    # small row tiles (across the parts' boundary) and packing chunks, so that the tile loop and
+    # the mirror above the diagonal run; N, m not multiples of anything
     monkeypatch.setattr(B, "_TILE_ROWS", 37)
     monkeypatch.setattr(B, "_rows_per_chunk", lambda d, itemsize: 29)
     X = _binary(101, 203, dtype=dtype)
@@ -77,9 +77,16 @@ def test_cross_products_and_row_norms_are_exact(path, monkeypatch):
 
 
 @pytest.mark.parametrize("path", INTEGER_PATHS)
-def test_more_than_65536_features_accumulate_in_int32_without_overflow(path):
-    m = 70_001  # past 2**16: an int16 accumulator would wrap, and one int8 GEMM sums all of it
-    assert B._rows_per_chunk(40, 1) >= m  # one column chunk: a single _int_mm call over all m
+def test_more_than_65536_features_accumulate_in_int32_without_overflow(path, monkeypatch):
+    m = 70_001  # past 2**16: an int16 accumulator would wrap
+    inner = []
+    int_mm = torch._int_mm
+
+    def recording(a, b):  # the real GEMM; the inner dimension of each call noted
+        inner.append(a.shape[1])
+        return int_mm(a, b)
+
+    monkeypatch.setattr(torch, "_int_mm", recording)
     X = _binary(40, m, seed=3, p=0.9)
     X[0] = 1
     X[1] = 1
@@ -87,6 +94,7 @@ def test_more_than_65536_features_accumulate_in_int32_without_overflow(path):
     _assert_exact(K, X)
     assert K[0, 1] == m
     assert B.binary_cross(X[:5], X, path=path)[0, 1] == m
+    assert set(inner) == ({m} if path == "int8" else set())  # one int8 GEMM sums all m features
 
 
 def test_int_mm_padding_to_cublaslt_shapes_does_not_change_counts():
