@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -43,19 +44,29 @@ _TILE_ROWS = 2048  # row tiles: of the Gram, only pairs on and below the diagona
 _POPCOUNT_BYTES = 32 << 20  # bound on popcount's broadcast temporary
 _FORCED: list[str] = []  # stack of forced_gram_path contexts
 _MEASURED: dict[str, dict[str, float]] = {}  # device type -> {path: seconds on the probe block}
+_SEEN: dict = {}  # id(tensor) -> (weak reference, version counter, is_binary): the last 8 checked
 
 
 def is_binary(*tensors) -> bool:
     """True when every tensor has an integer or bool dtype and only values 0 and 1 (one
-    pass over each: a max, and a min for signed dtypes)."""
-    for X in tensors:
-        if X.is_floating_point() or X.is_complex():
-            return False
-        if X.dtype == torch.bool or not X.numel():
-            continue
-        if int(X.max()) > 1 or (X.dtype != torch.uint8 and int(X.min()) < 0):
-            return False
-    return True
+    pass over each: a max, and a min for signed dtypes; remembered for a tensor not modified
+    since, e.g. the kept rows that each chunk of a prediction meets again)."""
+    return all(_is_binary(X) for X in tensors)
+
+
+def _is_binary(X: torch.Tensor) -> bool:
+    if X.is_floating_point() or X.is_complex():
+        return False
+    if X.dtype == torch.bool or not X.numel():
+        return True
+    seen = _SEEN.get(id(X))
+    if seen is not None and seen[0]() is X and seen[1] == X._version:  # the same object, unmodified
+        return seen[2]
+    result = int(X.max()) <= 1 and (X.dtype == torch.uint8 or int(X.min()) >= 0)
+    if len(_SEEN) >= 8:
+        _SEEN.pop(next(iter(_SEEN)))
+    _SEEN[id(X)] = (weakref.ref(X), X._version, result)
+    return result
 
 
 def _check_path(path: str, where: str) -> str:
@@ -260,7 +271,7 @@ def _popcount_ab(Pa: np.ndarray, Pb: np.ndarray) -> np.ndarray:
 
 
 def _gram_popcount(parts, dtype=torch.float32) -> torch.Tensor:
-    """X X^T (N, N) in dtype by popcounts, tile pairs on or below the diagonal (CPU)."""
+    """X X^T (N, N) in dtype by popcounts, tile pairs on or below the diagonal (numpy, on CPU)."""
     P = _packed(parts)
     N = P.shape[0]
     K = torch.zeros(N, N, dtype=dtype).numpy()
@@ -270,9 +281,9 @@ def _gram_popcount(parts, dtype=torch.float32) -> torch.Tensor:
             T = _popcount_ab(P[i0:i1], P[j0:j1])
             K[i0:i1, j0:j1] = T
             K[j0:j1, i0:i1] = T.T
-    return torch.from_numpy(K)
+    return torch.from_numpy(K).to(parts[0].device)
 
 
 def _cross_popcount(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    """A B^T (n_a, n_b) int32 by popcounts (CPU)."""
-    return torch.from_numpy(_popcount_ab(_packed([A]), _packed([B])))
+    """A B^T (n_a, n_b) int32 by popcounts (numpy, on CPU)."""
+    return torch.from_numpy(_popcount_ab(_packed([A]), _packed([B]))).to(A.device)

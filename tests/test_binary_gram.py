@@ -155,6 +155,10 @@ def test_forced_path_environment_and_errors(monkeypatch):
 def test_rows_that_are_not_binary_take_float32_and_stay_exact():
     X = _binary(30, 50)
     assert B.is_binary(X, X.bool(), X.to(torch.int8), X.long())
+    Xc = X.clone()
+    assert B.is_binary(Xc) and B.is_binary(Xc)  # the second answer remembered ...
+    Xc[:, 7:9][3, 1] = 2  # ... until the tensor changes, through a view too
+    assert not B.is_binary(Xc) and B.gram_path([Xc]) == "float32"
     for other in (X.float(), X * 3, X.to(torch.int8) - 1):
         assert not B.is_binary(other) and B.gram_path([other]) == "float32"
     Xs = X.to(torch.int16) * 3  # counts of a non-binary integer matrix: the float32 path, exact
