@@ -20,8 +20,9 @@ below 2**24, hence exact) or, for 0/1 integer rows where measured faster, in int
 arithmetic (``projector._binary_gram``: int8 GEMM with int32 accumulation, or popcounts of
 bit-packed rows; also exact; the path in ``gram_path_``); ``K`` is then built, centred and
 solved in float64. Prediction forms the cross products ``X_new X_fit^T`` by the same path
-(float32 ``sgemm`` or int8 GEMM over column chunks), never a float copy of the kept rows
-(kept as given: the encoder's uint8, one byte per feature, read as int8 without a copy).
+(float32 ``sgemm`` over column chunks, or int8 GEMM over row tiles of the kept rows), never a
+float copy of the kept rows (kept as given: the encoder's uint8, one byte per feature, read
+as int8 without a copy).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _cross(A, B, a_norms: bool = False):
     """A B^T in float64 (and with ``a_norms``, also ``|a_i|^2`` (n_a,) float64: for integer
     rows from the float32 chunks the product converts anyway, not a second pass over A).
     0/1 integer rows: ``binary_cross`` where the measured (or forced) path is an integer
-    one. Else integer rows: float32 GEMMs over column chunks of both A and
+    one. Other integer rows, or the "float32" path: float32 GEMMs over column chunks of both A and
     B, accumulated in float32 -- their products are integer counts, exact in float32 below
     2**24 (m = 81,536 binary features: at most 81,536) -- so neither is converted to float
     whole (a float32 copy of 5,000 x 81,536 training rows is 1.6 GB); on CPU by scipy's BLAS
