@@ -117,7 +117,8 @@ def gram_path(parts, others=()) -> str:
 
 def measured_gram_times(device) -> dict[str, float]:
     """{path: best of 3 seconds} for the Gram of a random 0/1 (512, 4096) block on ``device``,
-    measured on the first call per device type (then cached for the process)."""
+    measured on the first call per device type (then cached for the process). A path that
+    raises there, or whose counts differ from float32's, gets infinity: never chosen."""
     from projector._linalg import gram
 
     kind = torch.device(device).type
@@ -128,9 +129,17 @@ def measured_gram_times(device) -> dict[str, float]:
                 "int8": lambda: _gram_int8([block])}
         if kind == "cpu":
             runs["popcount"] = lambda: _gram_popcount([block])
-        times = {}
+        times, reference = {}, None
         for name, fn in runs.items():
-            fn()  # warm-up: first-call costs (oneDNN's kernel generation) are not the path's
+            try:  # warm-up (first-call costs, e.g. oneDNN's kernel generation, are not the path's)
+                counts = fn()
+            except RuntimeError:  # no int8 GEMM on this device or build: not a candidate
+                times[name] = float("inf")
+                continue
+            reference = counts if reference is None else reference
+            if not torch.equal(counts, reference):  # a path that miscounts here is never chosen
+                times[name] = float("inf")
+                continue
             best = float("inf")
             for _ in range(3):
                 _sync(device)

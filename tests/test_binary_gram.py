@@ -167,16 +167,37 @@ def test_rows_that_are_not_binary_take_float32_and_stay_exact():
 
 def test_choice_is_measured_once_and_an_integer_path_must_beat_float32(monkeypatch):
     times = B.measured_gram_times("cpu")
-    assert set(times) == set(B.GRAM_PATHS) and all(t > 0 for t in times.values())
+    assert set(times) == set(B.GRAM_PATHS) and all(0 < t < float("inf") for t in times.values())  # all exact here
     assert B.measured_gram_times("cpu") == times  # cached: the same figures, not a new measurement
     X = _binary(10, 20)
     assert B.gram_path([X]) in B.GRAM_PATHS
+    monkeypatch.setitem(B._MEASURED, "cpu", {"float32": 1.0, "int8": float("inf"), "popcount": float("inf")})
+    assert B.gram_path([X]) == "float32"  # integer paths unavailable or miscounting there
     monkeypatch.setitem(B._MEASURED, "cpu", {"float32": 1.0, "int8": 0.95, "popcount": 2.0})
     assert B.gram_path([X]) == "float32"  # not faster by the margin
     monkeypatch.setitem(B._MEASURED, "cpu", {"float32": 1.0, "int8": 0.3, "popcount": 0.5})
     assert B.gram_path([X]) == "int8"
     monkeypatch.setitem(B._MEASURED, "cpu", {"float32": 1.0, "int8": 0.6, "popcount": 0.4})
     assert B.gram_path([X]) == "popcount"
+
+
+def test_a_path_that_fails_or_miscounts_in_the_measurement_is_never_chosen(monkeypatch):
+    monkeypatch.setattr(B, "_MEASURED", {})  # measure afresh, then forget it
+    gram_int8 = B._gram_int8
+
+    def no_int8(parts, dtype=torch.float32):  # as on a device or build without an int8 GEMM
+        raise RuntimeError("_int_mm: not implemented here")
+
+    def miscounts(parts, dtype=torch.float32):
+        K = gram_int8(parts, dtype)
+        K[0, 1] += 1
+        return K
+
+    monkeypatch.setattr(B, "_gram_int8", no_int8)
+    monkeypatch.setattr(B, "_gram_popcount", miscounts)
+    times = B.measured_gram_times("cpu")
+    assert times["int8"] == times["popcount"] == float("inf") and 0 < times["float32"] < float("inf")
+    assert B.gram_path([_binary(5, 8)]) == "float32"
 
 
 # --- the exact kernel with each path ---
