@@ -326,6 +326,8 @@ class RandomFeatures:
             "n_components": n_out if cfg.projection != "none" else 0,  # -1: kernel (k = infinity)
             "streaming": streaming,
             "grid_solver": getattr(ridge, "grid_solver_", None),
+            # the exact kernel: how X X^T was formed (float32 BLAS, or int8 / popcount on 0/1 rows)
+            **({"gram_path": ridge.gram_path_} if cfg.projection == "kernel" else {}),
             # validation accuracy at every penalty of the grid (the report's tuning table)
             "grid_val_acc": {f"{a:.6g}": float(s) for a, s in val_scores.items()} if len(val_scores) > 1 else None,
             **diverged,

@@ -15,10 +15,14 @@ one ``(N, N)`` Gram of the encoded features (``O(N^2 m)``, no projection at all)
 keeping the training rows to predict (the "model" is the training set and the dual
 coefficients).
 
-``G`` of binary rows is formed in float32 with BLAS ``ssyrk``: its entries are integers
-below 2**24, hence exact; ``K`` is then built, centred and solved in float64. Prediction
-forms the cross products ``X_new X_fit^T`` the same way (float32 ``sgemm`` over column
-chunks, exact), never a float copy of the kept rows.
+``G`` of binary rows is formed in float32 with BLAS ``ssyrk`` (its entries are integers
+below 2**24, hence exact) or, for 0/1 integer rows where measured faster, in integer
+arithmetic (``projector._binary_gram``: int8 GEMM with int32 accumulation, or popcounts of
+bit-packed rows; also exact; the path in ``gram_path_``); ``K`` is then built, centred and
+solved in float64. Prediction forms the cross products ``X_new X_fit^T`` by the same path
+(float32 ``sgemm`` over column chunks, or int8 GEMM over row tiles of the kept rows), never a
+float copy of the kept rows (kept as given: the encoder's uint8, one byte per feature, read
+as int8 without a copy).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 
 from projector._base import _ClassifierBase
+from projector._binary_gram import binary_cross, gram_path
 from projector._fits import dual_fit, dual_loo
 from projector._linalg import _BLAS_MAX_ELEMENTS, _blas_threads, _rows_per_chunk, gram
 from projector._validation import _check_fitted, check_finite_fit, fitted, format_bytes
@@ -59,7 +64,8 @@ def _from_gram(G: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor, m: int) -> t
 def _cross(A, B, a_norms: bool = False):
     """A B^T in float64 (and with ``a_norms``, also ``|a_i|^2`` (n_a,) float64: for integer
     rows from the float32 chunks the product converts anyway, not a second pass over A).
-    Integer (binary) rows: float32 GEMMs over column chunks of both A and
+    0/1 integer rows: ``binary_cross`` where the measured (or forced) path is an integer
+    one. Other integer rows, or the "float32" path: float32 GEMMs over column chunks of both A and
     B, accumulated in float32 -- their products are integer counts, exact in float32 below
     2**24 (m = 81,536 binary features: at most 81,536) -- so neither is converted to float
     whole (a float32 copy of 5,000 x 81,536 training rows is 1.6 GB); on CPU by scipy's BLAS
@@ -73,6 +79,9 @@ def _cross(A, B, a_norms: bool = False):
             step = _rows_per_chunk(A.shape[1], 8)
             G = torch.cat([A[r0:r0 + step].to(torch.float64) @ Bf.T for r0 in range(0, A.shape[0], step)])
         return (G, _sq_norms(A)) if a_norms else G
+    out = binary_cross(A, B, a_norms)  # 0/1 rows: integer arithmetic where measured faster
+    if out is not None:
+        return out
     nA, nB, m = A.shape[0], B.shape[0], A.shape[1]
     G = torch.zeros(nA, nB, dtype=torch.float32, device=A.device)
     step = min(m, _rows_per_chunk(nA + nB, 8))  # columns per chunk: both chunks ~128 MB
@@ -168,6 +177,9 @@ class KernelRidgeClassifier(_ClassifierBase):
     dual_coef_ : (n_used, n_classes) float64, (n_used, 1) for two classes.
     intercept_ : (n_classes,) float64.
     classes_, alpha_, alphas_, val_scores_, cv_, grid_solver_, n_features_in_ : as for RidgeClassifier.
+    gram_path_ : how ``X X^T`` and the cross products with new rows are formed: "float32"
+        (BLAS), or for 0/1 integer rows "int8" (``torch._int_mm``) or "popcount"
+        (``projector._binary_gram``: measured once per process, or forced).
     """
 
     def __init__(
@@ -188,6 +200,7 @@ class KernelRidgeClassifier(_ClassifierBase):
         data = self._prepare_fit(X, y, X_val, y_val)
         X, Y, n, m = data.X, data.Y, data.X.shape[0], data.X.shape[1]
         parts = [X] if data.X_val is None else [X, data.X_val]
+        self.gram_path_ = gram_path(parts)  # the path ``gram`` and ``_cross`` take (cached choice)
         if data.X_val is not None:
             Y = torch.cat([Y, data.Yv])
         N = sum(P.shape[0] for P in parts)

@@ -11,6 +11,8 @@ measurement and the rows it adds:
 * :mod:`~benchmarks.perf.streaming`  -- the streamed Gram fit against project-then-fit;
 * :mod:`~benchmarks.perf.extraction` -- ``extract_features`` against the bare forward;
 * :mod:`~benchmarks.perf.task`       -- CIFAR-10 accuracy: structured, gaussian, the exact kernel;
+* :mod:`~benchmarks.perf.binary_gram` -- the Gram of a 0/1 matrix in int8 / popcount against
+  float32 (``--sections binary-gram``), and what the CPU has (VNNI, AMX-INT8);
 * :mod:`~benchmarks.perf.seed_shape` -- the seeds' STL-10 problem end to end (``--sections seed-shape``):
   the exact kernel against a bare ``ssyrk`` of the same matrix, structured k = 120,000 streamed,
   dense gaussian extrapolated, the seeds' quoted figures.

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.perf.binary_gram import section_binary_gram
 from benchmarks.perf.common import FULL, QUICK, TARGETS, Report, Sizes
 from benchmarks.perf.extraction import section_extraction
 from benchmarks.perf.projection import section_projection
@@ -29,7 +30,7 @@ from benchmarks.atomic import atomic_write_text
 from benchmarks.metadata import write_metadata
 
 DEFAULT_OUT = "results/perf"
-SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction", "seed_shape")
+SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction", "binary_gram", "seed_shape")
 # The development copy of CIFAR-10 that the tests unpack beside the checkout (tests/conftest.py).
 _LOCAL_CIFAR10 = Path(__file__).resolve().parents[2] / ".cache" / "cifar10-jpg"
 
@@ -93,6 +94,8 @@ def _run_perf(args) -> int:
             section_streaming(rep, sz, device)
         if "extraction" in sections:
             section_extraction(rep, sz, device, weights)
+        if "binary_gram" in sections:
+            section_binary_gram(rep, sz, device)
         if "seed_shape" in sections:
             section_seed_shape(rep, sz, device, args.data_dir)
     except KeyboardInterrupt:

@@ -37,6 +37,9 @@ TARGETS = {  # metric -> (comparison, threshold, what the issue asks)
     "seed_kernel_vs_floor": ("<=", 1.5, "exact kernel time / bare float32 ssyrk of the (13,000, 81,536) matrix"),
     "seed_structured_time_s": ("<=", 480.0, "structured k=120,000 streamed fit + test scoring, seconds"),
     "seed_structured_peak_gb": ("<=", 4.0, "structured k=120,000 streamed fit + test scoring peak memory, GB"),
+    # the Gram X X^T of a 0/1 matrix: float32 time / int8 (torch._int_mm) time, by what the CPU has
+    "binary_gram_int8_speedup_vnni": (">=", 2.0, "float32 Gram time / int8 Gram time, CPU with VNNI"),
+    "binary_gram_int8_speedup_amx": (">=", 5.0, "float32 Gram time / int8 Gram time, CPU with AMX-INT8"),
 }
 
 
@@ -84,6 +87,9 @@ class Sizes:
     seed_density_images: int = 8  # DenseNet169 norm5 images for the density (0: the stated one)
     seed_gauss_block: int = 512
     seed_gauss_blocks: int = 3  # dense blocks timed per stream, then extrapolated
+    bgram_n: int = 4096  # binary Gram: a 0/1 (n, m) matrix, each path best of the repeats
+    bgram_m: int = 16_384
+    bgram_repeats: int = 3
 
 
 QUICK = Sizes(repeats=2, proj_n=256, proj_m=1024, proj_k=2048, struct_n=16, struct_m=4096, struct_k=8192,
@@ -91,7 +97,8 @@ QUICK = Sizes(repeats=2, proj_n=256, proj_m=1024, proj_k=2048, struct_n=16, stru
               stream_k=1500, extract_n=32, extract_px=64, extract_repeats=2, task_per_class=12,
               task_test_per_class=6, task_px=64, task_ks=(300, 1000), task_seeds=1, task_dense_k=8000,
               task_dense_blocks=1, seed_n_fit=400, seed_n_val=100, seed_n_test=400, seed_m=2048, seed_k=4096,
-              seed_latent=16, seed_density_images=0, seed_gauss_block=256, seed_gauss_blocks=2)
+              seed_latent=16, seed_density_images=0, seed_gauss_block=256, seed_gauss_blocks=2,
+              bgram_n=256, bgram_m=1024, bgram_repeats=2)
 FULL = Sizes(proj_n=4096, proj_m=81_536, proj_k=4096, struct_n=1024, stl_stream=True, extract_n=512,
              seed_n_fit=4000, seed_n_val=1000, seed_n_test=8000, seed_density_images=32)
 

@@ -197,7 +197,7 @@ def section_seed_shape(rep: Report, sz: Sizes, device, data_dir=None) -> None:
         t_k, acc_k = timed(lambda: kr.fit(Xf, yf, Xv, yv).score(Xt, yt), device, 1)
     measured_density = sum(int(X[r0:r0 + 4096].sum(dtype=torch.int64)) for r0 in range(0, n_all, 4096)) / X.numel()
     knote = (f"alpha={kr.alpha_:.3g} (validation accuracy {kr.val_scores_[kr.alpha_]:.4f}), grid {kr.grid_solver_}, "
-             f"refit on {kr.dual_coef_.shape[0]} rows")
+             f"Gram {kr.gram_path_}, refit on {kr.dual_coef_.shape[0]} rows")
     del kr
     rep.log(f"seed_shape: kernel {t_k:.1f}s, acc {acc_k:.4f}; floor: bare ssyrk of ({n_all}, {m}); load {_load()}")
     X32 = X.to(torch.float32)
