@@ -43,6 +43,7 @@ from benchmarks.backbones import PRECISIONS, BackboneError, check_quantizable, r
 from benchmarks.datasets import (DATASET_NAMES, FULL_SIZES, IMAGE_SUFFIXES, N_CLASSES, DatasetError,
                                  folder_identity)
 from benchmarks.methods import REGISTRY, config_fields, full_config, get_method, make_config
+from benchmarks.plugins import normalise
 from benchmarks.protocol import CellShape
 from projector._validation import format_bytes, largest_fitting  # noqa: F401 (format_bytes: re-exported)
 
@@ -131,10 +132,19 @@ def known_keys() -> list[str]:
     return sorted(keys)
 
 
-def canonical(table: dict, where) -> dict[str, Any]:
-    """Aliases resolved, unknown keys rejected with the list of known ones."""
+def canonical(table: dict, where, methods=()) -> dict[str, Any]:
+    """Aliases resolved, unknown keys rejected with the list of known ones. ``methods``: plugin methods
+    whose settings are known too (those the table names itself are added)."""
     out = {}
+    named = table.get("method")
+    named = [named] if isinstance(named, str) else list(named) if isinstance(named, (list, tuple)) else []
     known = set(known_keys())
+    for name in {*methods, *named}:
+        if isinstance(name, str) and name not in REGISTRY:
+            try:
+                known |= set(config_fields(normalise(name)))
+            except ValueError:
+                pass  # make_cell says why the method cannot be had
     for key, value in table.items():
         key = ALIASES.get(key, key)
         if key not in known:
@@ -146,12 +156,12 @@ def canonical(table: dict, where) -> dict[str, Any]:
 
 def make_cell(values: dict[str, Any], suite_name: str = "") -> Cell:
     """One normalised Cell from a flat dict of cell fields and method options (module docstring)."""
-    values = canonical(values, "cell")
-    method = values.get("method", Cell.method)
+    method = normalise(values.get("method") or Cell.method)  # a plugin's file: one spelling
     try:
         method_cls = get_method(method)
     except ValueError as err:
         raise CellError(str(err)) from None
+    values = canonical({**values, "method": method}, "cell")
     # Defaults filled in first, so that a value spelled out and a value left out are one cell.
     fields = {k: f.default for k, f in CELL_FIELDS.items()}
     # (None for a field with a default, e.g. --batch-size left out, keeps the default.)
@@ -208,7 +218,8 @@ def _finite(key: str, value: float) -> float:
 
 def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
     """A TOML, --set or command-line value to the field's type, or a CellError naming it."""
-    typ = str(field.type)
+    # (a string under `from __future__ import annotations`, else the type itself: float, int | None...)
+    typ = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
     if value is None:
         return None
     if "tuple" in typ:

@@ -66,8 +66,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     from benchmarks.methods import METHOD_NAMES
 
     g = p.add_argument_group("what to run")
-    g.add_argument("--method", default="random-features", choices=METHOD_NAMES,
-                   help="method under test or baseline [random-features]")
+    g.add_argument("--method", default="random-features", metavar="METHOD",
+                   help=f"method under test or baseline: {', '.join(METHOD_NAMES)}; an installed plugin's "
+                        "name (entry point group gradfree.methods); or a class of your own, module:Class or "
+                        "path/to/file.py:Class [random-features]")
     g.add_argument("--suite", default=None,
                    help="run a benchmark suite by name or TOML path instead of one cell (see `gradfree suites`)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
@@ -151,7 +153,7 @@ def _single_run_settings(args: argparse.Namespace) -> dict:
     is refused rather than silently overridden."""
     from benchmarks.suites import parse_overrides
 
-    settings = parse_overrides(args.overrides)
+    settings = parse_overrides(args.overrides, methods=(args.method,))
     for key, value in settings.items():
         if isinstance(value, list):
             raise ValueError(f"--set {key}={','.join(map(str, value))}: one run takes one value; a grid of values "
@@ -239,7 +241,9 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     """`gradfree run --suite ...`: expand, then list (--dry-run) or run the cells."""
     from benchmarks import suites
 
-    suite = suites.apply_overrides(suites.load_suite(args.suite), _suite_overrides(args, options))
+    suite = suites.load_suite(args.suite)
+    overrides = _suite_overrides(args, options, suites.suite_methods(suite))
+    suite = suites.apply_overrides(suite, overrides)
     cells = suites.expand(suite)
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
     check_out_folder(out)
@@ -258,7 +262,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
           f"results in {out / RESULTS_FILE}")
     rows = run_cells(cells, out, runner, executor, metadata={
         "suite": suite.name, "suite_file": str(suite.path), "settings": suite.settings,
-        "grids": list(suite.grids), "overrides": _suite_overrides(args, options),
+        "grids": list(suite.grids), "overrides": overrides,
         "address": args.address, "cache_dir": str(cache_dir)}, set_aside_others=args.set_aside_others)
     _print_summary(out / RESULTS_FILE, {c.key() for c in cells})
     failed = [r for r in rows if r.get("status") != "ok"]
@@ -267,11 +271,11 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     return 1 if failed else 0
 
 
-def _suite_overrides(args: argparse.Namespace, options: dict) -> dict:
+def _suite_overrides(args: argparse.Namespace, options: dict, methods=()) -> dict:
     """--set items, then the run command's method flags and non-default execution flags."""
     from benchmarks.suites import parse_overrides
 
-    overrides = parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides, methods)
     overrides.update({k: v for k, v in options.items() if k not in overrides})
     for flag, default in (("device", "auto"), ("threads", None), ("data_dir", None)):
         if getattr(args, flag, default) != default and flag not in overrides:

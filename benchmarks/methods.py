@@ -15,6 +15,7 @@ from baselines.airbench import Airbench
 from baselines.finetune import FineTune
 from baselines.small_cnn import SmallCNN
 from baselines.wrn22 import WRN22OneCycle
+from benchmarks import plugins
 from benchmarks.random_features import RandomFeatures
 
 #: name -> method class, in report order (the method under test first).
@@ -24,10 +25,18 @@ METHOD_NAMES = tuple(REGISTRY)
 
 
 def get_method(name: str) -> type:
-    """The method class registered under ``name``."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    """The method class registered under ``name``, or a plugin's (:mod:`benchmarks.plugins`: an installed
+    ``gradfree.methods`` entry point, ``module:Class`` or ``path/to/file.py:Class``)."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    try:
+        return plugins.load(name)
+    except plugins.PluginError as err:
+        if str(err) != name:  # a plugin that exists but cannot be loaded: say why
+            raise
+    installed = sorted(plugins.entry_points())
+    raise ValueError(f"unknown method {name!r}; choose one of: {', '.join([*REGISTRY, *installed])}, or name a "
+                     "class: module:Class or path/to/file.py:Class.")
 
 
 def backbone_methods() -> tuple[str, ...]:
@@ -58,7 +67,8 @@ def full_config(method: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def label(method: str, config: dict[str, Any]) -> str:
-    """The method's short name for a configuration; the bare name for an unknown method."""
-    if method not in REGISTRY:
+    """The method's short name for a configuration; the bare name for a method that cannot be had."""
+    try:
+        return get_method(method).label(full_config(method, config))
+    except Exception:  # (a plugin not installed here, or rows of another version)
         return method
-    return REGISTRY[method].label(full_config(method, config))

@@ -27,7 +27,8 @@ from benchmarks.backbones import resolve_cut, resolve_weights
 from benchmarks.cells import Cell, describe, resolve_device
 from benchmarks.data import DataBundle, load_dataset
 from benchmarks.features import FeatureCache
-from benchmarks.methods import get_method, make_config
+from benchmarks.methods import REGISTRY, get_method, make_config
+from benchmarks.plugins import source as plugin_source
 from benchmarks.protocol import RunContext
 from benchmarks.timing import Clock, peak_memory_bytes, reset_peak_memory
 
@@ -125,6 +126,8 @@ class Runner:
                 common["cpu_flags"] = cpu_flags()
             method_cls = get_method(cell.method)
             config = make_config(method_cls, cell.option_dict())
+            if cell.method not in REGISTRY:  # (extra) a plugin: the code its rows came from
+                common["method_source"] = plugin_source(method_cls)
             data = self.load_data(cell)
             common.update(data.describe())
             self.check_data(cell, common)

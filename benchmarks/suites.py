@@ -90,9 +90,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not isinstance(name, str) or not _NAME.match(name):
         raise SuiteError(f"{path}: suite name {name!r} is not a name (letters, digits, '.', '_', '-'; "
                          "no '/' or '..'): it names the folder results/NAME. Rename it.")
+    methods = _methods_named([doc.get("settings", {}), *grids])  # plugins' settings are known too
     suite = Suite(name=name, description=doc.get("description", ""),
-                  settings=_canonical(doc.get("settings", {}), path),
-                  grids=tuple(_canonical(g, path) for g in grids), path=path)
+                  settings=_canonical(doc.get("settings", {}), path, methods),
+                  grids=tuple(_canonical(g, path, methods) for g in grids), path=path)
     return suite
 
 
@@ -111,11 +112,25 @@ def _read_text(path: Path) -> str:
                          "-t utf-8`).") from None
 
 
-def _canonical(table: dict, where) -> dict[str, Any]:
+def _canonical(table: dict, where, methods=()) -> dict[str, Any]:
     try:
-        return canonical(table, where)
+        return canonical(table, where, methods)
     except CellError as err:
         raise SuiteError(str(err)) from None
+
+
+def suite_methods(suite: "Suite") -> set[str]:
+    """Every method a suite's settings and grids name (plugins' settings are then known keys)."""
+    return _methods_named([suite.settings, *suite.grids])
+
+
+def _methods_named(tables) -> set[str]:
+    names = set()
+    for table in tables:
+        value = table.get("method")
+        names |= {value} if isinstance(value, str) else {v for v in value or () if isinstance(v, str)} \
+            if isinstance(value, (list, tuple)) else set()
+    return names
 
 
 # ----------------------------------------------------------------------------
@@ -138,7 +153,7 @@ def parse_value(text: str) -> Any:
     return text.strip()
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+def parse_overrides(items: list[str], methods=()) -> dict[str, Any]:
     """``["seed=0,1,2", "cut=features.14"]`` -> ``{"seed": [0, 1, 2], "cut": "features.14"}``."""
     out = {}
     for item in items:
@@ -152,13 +167,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             values = [parse_value(v) for v in text.split(",")]
             values = values[0] if len(values) == 1 else values
         out[key] = values
-    _canonical(out, "--set")
+    _canonical(out, "--set", methods)  # (the settings of plugin ``methods`` are known too)
     return out
 
 
 def apply_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
     """Each override replaces its key wherever it appears (settings and every grid), else becomes a setting."""
-    overrides = _canonical(overrides, "--set")
+    overrides = _canonical(overrides, "--set", suite_methods(suite))
     settings = dict(suite.settings)
     grids = [dict(g) for g in suite.grids]
     for key, value in overrides.items():

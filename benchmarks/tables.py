@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.backbones import BackboneError, list_cuts
-from benchmarks.methods import REGISTRY, backprop_methods, config_fields, label
+from benchmarks.methods import REGISTRY, config_fields, get_method, label
 from benchmarks.results import RESULTS_FILE, SCHEMA, ResultsError, ResultsWarning, read_rows
 
 NUMERIC = ("n_components", "seed", "image_size", "n_classes", "n_train", "n_val", "n_test", "threads", "epoch",
@@ -161,7 +161,9 @@ def config_label(row: dict) -> str:
     """A short name for what a row ran, beyond its axes (``sign+gaussian k=1000``, ``linear-probe``),
     given by the method itself; the method's name for a method this gradfree does not know."""
     method = row.get("method", "")
-    if method not in REGISTRY:
+    try:
+        cls = get_method(method)
+    except Exception:  # (a plugin not installed here)
         return method
     options = json_dict(row.get("method_config") or "")
     if not options:  # an older file: the row's own columns (encoder, projection, n_components...)
@@ -170,7 +172,7 @@ def config_label(row: dict) -> str:
         return label(method, options)
     except (TypeError, ValueError):  # options this version's Config rejects (another gradfree)
         try:
-            return REGISTRY[method].label(options)
+            return cls.label(options)
         except (TypeError, ValueError, KeyError):
             return method
 
@@ -253,11 +255,15 @@ def split_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFra
     return finals.reset_index(drop=True), epochs.reset_index(drop=True), failed.reset_index(drop=True)
 
 
+@lru_cache(maxsize=None)
 def side(method: str) -> str:
-    """:data:`BACKPROP` or :data:`GRADIENT_FREE` from the method's class; :data:`UNKNOWN` otherwise."""
-    if method not in REGISTRY:
+    """:data:`BACKPROP` or :data:`GRADIENT_FREE` from the method's class (a plugin's too);
+    :data:`UNKNOWN` for a method that cannot be had here."""
+    try:
+        cls = get_method(method)
+    except Exception:  # (a plugin not installed here)
         return UNKNOWN
-    return BACKPROP if method in backprop_methods() else GRADIENT_FREE
+    return BACKPROP if cls.is_backprop else GRADIENT_FREE
 
 
 def split_sides(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
