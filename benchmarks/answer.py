@@ -90,9 +90,10 @@ class Answer:
             if e.problem:
                 out.append(f"{where}: {chosen}; not compared: {e.problem}")
             elif not e.separable:
-                out.append(f"{where}: the comparison cannot separate them: its {_int(e.group['n_test'])} test "
-                           f"images cannot tell apart even the best and the worst configuration ({e.spread}); "
-                           "no winner and no speed-up is named.")
+                difference = f" ({e.comparison.interval()} points)" if e.comparison else ""
+                out.append(f"{where}: {chosen}{difference}: the comparison cannot separate them: its "
+                           f"{_int(e.group['n_test'])} test images cannot tell apart even the best and the worst "
+                           f"configuration ({e.spread}); no winner and no speed-up is named.")
             else:
                 c = e.comparison
                 out.append(f"{where}: {chosen}: {c.interval()} points ({'paired' if c.kind == PAIRED else 'unpaired'}"
