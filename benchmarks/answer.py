@@ -12,8 +12,8 @@ import pandas as pd
 
 from benchmarks.comparison import data_groups
 from benchmarks.tables import BACKPROP, GRADIENT_FREE, aggregate, cut_index, split_sides
-from benchmarks.verdict import (ALPHA, LEVEL, PAIRED, TIE, Comparison, NotPaired, choose, compare_configs, holm,
-                                name, oracle, rows_of)
+from benchmarks.verdict import (ALPHA, LEVEL, PAIRED, TIE, Comparison, NotComparable, choose, compare_configs,
+                                holm, name, oracle, rows_of)
 
 CANNOT_SEPARATE = "cannot separate"
 NOTE = (f"Each side's answer is its configuration with the best mean validation accuracy (the test split chooses "
@@ -39,6 +39,7 @@ class Entry:
     separable: bool = True
     spread: str = ""  # best against worst configuration, when it decides "cannot separate"
     oracle: str = ""
+    has: dict = field(default_factory=dict)  # side -> whether the group has cells of it
 
     def verdict(self) -> str:
         if self.problem:
@@ -83,7 +84,8 @@ class Answer:
                      f"validation / {_int(e.group['n_test'])} test images")
             if e.gf is None or e.bp is None:
                 missing = "gradient-free" if e.gf is None else "backprop"
-                out.append(f"{where}: no {missing} configuration with a validation accuracy; nothing to compare.")
+                what = "configuration with a validation accuracy" if e.has[missing] else "cell"
+                out.append(f"{where}: no {missing} {what}; nothing to compare.")
                 continue
             chosen = (f"gradient-free {name(e.gf)} (test {e.gf['test_acc']:.2%}) against backprop {name(e.bp)} "
                       f"(test {e.bp['test_acc']:.2%}), each chosen on validation")
@@ -115,6 +117,7 @@ def _side(label: str, config: pd.Series | None) -> dict:
 
 def _compare(entry: Entry, gf: pd.DataFrame, bp: pd.DataFrame, folder: Path | None) -> None:
     entry.gf, entry.bp = choose(gf), choose(bp)
+    entry.has = {"gradient-free": not gf.empty, "backprop": not bp.empty}
     best = oracle(pd.concat([gf, bp]))
     if best is not None:
         entry.oracle = f"{name(best)} ({best['test_acc']:.4f})"
@@ -122,7 +125,7 @@ def _compare(entry: Entry, gf: pd.DataFrame, bp: pd.DataFrame, folder: Path | No
         return
     try:
         entry.comparison = compare_configs(rows_of(gf, entry.gf), rows_of(bp, entry.bp), folder)
-    except NotPaired as err:
+    except NotComparable as err:
         entry.problem = str(err)
 
 
@@ -134,7 +137,7 @@ def _separable(entry: Entry, cells: pd.DataFrame, folder: Path | None) -> None:
     hi, lo = agg.loc[agg["test_acc"].idxmax()], agg.loc[agg["test_acc"].idxmin()]
     try:
         c = compare_configs(rows_of(cells, hi), rows_of(cells, lo), folder)
-    except NotPaired:
+    except NotComparable:
         return
     if c.verdict() == TIE:
         entry.separable = False

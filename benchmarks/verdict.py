@@ -39,7 +39,7 @@ from benchmarks.tables import BACKPROP, GRADIENT_FREE, GROUP, aggregate, split_s
 #: Family-wise error rate of the verdicts, and the interval's coverage.
 ALPHA = 0.05
 LEVEL = 0.95
-N_BOOT = 4000
+N_BOOT = 2000
 TIE, GF_AHEAD, BP_AHEAD = "tie", "gradient-free ahead", "backprop ahead"
 PAIRED, UNPAIRED = "paired (bootstrap over test images and seeds; McNemar mid-p)", \
     "unpaired (binomial standard errors: no kept predictions)"
@@ -88,11 +88,11 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int =
     draws = []
     for start in range(0, n_boot, 250):
         size = min(250, n_boot - start)
-        images = rng.multinomial(n, np.full(n, 1.0 / n), size=size) / n  # (size, n): image weights
         seeds_a = rng.multinomial(len(a), np.full(len(a), 1.0 / len(a)), size=size) / len(a)
         seeds_b = rng.multinomial(len(b), np.full(len(b), 1.0 / len(b)), size=size) / len(b)
         per_image = seeds_a @ a - seeds_b @ b  # (size, n): each draw's seed-mean difference per image
-        draws.append((images * per_image).sum(axis=1))
+        images = rng.integers(0, n, size=(size, n))  # the same images for both sides
+        draws.append(np.take_along_axis(per_image, images, axis=1).mean(axis=1))
     low, high = np.quantile(np.concatenate(draws), [(1 - level) / 2, (1 + level) / 2])
     return diff, float(low), float(high)
 
@@ -148,7 +148,11 @@ def name(config: pd.Series) -> str:
     return f"{config['method']}: {config['config']}" + (f" @ {config['cut']}" if config["cut"] else "")
 
 
-class NotPaired(ValueError):
+class NotComparable(ValueError):
+    """Two configurations that cannot be compared (no test accuracy, no number of test images...)."""
+
+
+class NotPaired(NotComparable):
     """The two sides' kept predictions are not on the same test images."""
 
 
@@ -211,6 +215,9 @@ def compare_configs(rows_a: pd.DataFrame, rows_b: pd.DataFrame, folder: Path | N
         right_a, right_b = vote_a > 0.5, vote_b > 0.5
         _, mid = mcnemar(int((decided & right_a & ~right_b).sum()), int((decided & ~right_a & right_b).sum()))
         return Comparison(diff, low, high, mid, PAIRED, len(a[0]))
-    n_a, n_b = int(rows_a["n_test"].max()), int(rows_b["n_test"].max())
-    diff, low, high, p = unpaired_interval(rows_a["test_acc"], rows_b["test_acc"], n_a, n_b)
-    return Comparison(diff, low, high, p, UNPAIRED, min(n_a, n_b))
+    acc_a, acc_b = rows_a["test_acc"].dropna(), rows_b["test_acc"].dropna()
+    n_a, n_b = rows_a["n_test"].max(), rows_b["n_test"].max()
+    if acc_a.empty or acc_b.empty or not (n_a > 0 and n_b > 0):
+        raise NotComparable("no test accuracy or no number of test images to compare")
+    diff, low, high, p = unpaired_interval(acc_a, acc_b, int(n_a), int(n_b))
+    return Comparison(diff, low, high, p, UNPAIRED, int(min(n_a, n_b)))
