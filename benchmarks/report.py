@@ -152,7 +152,11 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
                     f"{value(datasets)}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}")
 
         found = answer(finals, csv.parent)
-        answer_text = " ".join(found.lines()) or "No data group has both sides."
+        lines = found.lines() or ["No data group has both sides."]
+
+        def answer_text(value: Callable[[str], str]) -> str:  # names from the data, shown literally
+            return " ".join(value(line) for line in lines)
+
         first: list[Section] = [
             ("The answer", answer_text, found.table()),
             ("How it was decided", ANSWER_NOTE, None),
