@@ -155,7 +155,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
         lines = found.lines() or ["No data group has both sides."]
 
         def answer_text(value: Callable[[str], str]) -> str:  # names from the data, shown literally
-            return " ".join(value(line) for line in lines)
+            return "\n\n".join(value(line) for line in lines)  # one paragraph per data group
 
         first: list[Section] = [
             ("The answer", answer_text, found.table()),
