@@ -282,18 +282,35 @@ def train_epoch(model: nn.Module, split: ImageSplit, optimizer, loss_fn: Callabl
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: ImageSplit, feed: Feed) -> float:
-    """Accuracy of ``model`` on ``split`` (eval mode, no augmentation)."""
+def predict(model: nn.Module, split: ImageSplit, feed: Feed) -> torch.Tensor:
+    """The labels ``model`` predicts for ``split``, ``(n,)`` int64 on the CPU (eval mode, no augmentation)."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=feed.device)
+    out = torch.empty(len(split), dtype=torch.int64)
     for index in batch_index(len(split), feed.batch_size):
         x = feed.inputs(split.images[index])
         with feed.autocast():
-            pred = model(x).argmax(dim=1)
-        correct += (pred == split.labels[index].to(feed.device)).sum()
+            out[index] = model(x).argmax(dim=1).cpu()
     model.train(was_training)
-    return int(correct) / max(len(split), 1)
+    return out
+
+
+def accuracy_of(pred: torch.Tensor, split: ImageSplit) -> float:
+    return float((pred == split.labels).sum()) / max(len(split), 1)
+
+
+def evaluate(model: nn.Module, split: ImageSplit, feed: Feed) -> float:
+    """Accuracy of ``model`` on ``split`` (eval mode, no augmentation)."""
+    return accuracy_of(predict(model, split, feed), split)
+
+
+def score_test(model: nn.Module, split: ImageSplit, feed: Feed) -> dict:
+    """``test_acc`` and ``test_pred`` (the predicted labels, which the runner keeps) of ``model`` on ``split``."""
+    pred = predict(model, split, feed)
+    return {"test_acc": accuracy_of(pred, split), "test_pred": pred}
+
+
+_score_test = score_test  # ``fit`` has an argument of that name
 
 
 def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs: int,
@@ -340,8 +357,8 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
     with clock.phase("eval_s", counted=False):
         model.load_state_dict(best_state)
         train_acc = evaluate(model, ctx.data.train, feed)
-        test_acc = evaluate(model, ctx.data.test, feed) if score_test else None
-    return {"train_acc": train_acc, "val_acc": best_acc, "test_acc": test_acc,
+        test = _score_test(model, ctx.data.test, feed) if score_test else {"test_acc": None}
+    return {"train_acc": train_acc, "val_acc": best_acc, **test,
             "best_epoch": best_epoch, "epochs": epochs, "epochs_run": epoch, **model_size(model),
             "train_precision": precision_label(feed.amp_dtype)}
 
@@ -459,7 +476,7 @@ def tune(ctx, grid, train_one: Callable, retrain: Callable | None = None) -> dic
     if not keep:
         model, out, feed = retrain(ctx, value)
     with ctx.clock.phase("eval_s", counted=False):
-        out["test_acc"] = evaluate(model, ctx.data.test, feed)
+        out.update(score_test(model, ctx.data.test, feed))
     return {**out, "tuned_value": value, "tune_s": tune_s, **noted, "model": model}
 
 

@@ -142,16 +142,21 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta_level: int) -> torch.Tenso
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, split, feed: _training.Feed, dtype: torch.dtype, tta_level: int) -> float:
-    """Accuracy on ``split`` in eval mode, with test-time augmentation at ``tta_level``."""
+def predict(model: nn.Module, split, feed: _training.Feed, dtype: torch.dtype, tta_level: int) -> torch.Tensor:
+    """Predicted labels ``(n,)`` (CPU int64) for ``split`` in eval mode, with test-time augmentation at
+    ``tta_level``."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.int64, device=feed.device)
+    out = torch.empty(len(split), dtype=torch.int64)
     for index in _training.batch_index(len(split), _EVAL_BATCH):
-        logits = tta_logits(model, _inputs(split.images[index], feed, dtype), tta_level)
-        correct += (logits.argmax(dim=1) == split.labels[index].to(feed.device)).sum()
+        out[index] = tta_logits(model, _inputs(split.images[index], feed, dtype), tta_level).argmax(dim=1).cpu()
     model.train(was_training)
-    return int(correct) / max(len(split), 1)
+    return out
+
+
+def accuracy(model: nn.Module, split, feed: _training.Feed, dtype: torch.dtype, tta_level: int) -> float:
+    """Accuracy on ``split`` in eval mode, with test-time augmentation at ``tta_level``."""
+    return _training.accuracy_of(predict(model, split, feed, dtype, tta_level), split)
 
 
 def epoch_flips(base_flips: torch.Tensor, epoch: int, cfg: "AirbenchConfig",
@@ -349,8 +354,9 @@ class Airbench(FromScratch):
         with clock.phase("eval_s", counted=False):
             final_val = accuracy(model, data.val, feed, dtype, cfg.tta_level)
             train_acc = accuracy(model, data.train, feed, dtype, tta_level=0)  # a diagnostic: 6x cheaper
-            test_acc = accuracy(model, data.test, feed, dtype, cfg.tta_level)
-        return {"train_acc": train_acc, "val_acc": final_val, "test_acc": test_acc,
+            test_pred = predict(model, data.test, feed, dtype, cfg.tta_level)
+        return {"train_acc": train_acc, "val_acc": final_val, "test_acc": _training.accuracy_of(test_pred, data.test),
+                "test_pred": test_pred,
                 "best_epoch": n_epochs, "epochs": cfg.epochs, **_training.model_size(model),
                 "train_precision": "fp16" if half else "fp32",
                 "val_acc_no_tta": val_acc, "tta_level": cfg.tta_level, "batch_size": batch_size,

@@ -297,7 +297,7 @@ class WRN22OneCycle(FromScratch):
         # One-cycle ends at its last epoch: that model is the one scored.
         with ctx.clock.phase("eval_s", counted=False):
             train_acc = _training.evaluate(learn.model, data.train, feed)
-            test_acc = _training.evaluate(learn.model, data.test, feed)
-        return {"train_acc": train_acc, "val_acc": clock_cb.val_accs[-1], "test_acc": test_acc,
+            test = _training.score_test(learn.model, data.test, feed)
+        return {"train_acc": train_acc, "val_acc": clock_cb.val_accs[-1], **test,
                 "best_epoch": cfg.epochs, "epochs": cfg.epochs, **_training.model_size(learn.model),
                 "train_precision": _training.precision_label(feed.amp_dtype)}

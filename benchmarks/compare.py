@@ -5,7 +5,10 @@ candidate. Cells are matched by ``cell_key``; cells whose keys differ (another
 gradfree version, another data folder) are matched by their axes (method,
 configuration, dataset, backbone, cut, precision, seed, image size, numbers of
 images). For each pair: the accuracy difference ``B - A`` (``test_acc`` by
-default) and the training-time ratio ``B / A``.
+default) and the training-time ratio ``B / A``. Then, for reference (it passes or
+fails nothing), each file's answer per data group as the report opens with it
+(:mod:`benchmarks.answer`): each side's configuration chosen on validation, never
+on test, their test accuracies and the interval of the difference.
 
 This is the CI regression gate, so anything that keeps it from judging a cell is
 a failure, never a pass. Exit status 1 when:
@@ -35,7 +38,8 @@ import sys
 
 import pandas as pd
 
-from benchmarks.tables import load_results, split_rows
+from benchmarks.answer import answer
+from benchmarks.tables import load_results, results_csv, split_rows
 
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
 #: Columns without which no cell can be matched or judged (the metric is required too).
@@ -158,6 +162,16 @@ def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5
         with pd.option_context("display.width", 220, "display.max_columns", 30, "display.max_colwidth", 32):
             say(table.to_string(index=False))
 
+    for name, path, finals in (("A", a_path, fa), ("B", b_path, fb)):
+        try:
+            lines = answer(finals, results_csv(path).parent).lines()
+        except (ValueError, KeyError, TypeError) as err:  # the gate judges cells; this is only shown
+            lines = []
+            say(f"warning: {name}'s answer could not be worked out ({err}).")
+        if lines:
+            say(f"\n{name}'s answer (each side chosen on validation; for reference, not a pass or fail):")
+            say("\n".join(f"  {line}" for line in lines))
+    say("")
     for r in pairs[pairs["problem"] != ""].itertuples():
         say(f"error: {_cell(r, '_a')}: {r.problem}; cannot compare.")
     for r in pairs[pairs["acc_regressed"]].itertuples():

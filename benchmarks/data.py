@@ -10,7 +10,9 @@ to 8-bit RGB by its :func:`to_rgb`, each scaled from its own range (16-bit grey 
 not clipped to white) and transparent pixels composited onto white.
 
 Subsets are deterministic and stratified: ``train_per_class`` images of each
-class are drawn from the training set with a fixed data seed, and the
+class are drawn from the training set with a fixed data seed (each split keeps the
+indices of its images in their source as ``ids``: kept test predictions name their
+images by them), and the
 validation split is carved out of them (``val_fraction`` per class, in [0, 1);
 0 leaves the validation split empty). The test set is only ever used for the final
 score. For the named datasets a class short of ``train_per_class`` or
@@ -42,12 +44,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class ImageSplit:
     images: torch.Tensor  # (n, 3, H, W) uint8
     labels: torch.Tensor  # (n,) int64
+    #: (n,) int64: each image's index in the dataset's source it was drawn from (the training source
+    #: for train and validation, the test source for test), so that kept predictions name their images;
+    #: ``arange(n)`` when not given.
+    ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = torch.arange(len(self), dtype=torch.int64)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> "ImageSplit":
-        return ImageSplit(self.images[index], self.labels[index])
+        return ImageSplit(self.images[index], self.labels[index], self.ids[index])
 
 
 @dataclass
@@ -190,7 +200,8 @@ def _decode(source: Source, index: np.ndarray, image_size: int, desc: str, progr
         if img.size != (image_size, image_size):
             img = img.resize((image_size, image_size), Image.BILINEAR)
         images[j] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-    return ImageSplit(images, torch.from_numpy(source.labels[index].copy()))
+    return ImageSplit(images, torch.from_numpy(source.labels[index].copy()),
+                      torch.from_numpy(np.asarray(index, dtype=np.int64)))
 
 
 def open_dataset(name: str, data_dir: str | Path | None = None) -> tuple[Source, Source]:

@@ -11,7 +11,8 @@ as soon as it exists, and each finished cell prints the run's rate and ETA.
 With Ray, each cell is one task. It runs ``Runner.run_cell`` in a worker process
 with a list as its sink; the task returns those rows (per-epoch rows included)
 and the *driver* appends them as tasks finish
-(``ray.wait``), so workers never need the driver's file system. A worker that
+(``ray.wait``), so workers never need the driver's file system; the cell's test predictions
+travel back with its final row and the driver writes them (:mod:`benchmarks.predictions`). A worker that
 dies mid-cell loses nothing already written: Ray retries the task
 (``max_retries``) and, once retries are spent, the driver records the cell as
 ``failed`` with Ray's error. Exceptions raised by a cell are recorded by the
@@ -32,6 +33,7 @@ from benchmarks import results as res
 from benchmarks.metadata import write_metadata
 from benchmarks.cells import Cell, describe, validate
 from benchmarks.data import open_dataset
+from benchmarks.predictions import ROW_KEY, KeepPredictions
 from benchmarks.runner import DataChanged, Runner, failed_row, folder_fingerprints
 
 RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
@@ -105,7 +107,9 @@ def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None,
     runner.fingerprints = dict(fingerprints or {})
     rows: list[dict] = []
     runner.run_cell(cell, rows.extend)
-    return [res.normalise_row(r) for r in rows]
+    # the predictions travel back beside the normalised row, for the driver to write
+    return [{**res.normalise_row({k: v for k, v in r.items() if k != ROW_KEY}),
+             **({ROW_KEY: r[ROW_KEY]} if ROW_KEY in r else {})} for r in rows]
 
 
 class RayExecutor:
@@ -251,4 +255,4 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
         write_metadata(out_dir, runner.run_id, {
             **(metadata or {}), "executor": executor.name,
             "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})
-        return executor.run(runner, cells, results)
+        return executor.run(runner, cells, KeepPredictions(results, out_dir))

@@ -287,9 +287,9 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
     fig_info.png = _png(fig)
     fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
                         "Stars: random features, at their whole training time, with their validation accuracy "
-                        "at the selected alpha. Dotted: the best gradient-free validation accuracy of each data "
-                        f"group, the target; red crosses: {n_censored} curve(s) that never reached it (censored "
-                        "at their last epoch).")
+                        "at the selected alpha. Dotted: the mean validation accuracy of the gradient-free "
+                        "configuration chosen on validation in each data group, the target; red crosses: "
+                        f"{n_censored} curve(s) that never reached it (censored at their last epoch).")
     return fig_info
 
 

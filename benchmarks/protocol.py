@@ -15,7 +15,10 @@ A method is a class with
 * ``__init__(self, config)`` and ``run(self, ctx: RunContext) -> dict``: trains or fits on
   ``ctx.data.train``, selects what it selects on ``ctx.data.val`` (never on test), scores
   test once, and returns the final metrics (``train_acc``, ``val_acc``, ``test_acc`` and
-  size columns). Per-epoch rows go through ``ctx.emit(row)``.
+  size columns) and ``test_pred``, its predicted label for each test image in the order of
+  ``ctx.data.test`` (the runner keeps them beside the results for paired comparisons,
+  :mod:`benchmarks.predictions`, and never writes them as a column). Per-epoch rows go through
+  ``ctx.emit(row)``.
 
 The runner owns the clock: a method wraps its work in ``with ctx.clock.phase("fit_s"):``
 and evaluation in ``with ctx.clock.phase("eval_s", counted=False):``; it never reads the

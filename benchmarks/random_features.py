@@ -63,7 +63,13 @@ def _check_features(feats: torch.Tensor, split: str, ctx: RunContext, cut: str) 
 
 
 def _finite_accuracy(classifier, X, y: torch.Tensor, split: str) -> float:
-    """Accuracy of ``classifier`` on ``(X, y)`` from its decision values, which must be finite.
+    """Accuracy of ``classifier`` on ``(X, y)`` (:func:`_finite_predictions`)."""
+    pred = _finite_predictions(classifier, X, split)
+    return float((pred == y.to(pred.device)).double().mean()) if len(y) else float("nan")
+
+
+def _finite_predictions(classifier, X, split: str) -> torch.Tensor:
+    """The labels ``classifier`` predicts for ``X`` from its decision values, which must be finite.
 
     ``X: (n, n_features)``; the prediction is the ridge's (and scikit-learn's): the sign of a
     single column for two classes, else the largest score.
@@ -76,7 +82,7 @@ def _finite_accuracy(classifier, X, y: torch.Tensor, split: str) -> float:
     S = S.reshape(len(S), -1)
     pred = (S[:, 0] > 0).long() if S.shape[1] == 1 else S.argmax(dim=1)
     classes = torch.as_tensor(classifier.classes_, device=S.device)
-    return float((classes[pred] == y.to(S.device)).double().mean()) if len(y) else float("nan")
+    return classes[pred]
 
 
 @dataclass(frozen=True)
@@ -300,7 +306,8 @@ class RandomFeatures:
         with clock.phase("predict_s", counted=False):
             f_test = self._features(ctx, ext, "test")
             x_test = features_of(encoder.transform(f_test))
-            test_acc = _finite_accuracy(ridge, x_test, ctx.data.test.labels, "test")
+            test_pred = _finite_predictions(ridge, x_test, "test").cpu()
+            test_acc = float((test_pred == ctx.data.test.labels).double().mean()) if len(test_pred) else float("nan")
         if n_out is None:
             n_out = int(x_test.shape[1])
 
@@ -318,6 +325,7 @@ class RandomFeatures:
             # validation accuracy at the chosen alpha (before any refit on train + validation)
             "val_acc": val_scores.get(ridge.alpha_) if val_scores else None,
             "test_acc": test_acc,
+            "test_pred": test_pred,  # kept beside results.csv by the runner
             "alpha": float(ridge.alpha_),
             "selection": "validation split" if len(val_scores) > 1 else "fixed alpha",
             "classifier": cfg.classifier,

@@ -5,12 +5,17 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
 ``report.html`` (PNG embedded as base64) into ``--out`` (default
 ``<results folder>/report``), with:
 
-* accuracy, time breakdown and model size per method x configuration x cut x
-  precision, mean ± std over seeds;
-* the plots of :mod:`benchmarks.plots` (accuracy and training time against
+* first, the answer (:mod:`benchmarks.answer`): per data group and per cut, each
+  side's configuration chosen on validation, its test accuracy and time, the
+  interval of the difference (paired on the kept test predictions, else unpaired
+  and said so) and the verdict after Holm's correction, or that the test split
+  cannot separate the configurations;
+* then the plots of :mod:`benchmarks.plots` (accuracy and training time against
   model size across cut layers, accuracy against training time with the Pareto
   front, the stacked time per phase, per-epoch time-to-accuracy);
-* the failed cells with their errors.
+* then time to accuracy, and the tables of every configuration (accuracy, time
+  breakdown, tuning and model size per method x configuration x cut x precision,
+  mean ± std over seeds), the failed cells with their errors, and the runs.
 
 The rows, which of them count and the tables come from :mod:`benchmarks.tables`;
 this module only lays them out. Malformed rows are skipped with a warning on
@@ -34,6 +39,8 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import plots
+from benchmarks.answer import NOTE as ANSWER_NOTE
+from benchmarks.answer import answer
 from benchmarks.comparison import time_to_accuracy_table
 from benchmarks.metadata import read_metadata
 from benchmarks.reportdir import ReportFolder
@@ -48,12 +55,14 @@ SELECTION_NOTE = ("Hyperparameters were selected on the validation split: the ri
                   "and the best epoch of the backprop methods (one-cycle WRN-22 keeps its last epoch). The test "
                   "split was scored once, for the selected model.")
 TTA_NOTE = ("For each backprop configuration: the counted training time at which each seed's validation curve "
-            "first reaches the best gradient-free validation accuracy of the same data (the target; a curve that "
-            "never does is censored, 'not reached in X s', with X its whole training time), the speed-up at "
-            "equal accuracy (that time over the target configuration's training time, mean ± std over seeds; "
-            "'>' when a seed is censored: a lower bound), and the time the fastest gradient-free configuration "
-            "needs to reach the backprop configuration's best validation accuracy. Targets are validation "
-            "accuracies: the test split is scored once per cell and chooses nothing.")
+            "first reaches the target, the mean validation accuracy of the gradient-free configuration chosen on "
+            "validation for the same data (a curve that never does is censored, 'not reached in X s', with X its "
+            "whole training time); the speed-up at equal accuracy (that time over the target configuration's "
+            "training time, mean ± std over seeds), and beside it the same ratio with each side's tuning time "
+            "(tune_s) added; no speed-up where a seed never reached the target, nor where the test split cannot "
+            "separate the configurations; and the time the fastest gradient-free configuration needs to reach "
+            "the backprop configuration's best validation accuracy. Targets are validation accuracies: the test "
+            "split is scored once per cell and chooses nothing.")
 TUNING_NOTE = ("What each configuration chose on the validation split, per seed: the learning rate of the "
                "backprop methods (each value of the grid trained for a few epochs, the best trained again; the "
                "grid's cost is tune_s, outside the training time) and the penalty of ridge (alpha) or logistic "
@@ -142,26 +151,37 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
             return (f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {value(suites)}; dataset(s): "
                     f"{value(datasets)}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}")
 
-        tables: list[Section] = [
+        found = answer(finals, csv.parent)
+        lines = found.lines() or ["No data group has both sides."]
+
+        def answer_text(value: Callable[[str], str]) -> str:  # names from the data, shown literally
+            return "\n\n".join(value(line) for line in lines)  # one paragraph per data group
+
+        first: list[Section] = [
+            ("The answer", answer_text, found.table()),
+            ("How it was decided", ANSWER_NOTE, None),
+            ("The answer per cut", "The same, within each cut both sides ran at.", found.table(per_cut=True)),
+        ]
+        after: list[Section] = [
+            ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs, found.unseparable())),
             ("Summary", summary, summary_table(df)),
             ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
             ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
-            ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs)),
             ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
             ("Model size", SIZE_NOTE, size_table(finals)),
+            ("Failed cells", "", failed_table(failed)),
+            ("Runs", "", pd.DataFrame(_run_info(csv, finals, walls))),
         ]
-        after: list[Section] = [("Failed cells", "", failed_table(failed)),
-                                ("Runs", "", pd.DataFrame(_run_info(csv, finals, walls)))]
         title = f"gradfree report: {suites}"
-        md = _markdown(title, csv, tables, figures, files, after)
-        page = _page(title, csv, tables, figures, after)
+        md = _markdown(title, csv, first, figures, files, after)
+        page = _page(title, csv, first, figures, after)
         folder.replace({files[f.name]: f.png for f in figures if f.png is not None},
                        {"report.md": md.encode(), "report.html": page.encode()}, warn)
     return out / "report.md"
 
 
-#: (heading, text or a function of how to show the data's names in it, table)
-Section = tuple[str, str | Callable[[Callable[[str], str]], str], pd.DataFrame]
+#: (heading, text or a function of how to show the data's names in it, table or None)
+Section = tuple[str, str | Callable[[Callable[[str], str]], str], pd.DataFrame | None]
 
 
 def _text(text, value: Callable[[str], str]) -> str:
@@ -173,7 +193,8 @@ def _markdown(title: str, csv: Path, tables: list[Section], figures: list[plots.
     def sections(items: list[Section]) -> list[str]:
         out = []
         for heading, text, table in items:
-            out += [f"## {heading}\n", *([f"{_text(text, md_text)}\n"] if text else []), markdown_table(table)]
+            out += [f"## {heading}\n", *([f"{_text(text, md_text)}\n"] if text else []),
+                    *([markdown_table(table)] if table is not None else [])]
         return out
 
     md = [f"# {md_text(title)}\n", f"Generated from {_md_code(csv)} (reports read only results files).\n",
@@ -192,7 +213,7 @@ def _page(title: str, csv: Path, tables: list[Section], figures: list[plots.Figu
         out = []
         for heading, text, table in items:
             out += [f"<h2>{html.escape(heading)}</h2>", *([f"<p>{html.escape(_text(text, str))}</p>"] if text else []),
-                    _html_table(table)]
+                    *([_html_table(table)] if table is not None else [])]
         return out
 
     body = [f"<h1>{html.escape(title)}</h1>", f"<p>Generated from <code>{html.escape(str(csv))}</code>.</p>",

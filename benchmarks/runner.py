@@ -8,7 +8,9 @@ gets a ``failed`` row with its error and the run goes on.
 The runner writes nothing itself: :meth:`Runner.run_cell` gives its rows (the per-epoch
 rows as they come, then the final or failed row) to a *sink*, a callable taking a list of
 rows. The executors (:mod:`benchmarks.executors`) pass the results file's ``append``, or,
-in a Ray worker, a list that travels back to the driver.
+in a Ray worker, a list that travels back to the driver. A final row carries the cell's test
+predictions (the method's ``test_pred``) under :data:`benchmarks.predictions.ROW_KEY`; the
+driver's sink writes them beside ``results.csv`` (:mod:`benchmarks.predictions`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.data import DataBundle, load_dataset
 from benchmarks.features import FeatureCache
 from benchmarks.methods import REGISTRY, get_method, make_config
 from benchmarks.plugins import source as plugin_source
+from benchmarks.predictions import ROW_KEY, Predictions
 from benchmarks.protocol import RunContext
 from benchmarks.timing import Clock, peak_memory_bytes, reset_peak_memory
 
@@ -152,11 +155,14 @@ class Runner:
                              precision=cell.precision, batch_size=cell.batch_size,
                              progress=self.progress, emit=emit, feature_cache=self.feature_cache)
             out = method.run(ctx)
+            test_pred = out.pop("test_pred", None)  # kept beside results.csv, never a column
             row = {**common, "row_type": "final", "status": "ok", "finished_at": res.now(),
                    "method_config": ran, **clock.columns(), **out,
                    "peak_memory_bytes": peak_memory_bytes(device)}
             if clock.charged:
                 row["extra"] = {"cached_phases": sorted(clock.charged)}
+            if test_pred is not None:
+                row[ROW_KEY] = Predictions.of(test_pred, data.test, self.run_id)
         except (KeyboardInterrupt, DataChanged):
             raise
         except Exception as err:

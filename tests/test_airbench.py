@@ -236,13 +236,13 @@ def test_fractional_epochs_cut_the_last_one_short_and_runs_repeat():
 def test_clock_excludes_evaluation(monkeypatch):
     """Every evaluation "takes" 1,000 s on a timer the test advances: none of it reaches the training time."""
     offset = [0.0]
-    accuracy = airbench.accuracy
+    predict = airbench.predict  # what every evaluation (validation, train, test) runs
 
-    def slow_accuracy(*args, **kwargs):
+    def slow_predict(*args, **kwargs):
         offset[0] += 1000.0
-        return accuracy(*args, **kwargs)
+        return predict(*args, **kwargs)
 
-    monkeypatch.setattr(airbench, "accuracy", slow_accuracy)
+    monkeypatch.setattr(airbench, "predict", slow_predict)
     data = synthetic_bundle(n_per_class=4, image_size=16, n_classes=2)
     rows: list[dict] = []
     clock = Clock("cpu", timer=lambda: time.perf_counter() + offset[0])

@@ -113,14 +113,14 @@ def test_clock_excludes_evaluation(name, monkeypatch):
         return time.perf_counter() + offset[0]
 
     calls = []
-    evaluate = _training.evaluate
+    predict = _training.predict  # what every evaluation (train, validation, test) runs
 
-    def slow_evaluate(*args, **kwargs):
+    def slow_predict(*args, **kwargs):
         calls.append(1)
         offset[0] += slow_s
-        return evaluate(*args, **kwargs)
+        return predict(*args, **kwargs)
 
-    monkeypatch.setattr(_training, "evaluate", slow_evaluate)
+    monkeypatch.setattr(_training, "predict", slow_predict)
     _, ctx, rows, _ = run_tiny(name, epochs=1, n_per_class=4, clock=Clock("cpu", timer=timer))
     assert len(calls) >= 2  # train and test at the end (and validation in the shared loop)
     clock = ctx.clock
@@ -283,12 +283,12 @@ def test_patience_stops_when_validation_stops_improving(name):
 @pytest.mark.parametrize("name", ["small_cnn", "finetune"])
 def test_lr_grid_is_chosen_on_validation_its_cost_reported_and_test_scored_once(name, tune_epochs, monkeypatch):
     test_calls = []
-    evaluate = _training.evaluate
+    predict = _training.predict  # what every evaluation (train, validation, test) runs
 
     def counting(model, split, feed):
         if split is ctx_holder[0].data.test:
             test_calls.append(1)
-        return evaluate(model, split, feed)
+        return predict(model, split, feed)
 
     ctx_holder = []
     cls, image_size, options = TINY[name]
@@ -297,7 +297,7 @@ def test_lr_grid_is_chosen_on_validation_its_cost_reported_and_test_scored_once(
     rows: list[dict] = []
     ctx = make_ctx(data, rows)
     ctx_holder.append(ctx)
-    monkeypatch.setattr(_training, "evaluate", counting)
+    monkeypatch.setattr(_training, "predict", counting)
     out = method.run(ctx)
     assert out["lr"] == 0.05 and out["grid_val_acc"]["1e-12"] < out["grid_val_acc"]["0.05"]
     assert len(test_calls) == 1  # the chosen model only
