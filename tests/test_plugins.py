@@ -105,6 +105,7 @@ def test_the_readme_plugin_runs_as_a_file_under_ray(tiny_dir, tmp_path):
     assert row["status"] == "ok" and row["method"] == f"{path}:NearestCentroid"
     assert json.loads(row["extra"])["method_source"].startswith("sha1:")
     assert 0.0 <= float(row["test_acc"]) <= 1.0
+    assert (out / "predictions" / f"{row['cell_key']}.npz").exists()  # paired with others, image by image
 
 
 def test_a_file_plugin_has_one_key_however_its_path_is_spelled(tmp_path, monkeypatch):
