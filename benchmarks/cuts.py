@@ -149,8 +149,8 @@ def model_names() -> tuple[str, ...]:
 def check_name(name: str) -> str:
     if name not in model_names():
         close = [n for n in model_names() if n.startswith(str(name)[:3])][:6] or list(model_names())[:6]
-        raise BackboneError(f"unknown backbone {name!r}; the backbones (torchvision's classification models "
-                            f"and {', '.join(EXTERNAL)}) include "
+        raise BackboneError(f"unknown backbone {name!r}; the backbones (torchvision's classification "
+                            f"models and {', '.join(EXTERNAL)}) include "
                             f"{', '.join(close)} (list all {len(model_names())} with `gradfree backbones`).")
     return name
 

