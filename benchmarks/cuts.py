@@ -27,6 +27,10 @@ with a rule of their own:
   at any square size (position embeddings interpolated bicubically, as timm does);
 * GoogLeNet and Inception v3 keep their ``transform_input`` step in front of the cut.
 
+Backbones from outside torchvision are built-in families of their own (:data:`EXTERNAL`:
+EfficientNet-Lite0, :mod:`benchmarks.efficientnet`, behind an optional extra); their module
+builds the model, reads its cuts and loads its weights, and everything else treats them alike.
+
 Transformers give token maps; a cut may name how they become features, ``CUT:READOUT``:
 ViT ``cls`` (the class token, default), ``mean`` (mean over patch tokens) or ``map``
 (patch tokens as a (D, h, w) map, flattened like a CNN's); Swin ``map`` (default) or
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -55,6 +60,9 @@ _HEAD = {"avgpool", "classifier", "fc", "heads", "head", "dropout", "flatten", "
 # Built without weights: torchvision's own init (no FutureWarning) and no auxiliary heads.
 RANDOM_INIT_KWARGS = {"googlenet": {"init_weights": True, "aux_logits": False},
                       "inception_v3": {"init_weights": True, "aux_logits": False}}
+#: Built-in backbones from outside torchvision: name -> the module that builds them (its
+#: package is an optional extra, imported only when the backbone is used).
+EXTERNAL = {"efficientnet_lite0": "benchmarks.efficientnet"}
 # Readouts per output layout; the first is the default and is left out of the cut's name.
 READOUTS = {"nchw": ("map",), "nhwc": ("map", "mean"), "tokens": ("cls", "mean", "map")}
 READOUT_HELP = {"cls": "the class token", "mean": "the mean over (patch) tokens",
@@ -81,10 +89,18 @@ class Layout:
         return next(c for c in self.cuts if c.name == name)
 
 
+def external(name: str):
+    """The module that builds backbone ``name`` when it is not torchvision's (else None)."""
+    return importlib.import_module(EXTERNAL[name]) if name in EXTERNAL else None
+
+
 def family(name: str) -> str:
-    """torchvision's module of the model (``resnet``, ``vision_transformer``, ...)."""
+    """torchvision's module of the model (``resnet``, ``vision_transformer``, ...), or an
+    external backbone's family (``efficientnet_lite``)."""
     import torchvision.models as tvm
 
+    if name in EXTERNAL:
+        return external(name).FAMILY
     return tvm.get_model_builder(name).__module__.rsplit(".", 1)[1]
 
 
@@ -114,22 +130,27 @@ def skeleton(name: str) -> nn.Module:
     """Model ``name`` with its weights on the meta device, in eval mode (structure, shapes, sizes)."""
     import torchvision.models as tvm
 
+    if name in EXTERNAL:
+        with _empty_weights():
+            return external(name).build(name).eval()
     with _empty_weights():
         return tvm.get_model(name, weights=None, **RANDOM_INIT_KWARGS.get(name, {})).eval()
 
 
 @functools.lru_cache(maxsize=None)
 def model_names() -> tuple[str, ...]:
-    """Every torchvision classification model, by name."""
+    """Every torchvision classification model, then the external backbones, by name."""
     import torchvision.models as tvm
 
-    return tuple(tvm.list_models(module=tvm))
+    names = tuple(tvm.list_models(module=tvm))
+    return names + tuple(n for n in EXTERNAL if n not in names)
 
 
 def check_name(name: str) -> str:
     if name not in model_names():
         close = [n for n in model_names() if n.startswith(str(name)[:3])][:6] or list(model_names())[:6]
-        raise BackboneError(f"unknown backbone {name!r}; torchvision's classification models include "
+        raise BackboneError(f"unknown backbone {name!r}; the backbones (torchvision's classification "
+                            f"models and {', '.join(EXTERNAL)}) include "
                             f"{', '.join(close)} (list all {len(model_names())} with `gradfree backbones`).")
     return name
 
@@ -218,6 +239,8 @@ def _chain_cuts(units: list[tuple[str, nn.Module]], first: int = 0) -> list[Cut]
 
 def layout(name: str, model: nn.Module) -> Layout:
     """The units and cuts of ``model`` (torchvision's ``name``), real or a :func:`skeleton`."""
+    if name in EXTERNAL:
+        return external(name).layout(model)
     fam = family(name)
     if fam == "vision_transformer":
         return _vit_layout(model)

