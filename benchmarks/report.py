@@ -50,9 +50,11 @@ from benchmarks.tables import (accuracy_table, check_results_file, failed_table,
 from benchmarks.tuning import tuning_table
 from benchmarks.walltime import cell_walls, format_duration, wall_note
 
-SELECTION_NOTE = ("Hyperparameters were selected on the validation split: the ridge penalty alpha of random "
-                  "features (the best of its grid by validation accuracy, then refitted on train + validation) "
-                  "and the best epoch of the backprop methods (one-cycle WRN-22 keeps its last epoch). The test "
+SELECTION_NOTE = ("Hyperparameters were selected on the validation split: the ridge penalty alpha (or the "
+                  "logistic control's C) of random features (the best of its grid by validation accuracy, then "
+                  "refitted on train + validation, unless the configuration says refit=False: then it keeps the "
+                  "model fitted on the training images alone, as backprop does), the learning rate of a grid and "
+                  "the best epoch of the backprop methods (one-cycle WRN-22 keeps its last epoch). The test "
                   "split was scored once, for the selected model.")
 TTA_NOTE = ("For each backprop configuration: the counted training time at which each seed's validation curve "
             "first reaches the target, the mean validation accuracy of the gradient-free configuration chosen on "

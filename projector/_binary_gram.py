@@ -31,10 +31,10 @@ import weakref
 import numpy as np
 import torch
 
-from projector._linalg import _rows_per_chunk, _tiles
+from projector._linalg import _rows_per_chunk, _tiles, gram
 
 __all__ = ["GRAM_PATHS", "binary_cross", "binary_gram", "forced_gram_path", "gram_path", "is_binary",
-           "measured_gram_times"]
+           "measured_gram_times", "rows_gram"]
 
 GRAM_PATHS = ("float32", "int8", "popcount")
 ENV_VAR = "GRADFREE_GRAM_PATH"
@@ -119,13 +119,11 @@ def measured_gram_times(device) -> dict[str, float]:
     """{path: best of 3 seconds} for the Gram of a random 0/1 (512, 4096) block on ``device``,
     measured on the first call per device type (then cached for the process). A path that
     raises there, or whose counts differ from float32's, gets infinity: never chosen."""
-    from projector._linalg import gram
-
     kind = torch.device(device).type
     if kind not in _MEASURED:
         g = torch.Generator().manual_seed(0)
         block = (torch.rand(_PROBE_SHAPE, generator=g) < 0.5).to(torch.uint8).to(device)
-        runs = {"float32": lambda: gram([block], None, rows=True, path="float32"),
+        runs = {"float32": lambda: gram([block], None, rows=True),
                 "int8": lambda: _gram_int8([block])}
         if kind == "cpu":
             runs["popcount"] = lambda: _gram_popcount([block])
@@ -155,6 +153,13 @@ def measured_gram_times(device) -> dict[str, float]:
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def rows_gram(parts, path: str | None = None) -> torch.Tensor:
+    """Uncentred ``X X^T`` (N, N) float32 of the stacked ``parts``: binary rows through ``path`` (None:
+    the measured choice, :func:`gram_path`), anything else (or ``path="float32"``) by float32 BLAS."""
+    K = binary_gram(parts, path)
+    return K if K is not None else gram(parts, None, rows=True)
 
 
 def binary_gram(parts, path: str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:

@@ -191,18 +191,11 @@ def _symmetrize_(C: torch.Tensor) -> torch.Tensor:
     return C
 
 
-def gram(parts, mu, rows: bool = True, path: str | None = None) -> torch.Tensor:
-    """Gram of the stacked parts centred with mu (None: uncentred), float32:
-    ``rows=True``: ``Xc Xc^T``, (N, N); ``rows=False``: ``Xc^T Xc``, (d, d).
-    Uncentred ``X X^T`` of binary rows takes ``path`` (``projector._binary_gram``; None: the
-    measured choice): integer arithmetic, or this function's float32 ssyrk ("float32")."""
+def gram(parts, mu, rows: bool = True) -> torch.Tensor:
+    """Gram of the stacked parts centred with mu (None: uncentred), float32 BLAS (``ssyrk`` in tiles):
+    ``rows=True``: ``Xc Xc^T``, (N, N); ``rows=False``: ``Xc^T Xc``, (d, d). (Binary rows' uncentred
+    Gram in integer arithmetic where faster: ``projector._binary_gram.rows_gram``.)"""
     device = parts[0].device
-    if rows and mu is None:
-        from projector._binary_gram import binary_gram  # imports this module
-
-        K = binary_gram(parts, path)
-        if K is not None:
-            return K
     if rows:
         N = sum(X.shape[0] for X in parts)
         K = torch.zeros(N, N, dtype=torch.float32, device=device)

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from projector._base import _ClassifierBase
-from projector._binary_gram import binary_cross, gram_path
+from projector._binary_gram import binary_cross, gram_path, rows_gram
 from projector._fits import dual_fit, dual_loo
-from projector._linalg import _BLAS_MAX_ELEMENTS, _blas_threads, _rows_per_chunk, gram
+from projector._linalg import _BLAS_MAX_ELEMENTS, _blas_threads, _rows_per_chunk
 from projector._validation import _check_fitted, check_finite_fit, fitted, format_bytes
 
 __all__ = ["opu_kernel", "KernelRidgeClassifier"]
@@ -47,7 +47,7 @@ def opu_kernel(A: torch.Tensor, B: torch.Tensor | None = None) -> torch.Tensor:
     features with s2 = 1/m."""
     m = A.shape[1]
     if B is None:
-        G = gram([A], None, rows=True).to(torch.float64)
+        G = rows_gram([A]).to(torch.float64)
         ra = rb = G.diagonal().clone()
     else:
         G = _cross(A, B)
@@ -205,7 +205,7 @@ class KernelRidgeClassifier(_ClassifierBase):
             Y = torch.cat([Y, data.Yv])
         N = sum(P.shape[0] for P in parts)
         check_memory_rows(f"{type(self).__name__}.fit", N, X.device)
-        G = gram(parts, None, rows=True).to(torch.float64)  # exact for binary rows
+        G = rows_gram(parts).to(torch.float64)  # exact for binary rows
         r = G.diagonal().clone()
         K = _from_gram(G, r, r, m)
         del G

@@ -15,7 +15,6 @@ from benchmarks.perf import TARGETS
 from benchmarks.perf import command as perf_command
 from benchmarks.perf.binary_gram import cpu_flags, int8_metric
 from projector import _binary_gram as B
-from projector._linalg import gram
 from projector.kernel import KernelRidgeClassifier, _cross, opu_kernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,7 +51,7 @@ def test_each_path_gives_exact_counts_over_parts_and_tiles(path, dtype, monkeypa
     X = _binary(101, 203, dtype=dtype)
     X[3] = 1  # a full row: the largest count, m
     X[4] = 0
-    K = gram([X[:40], X[40:]], None, rows=True, path=path)
+    K = B.rows_gram([X[:40], X[40:]], path=path)
     assert K.dtype == torch.float32
     _assert_exact(K, X)
     assert K[3, 3] == 203 and K[4].abs().sum() == 0
@@ -147,7 +146,7 @@ def test_forced_path_environment_and_errors(monkeypatch):
             pass
     with B.forced_gram_path("int8"):
         with pytest.raises(ValueError, match="not binary"):
-            gram([X * 2], None, rows=True)
+            B.rows_gram([X * 2])
         with pytest.raises(ValueError, match="not binary"):
             B.gram_path([X.float()])
 
@@ -162,7 +161,7 @@ def test_rows_that_are_not_binary_take_float32_and_stay_exact():
     for other in (X.float(), X * 3, X.to(torch.int8) - 1):
         assert not B.is_binary(other) and B.gram_path([other]) == "float32"
     Xs = X.to(torch.int16) * 3  # counts of a non-binary integer matrix: the float32 path, exact
-    torch.testing.assert_close(gram([Xs], None, rows=True).double(), _ref_rows(Xs, 0, 30), rtol=0, atol=0)
+    torch.testing.assert_close(B.rows_gram([Xs]).double(), _ref_rows(Xs, 0, 30), rtol=0, atol=0)
 
 
 def test_choice_is_measured_once_and_an_integer_path_must_beat_float32(monkeypatch):

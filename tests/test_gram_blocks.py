@@ -59,7 +59,7 @@ def test_gram_in_tiles_is_exact_on_binary_rows(monkeypatch, limit, rows):
     monkeypatch.setattr(L, "_BLAS_MAX_ELEMENTS", limit)
     g = torch.Generator().manual_seed(1)
     X = (torch.rand(41, 19, generator=g) > 0.5).to(torch.uint8)
-    K = L.gram([X[:25], X[25:]], None, rows=rows, path="float32")  # the BLAS path (integer ones: test_binary_gram)
+    K = L.gram([X[:25], X[25:]], None, rows=rows)  # the BLAS path (integer ones: test_binary_gram)
     Xd = X.double()
     torch.testing.assert_close(K.double(), Xd @ Xd.T if rows else Xd.T @ Xd, rtol=0, atol=0)
 
@@ -171,7 +171,7 @@ def test_gram_past_2_31_elements():
     Xf = X.to(torch.float32)
     check = torch.tensor([0, 1, 46_339, 46_340, 46_341, N_PAST - 1])
 
-    K = L.gram([X], None, rows=True, path="float32")  # the BLAS path, not an integer one
+    K = L.gram([X], None, rows=True)  # the BLAS path, not an integer one
     assert K.shape == (N_PAST, N_PAST)
     exact = Xf[check] @ Xf.T  # (6, N), integer counts: exact in float32
     torch.testing.assert_close(K[check], exact, rtol=0, atol=0)
