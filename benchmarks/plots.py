@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.comparison import data_groups, in_group, pareto_front, targets
-from benchmarks.tables import COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, side, split_sides
+from benchmarks.tables import BACKPROP, COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, side, split_sides
 
 
 @dataclass
@@ -67,12 +67,38 @@ def _series(df: pd.DataFrame) -> pd.Series:
     return parts + np.where(multi_precision & (df["precision"] != ""), " " + df["precision"], "")
 
 
+def _plain_decades(axis) -> None:
+    """Label a log axis at its decades only, as plain numbers (0.1, 10, 1000): matplotlib's default
+    labels are formulas, and formulas are off here (a "$" in a folder or class name is text)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _log_x(ax) -> None:
     """A log x axis labelled at its decades only (minor labels overlap on short ranges)."""
-    from matplotlib.ticker import NullFormatter
-
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_decades(ax.xaxis)
+
+
+def _side_palette(series: pd.Series, methods: pd.Series, sns) -> dict[str, tuple]:
+    """A colour per series, the two sides in two hue families (gradient-free blue-green, backprop
+    orange-red, a method this gradfree cannot place grey), so that a glance tells them apart."""
+    names = list(dict.fromkeys(series))
+    sides = {name: side(m) for name, m in zip(series, methods)}
+    families = {GRADIENT_FREE: "crest", BACKPROP: "flare"}
+    palette = {}
+    for which, cmap in [*families.items(), ("other", "Greys")]:
+        members = [n for n in names if (sides[n] if sides[n] in families else "other") == which]
+        colours = sns.color_palette(cmap, max(len(members), 1) + (1 if which == "other" else 0))
+        palette.update({n: colours[i + (1 if which == "other" else 0)] for i, n in enumerate(members)})
+    return palette
+
+
+def _legend_outside(ax, **kwargs) -> None:
+    """The legend beside the axes, never over the data."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
 
 
 def _png(fig) -> bytes:
@@ -97,7 +123,8 @@ def versus_size(finals: pd.DataFrame, y: str, name: str, title: str, ylabel: str
     agg = agg.sort_values(["series", "cut_index"])
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     sns.lineplot(data=agg, x=agg["model_bytes"] / 1e6, y=y, hue="series", style="method", markers=True,
-                 dashes=False, sort=False, estimator=None, ax=ax, markersize=8)
+                 dashes=False, sort=False, estimator=None, ax=ax, markersize=8,
+                 palette=_side_palette(agg["series"], agg["method"], sns))
     ax.errorbar(agg["model_bytes"] / 1e6, agg[y], yerr=agg[f"{y}_std"].fillna(0), fmt="none", ecolor="0.4",
                 elinewidth=1, capsize=3)
     n_cuts = agg["cut"].replace("", np.nan).nunique()
@@ -110,8 +137,9 @@ def versus_size(finals: pd.DataFrame, y: str, name: str, title: str, ylabel: str
     ax.set_ylabel(ylabel)
     if y == "train_total_s":
         ax.set_yscale("log")
+        _plain_decades(ax.yaxis)
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     fig_info.png = _png(fig)
     fig_info.caption = (f"{ylabel} against the size of the model kept, mean ± std over seeds; "
                         + ("each line joins the cut layers of one configuration." if n_cuts > 1
@@ -154,6 +182,7 @@ def versus_cut(finals: pd.DataFrame, name: str = "by_cut", where: str = "") -> F
                         marker="o", markersize=5, capsize=3, label=series)
         if col == "train_total_s":
             ax.set_yscale("log")
+            _plain_decades(ax.yaxis)
         ax.set_ylabel(label)
     bottom = axes[-1, 0]
     bottom.set_xticks(range(len(order)))
@@ -194,8 +223,11 @@ def pareto(finals: pd.DataFrame, x: str = "train_total_s", name: str = "pareto_a
     agg["series"] = _series(agg)
     agg["side"] = [side(m) for m in agg["method"]]
     front = pareto_front(agg, x)
+    cuts = agg["cut"].replace("", np.nan).dropna().nunique()
+    agg["cut layer"] = [_short_cut(c) if c else "(none)" for c in agg["cut"]]
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    sns.scatterplot(data=agg, x=x, y="test_acc", hue="series", style="side", s=80, ax=ax)
+    sns.scatterplot(data=agg, x=x, y="test_acc", hue="series", style="cut layer" if cuts > 1 else None, s=80,
+                    ax=ax, palette=_side_palette(agg["series"], agg["method"], sns))
     ax.errorbar(agg[x], agg["test_acc"], xerr=agg[f"{x}_std"].fillna(0), yerr=agg["test_acc_std"].fillna(0),
                 fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
     ax.step(front[x], front["test_acc"], where="post", color="black", lw=1.2, ls="--", label="Pareto front")
@@ -204,9 +236,10 @@ def pareto(finals: pd.DataFrame, x: str = "train_total_s", name: str = "pareto_a
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(fig_info.title)
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     fig_info.png = _png(fig)
-    fig_info.caption = ("Each point is a configuration (mean ± std over seeds; marker: backprop or gradient-free); "
+    fig_info.caption = ("Each point is a configuration (mean ± std over seeds; colour: blue-green gradient-free, "
+                        "orange-red backprop" + ("; marker: the cut layer" if cuts > 1 else "") + "); "
                         f"the dashed line and circled points are the Pareto front: {len(front)} configuration(s) "
                         f"that no {better} one matches in accuracy.")
     return fig_info
@@ -259,14 +292,19 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
     plt, sns = _plt()
     curves = curves.copy()
     curves["series"] = _series(curves)
+    # One line per run of a cell (one cut, one seed): epochs of different cuts or seeds are never joined.
+    curves["curve"] = curves["cell_key"].astype(str) + "/" + curves["run_id"].astype(str)
+    both = pd.concat([curves[["series", "method"]], gf.assign(series=_series(gf))[["series", "method"]]
+                      if not gf.empty else curves[["series", "method"]].iloc[:0]])
+    palette = _side_palette(both["series"], both["method"], sns)
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    sns.lineplot(data=curves, x="train_time_s", y="val_acc", hue="series", units="seed", estimator=None,
-                 marker="o", ax=ax, sort=True)
+    sns.lineplot(data=curves, x="train_time_s", y="val_acc", hue="series", units="curve", estimator=None,
+                 marker="o", ax=ax, sort=True, palette={k: palette[k] for k in curves["series"].unique()})
     if not gf.empty:
         gf = gf.copy()
         gf["series"] = _series(gf)
         sns.scatterplot(data=gf, x="train_total_s", y="val_acc", hue="series", marker="*", s=220, ax=ax,
-                        palette="dark", legend=True)
+                        palette={k: palette[k] for k in gf["series"].unique()}, legend=True)
     n_censored = 0
     for group, target, by in targets(finals):
         ax.axhline(target, color="0.3", ls=":", lw=1)
@@ -283,7 +321,7 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
     ax.set_xlabel("cumulative training time (s, log scale)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(fig_info.title)
-    ax.legend(fontsize=7, loc="best")
+    _legend_outside(ax)
     fig_info.png = _png(fig)
     fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
                         "Stars: random features, at their whole training time, with their validation accuracy "
