@@ -17,6 +17,8 @@ backprop baseline follows the same way:
 4. a training whose mean loss or weights stop being finite (NaN or infinite)
    after an epoch has diverged: it stops there and raises :class:`TrainingDiverged`
    (the runner records the cell as failed with that reason, never ``ok``).
+5. with a checkpoint (``ctx.checkpoint``), every epoch is saved, and a training stopped
+   mid-way resumes after its last saved epoch with the same curve (:mod:`benchmarks.checkpoint`).
 
 :func:`tune` chooses a hyperparameter (the learning rate) on validation from a
 small grid, one training per value, and reports the grid's cost as ``tune_s``;
@@ -44,6 +46,7 @@ import torch
 from torch import nn
 
 from baselines._divergence import GridDiverged, TrainingDiverged, non_finite
+from benchmarks import checkpoint as ckpt
 from benchmarks.data import ImageSplit, to_float
 from benchmarks.timing import Clock
 
@@ -322,7 +325,8 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
     (``epochs`` is then the budget, ``epochs_run`` what was used). ``score_test=False`` leaves the
     test split alone (a candidate of :func:`tune`, scored only if it is chosen). On return the
     model holds its best epoch's weights. A non-finite loss or weight after an epoch stops the
-    training there: :class:`TrainingDiverged` (that epoch emits no row).
+    training there: :class:`TrainingDiverged` (that epoch emits no row). With ``ctx.checkpoint``, each
+    epoch is saved and the training resumes after the last saved one (:mod:`benchmarks.checkpoint`).
     """
     from tqdm.auto import tqdm
 
@@ -334,8 +338,19 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
 
     steps = n_train_batches(len(ctx.data.train), feed.batch_size)
     bar = tqdm(total=epochs * steps, desc=desc, unit="batch", disable=not ctx.progress, leave=False)
-    best_acc, best_epoch, best_state, epoch = -1.0, 0, None, 0
-    for epoch in range(1, epochs + 1):
+    best_acc, best_epoch, best_state, epoch, rows, stopped = -1.0, 0, None, 0, [], False
+    # After the warm-up (which draws nothing the training keeps): the model, optimiser, clock and random
+    # states as they were after the last saved epoch, and that epoch's rows emitted again.
+    modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    saved = ckpt.resume_training(ctx.checkpoint, clock, generator, modules, epochs=epochs, patience=patience)
+    if saved is not None:
+        best_acc, best_epoch, best_state = saved["best_acc"], saved["best_epoch"], saved["best_state"]
+        epoch, rows, stopped = saved["epoch"], saved["rows"], saved["stopped"]
+        for row in rows:
+            ctx.emit(row)
+        bar.update(epoch * steps)
+    last = epoch if stopped else epochs
+    for epoch in range(epoch + 1, last + 1):
         with clock.phase("train_s"):
             train_loss = train_epoch(model, ctx.data.train, optimizer, loss_fn, feed, generator,
                                      scheduler, scaler, bar)
@@ -348,9 +363,15 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
             if val_acc > best_acc:
                 best_acc, best_epoch, best_state = val_acc, epoch, _state_copy(model)
         bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best=best_epoch)
-        ctx.emit({"row_type": "epoch", "epoch": epoch, "train_time_s": clock.counted_s,
-                  "train_loss": train_loss, "val_acc": val_acc})
-        if patience is not None and epoch - best_epoch >= patience:
+        rows.append({"row_type": "epoch", "epoch": epoch, "train_time_s": clock.counted_s,
+                     "train_loss": train_loss, "val_acc": val_acc})
+        ctx.emit(rows[-1])
+        stopped = patience is not None and epoch - best_epoch >= patience
+        if ctx.checkpoint is not None:
+            ckpt.save_training(ctx.checkpoint, clock, generator, modules, epoch=epoch, epochs=epochs,
+                               patience=patience, best_acc=best_acc, best_epoch=best_epoch, best_state=best_state,
+                               rows=rows, stopped=stopped)
+        if stopped:
             break
     bar.close()
 
@@ -438,15 +459,19 @@ def tune(ctx, grid, train_one: Callable, retrain: Callable | None = None) -> dic
     short budget), every grid run is tuning and the chosen value is trained again in full: that run
     is the cell's training time and curve.
 
+    Each grid run checkpoints as a stage of its own (``grid0``, ``grid1``...; the full retraining as
+    ``main``): a resumed cell replays the runs already done from their files and goes on.
+
     A value whose training diverged (:class:`TrainingDiverged`) is excluded from the choice, its
     cost kept in ``tune_s`` and its epoch and reason in ``grid_diverged`` (value -> reason); if
     every value diverged, :class:`GridDiverged`.
     """
     keep = retrain is None  # the chosen grid run is the cell's model
     best, tune_s, scores, diverged = None, 0.0, {}, {}
-    for value in grid:
+    for i, value in enumerate(grid):
         rows: list[dict] = []
-        sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=rows.append if keep else lambda row: None)
+        sub = dataclasses.replace(ctx, clock=Clock(ctx.device), emit=rows.append if keep else lambda row: None,
+                                  checkpoint=ctx.checkpoint.stage(f"grid{i}") if ctx.checkpoint else None)
         try:
             model, out, feed = train_one(sub, value)
         except TrainingDiverged as err:

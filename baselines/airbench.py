@@ -41,6 +41,9 @@ and the average end at the last step) is scored with TTA on validation and test 
 once), and without TTA on the training split (a diagnostic, 6x cheaper). A loss or weight
 that stops being finite ends the training after that epoch (``TrainingDiverged``: the cell
 fails).
+With ``ctx.checkpoint``, each epoch is saved (model, optimizer, schedule, Lookahead average,
+step, random states, clock) and a stopped cell resumes after its last saved epoch
+(:mod:`benchmarks.checkpoint`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from baselines import _training
 from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
 from baselines.airbench_net import AirbenchNet, whitening_filters
+from benchmarks import checkpoint as ckpt
 
 _EVAL_BATCH = 2000  # images per inference batch (airbench's)
 
@@ -107,6 +111,13 @@ class Lookahead:
                 avg = self.average[key]
                 avg.lerp_(value, 1 - decay)
                 value.copy_(avg)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            self.average[key].copy_(value)
 
 
 def lookahead_decay(step: int, total_steps: int) -> float:
@@ -311,8 +322,16 @@ class Airbench(FromScratch):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, desc=self.name, unit="batch", disable=not ctx.progress, leave=False)
-        step, val_acc = 0, 0.0
-        for epoch in range(n_epochs):
+        step, val_acc, rows, done = 0, 0.0, [], 0
+        # A resumed cell redoes the set-up above (deterministic), then takes the state of its last saved epoch.
+        modules = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "lookahead": lookahead}
+        saved = ckpt.resume_training(ctx.checkpoint, clock, generator, modules, epochs=n_epochs, steps=total_steps)
+        if saved is not None:
+            done, step, val_acc, rows = saved["epoch"], saved["step"], saved["val_acc"], saved["rows"]
+            for row in rows:
+                ctx.emit(row)
+            bar.update(step)
+        for epoch in range(done, n_epochs):
             model.whiten.bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
             flips = epoch_flips(base_flips, epoch, cfg, generator)
             with clock.phase("train_s"):
@@ -345,8 +364,12 @@ class Airbench(FromScratch):
             with clock.phase("eval_s", counted=False):
                 val_acc = accuracy(model, data.val, feed, dtype, tta_level=0)
             bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
-            ctx.emit({"row_type": "epoch", "epoch": epoch + 1, "train_time_s": clock.counted_s,
-                      "train_loss": train_loss, "val_acc": val_acc})
+            rows.append({"row_type": "epoch", "epoch": epoch + 1, "train_time_s": clock.counted_s,
+                         "train_loss": train_loss, "val_acc": val_acc})
+            ctx.emit(rows[-1])
+            if ctx.checkpoint is not None:
+                ckpt.save_training(ctx.checkpoint, clock, generator, modules, epoch=epoch + 1, epochs=n_epochs,
+                                   steps=total_steps, step=step, val_acc=val_acc, rows=rows)
         bar.close()
         self.model_ = model
 

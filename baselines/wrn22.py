@@ -15,6 +15,9 @@ fastai is imported only when a run starts (``pip install 'gradfree[fastai]'``).
 A fastai callback ties its loop to the runner's clock: the training batches of
 each epoch run in a counted ``train_s`` phase, fastai's validation (on our
 validation split) in ``eval_s`` (not counted), and each epoch emits a row.
+With ``ctx.checkpoint`` the callback saves each epoch (model, fastai's optimiser, its loader's
+shuffling state, random states, clock) and a stopped cell resumes with ``fit_one_cycle(...,
+start_epoch=)`` after its last saved epoch (:mod:`benchmarks.checkpoint`).
 fastai's progress bars and printed logs are switched off; ours is a tqdm bar.
 
 One-cycle is not early-stopped: the schedule only ends at its last epoch, so
@@ -34,6 +37,7 @@ from torch import nn
 from baselines import _training
 from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
+from benchmarks import checkpoint as ckpt
 
 FASTAI_VERSION = "2.8.12"
 
@@ -142,6 +146,28 @@ def _split_loader(DataLoader, split, batch_size: int, shuffle: bool, device):
     )
 
 
+class _Stateful:
+    """``state_dict()`` / ``load_state_dict()`` made of two functions, for what has none of its own."""
+
+    def __init__(self, get, put):
+        self.state_dict, self.load_state_dict = get, put
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") and not isinstance(value, torch.Tensor) else value
+
+
+def _opt_state(opt) -> dict:
+    sd = opt.state_dict()  # hypers: an L of dicts holding NumPy numbers; weights_only files take plain ones
+    return {"state": list(sd["state"]), "hypers": [{k: _plain(v) for k, v in h.items()} for h in sd["hypers"]]}
+
+
+def _opt_load(sd: dict) -> dict:
+    from fastcore.foundation import L
+
+    return {"state": sd["state"], "hypers": L(sd["hypers"])}
+
+
 def _runner_callback(Callback):
     """The class of the fastai callback that puts fastai's loop on the runner's clock."""
 
@@ -150,10 +176,39 @@ def _runner_callback(Callback):
 
         order = 5  # after TrainEvalCallback (-10), before MixedPrecision (10) and Recorder (50)
 
-        def __init__(self, ctx, feed: _training.Feed, generator: torch.Generator, bar):
+        def __init__(self, ctx, feed: _training.Feed, generator: torch.Generator, bar, saved: dict | None = None):
             self.ctx, self.feed, self.generator, self.bar = ctx, feed, generator, bar
             self._phase = None
             self.val_accs: list[float] = []
+            self.rows: list[dict] = []
+            self.saved = saved  # the checkpoint resumed from (fit_one_cycle's start_epoch skips its epochs)
+            self.start_epoch = saved["epoch"] if saved is not None else 0
+
+        def _modules(self) -> dict:
+            # What fastai keeps outside state dicts: its optimiser's hypers (an L), its loader's Random,
+            # the GradScaler its MixedPrecision callback makes in before_fit (after this callback).
+            learn, rng = self.learn, self.learn.dls.train.rng
+            return {"model": learn.model, "optimizer": _Stateful(lambda: _opt_state(learn.opt),
+                                                                 lambda sd: learn.opt.load_state_dict(_opt_load(sd))),
+                    "loader_rng": _Stateful(lambda: {"state": rng.getstate()},
+                                            lambda sd: rng.setstate(ckpt.python_random_state(sd["state"])))}
+
+        def before_fit(self):
+            if self.saved is not None:  # before any epoch: model, optimiser, loader order, clock, random states
+                ckpt.restore_training(self.saved, self.ctx.clock, self.generator, self._modules())
+                self.rows = self.saved["rows"]
+                for row in self.rows:
+                    self.ctx.emit(row)
+                self.val_accs = [row["val_acc"] for row in self.rows]
+                self.bar.update(self.start_epoch * len(self.learn.dls.train))
+
+        def _save(self) -> None:
+            modules = self._modules()
+            scaler = getattr(self.learn, "scaler", None)
+            if scaler is not None:
+                modules["scaler"] = scaler
+            ckpt.save_training(self.ctx.checkpoint, self.ctx.clock, self.generator, modules,
+                               epoch=self.learn.epoch + 1, epochs=self.learn.n_epoch, rows=self.rows)
 
         def _open(self, name: str, counted: bool) -> None:
             self.close_phase()
@@ -166,6 +221,8 @@ def _runner_callback(Callback):
                 phase.__exit__(None, None, None)
 
         def before_train(self):
+            if self.saved is not None and "scaler" in self.saved["modules"]:
+                self.learn.scaler.load_state_dict(self.saved["modules"].pop("scaler"))
             self._open("train_s", counted=True)
             self._loss_sum = torch.zeros((), device=self.feed.device)
             self._n_train = 0
@@ -196,6 +253,8 @@ def _runner_callback(Callback):
                 self._n_val += len(y)
 
         def after_epoch(self):
+            if self.learn.epoch < self.start_epoch:  # an epoch skipped on resuming (fastai calls after_epoch still)
+                return
             train_loss = float(self._loss_sum) / max(self._n_train, 1)
             diverged = non_finite(train_loss, self.learn.model)
             if diverged is not None:  # out of fastai's loop: the rest of the cycle would only train NaNs
@@ -203,9 +262,11 @@ def _runner_callback(Callback):
             val_acc = int(self._correct) / max(self._n_val, 1)
             self.val_accs.append(val_acc)
             self.bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}")
-            self.ctx.emit({"row_type": "epoch", "epoch": self.learn.epoch + 1,
-                           "train_time_s": self.ctx.clock.counted_s,
-                           "train_loss": train_loss, "val_acc": val_acc})
+            self.rows.append({"row_type": "epoch", "epoch": self.learn.epoch + 1,
+                              "train_time_s": self.ctx.clock.counted_s, "train_loss": train_loss, "val_acc": val_acc})
+            self.ctx.emit(self.rows[-1])
+            if self.ctx.checkpoint is not None:
+                self._save()
 
     return RunnerClock
 
@@ -277,7 +338,8 @@ class WRN22OneCycle(FromScratch):
                           device=device)
         bar = tqdm(total=cfg.epochs * len(dls.train), desc=self.name, unit="batch",
                    disable=not ctx.progress, leave=False)
-        clock_cb = _runner_callback(Callback)(ctx, feed, torch.Generator().manual_seed(ctx.seed), bar)
+        saved = ctx.checkpoint.load(epochs=cfg.epochs) if ctx.checkpoint is not None else None
+        clock_cb = _runner_callback(Callback)(ctx, feed, torch.Generator().manual_seed(ctx.seed), bar, saved)
         learn = Learner(dls, model, loss_func=loss_fn, cbs=[clock_cb])  # opt_func: fastai's Adam (AdamW)
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *args, **kwargs: None  # Recorder prints each epoch otherwise
@@ -285,7 +347,7 @@ class WRN22OneCycle(FromScratch):
             learn.to_fp16()  # autocast + GradScaler, as amp_dtype says (fp16)
         try:
             learn.fit_one_cycle(cfg.epochs, cfg.lr_max, wd=cfg.weight_decay, pct_start=cfg.pct_start,
-                                div=cfg.div)
+                                div=cfg.div, start_epoch=clock_cb.start_epoch)
         except TrainingDiverged as err:  # fastai rewrote its message: say it again, with lr_max
             raise err.at_lr(cfg.lr_max) from None
         finally:

@@ -20,6 +20,10 @@ runner as usual and are not retried. Extracted features are shared through the
 ``--cache-dir`` folder (and each worker's memory), which all workers must see
 for a multi-machine cluster to reuse them.
 
+Trainers checkpoint each epoch in ``OUT/checkpoints/<cell_key>/`` and a cell stopped mid-way
+resumes from its last epoch (:mod:`benchmarks.checkpoint`). A Ray worker checkpoints only where it
+sees that folder (this machine's workers, or a shared file system); elsewhere its cells restart.
+
 Ray is imported here only, and only when the Ray executor is built.
 """
 
@@ -29,6 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
+from benchmarks import checkpoint as ckpt
 from benchmarks import results as res
 from benchmarks.metadata import write_metadata
 from benchmarks.cells import Cell, describe, validate
@@ -94,9 +99,10 @@ _WORKER_RUNNERS: dict[str | None, Runner] = {}
 
 
 def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None,
-                       fingerprints: dict[tuple, str] | None = None) -> list[dict]:
+                       fingerprints: dict[tuple, str] | None = None, checkpoint_dir: str | None = None) -> list[dict]:
     """Run one cell in this (worker) process; return its rows for the driver to write.
-    ``fingerprints``: the driver's :attr:`Runner.fingerprints` (the data the folder's rows saw)."""
+    ``fingerprints``: the driver's :attr:`Runner.fingerprints` (the data the folder's rows saw);
+    ``checkpoint_dir``: the driver's, used only if this worker sees it (:func:`benchmarks.checkpoint.reachable`)."""
     from benchmarks.features import FeatureCache
 
     runner = _WORKER_RUNNERS.get(cache_dir)
@@ -105,6 +111,8 @@ def run_cell_in_worker(cell: Cell, run_id: str, cache_dir: str | None,
         _WORKER_RUNNERS[cache_dir] = runner
     runner.run_id = run_id
     runner.fingerprints = dict(fingerprints or {})
+    folder = Path(checkpoint_dir) if checkpoint_dir else None
+    runner.checkpoint_dir = folder if folder is not None and ckpt.reachable(folder, run_id) else None
     rows: list[dict] = []
     runner.run_cell(cell, rows.extend)
     # the predictions travel back beside the normalised row, for the driver to write
@@ -158,12 +166,14 @@ class RayExecutor:
             print(f"{len(cells) - len(todo)} cell(s) done before, skipped")
         cache = runner.feature_cache
         cache_dir = str(cache.folder.resolve()) if cache is not None and cache.folder is not None else None
+        checkpoints = str(runner.checkpoint_dir.resolve()) if runner.checkpoint_dir is not None else None
         task = ray.remote(run_cell_in_worker)
         pending = {}
         for cell in todo:
             opts = {"num_cpus": cell.threads or self.num_cpus, "num_gpus": self._gpus_for(ray, cell),
                     "max_retries": self.max_retries, "retry_exceptions": False}
-            pending[task.options(**opts).remote(cell, runner.run_id, cache_dir, runner.fingerprints)] = cell
+            pending[task.options(**opts).remote(cell, runner.run_id, cache_dir, runner.fingerprints,
+                                                  checkpoints)] = cell
         progress = _Progress(len(todo))
         finals = []
         try:
@@ -238,7 +248,9 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
     """Validate every cell, check that the data of every cell not done yet is there, claim
     ``out_dir``'s results file, write the run's metadata, run the cells not done yet; return their
     final rows. The one entry point of the CLI and of suites.
-    ``set_aside_others``: first move the rows of cells not in ``cells`` to ``results.superseded.csv``."""
+    ``set_aside_others``: first move the rows of cells not in ``cells`` to ``results.superseded.csv``.
+    Unless ``runner.checkpoint_dir`` is set, the trainers checkpoint in ``out_dir/checkpoints/``
+    (:mod:`benchmarks.checkpoint`); what finished cells left there is deleted."""
     import dataclasses
 
     runner = runner or Runner()
@@ -252,7 +264,16 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
         for notice in results.notices:
             print(f"note: {notice}")
         runner.fingerprints = folder_fingerprints(res.read_rows(results.path))
+        own = runner.checkpoint_dir is None  # this folder's, for this call only
+        if own:
+            runner.checkpoint_dir = Path(out_dir) / ckpt.FOLDER
+        ckpt.claim(runner.checkpoint_dir, runner.run_id, done=results.finished_keys())
         write_metadata(out_dir, runner.run_id, {
             **(metadata or {}), "executor": executor.name,
             "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})
-        return executor.run(runner, cells, KeepPredictions(results, out_dir))
+        try:
+            return executor.run(runner, cells, KeepPredictions(results, out_dir))
+        finally:
+            ckpt.release(runner.checkpoint_dir)
+            if own:
+                runner.checkpoint_dir = None

@@ -24,6 +24,9 @@ The runner owns the clock: a method wraps its work in ``with ctx.clock.phase("fi
 and evaluation in ``with ctx.clock.phase("eval_s", counted=False):``; it never reads the
 time itself, except ``ctx.clock.counted_s`` for cumulative training seconds.
 
+A method that trains for epochs saves each one to ``ctx.checkpoint`` when it is given one, and
+resumes from it (:mod:`benchmarks.checkpoint`).
+
 This module imports no method: the registry (:mod:`benchmarks.methods`) does.
 """
 
@@ -59,6 +62,8 @@ class RunContext:
     emit: Callable[[dict], None] = field(default=lambda row: None)
     # Optional feature cache shared between cells (benchmarks.features.FeatureCache).
     feature_cache: Any = None
+    # Where a trainer saves each epoch and resumes from (benchmarks.checkpoint.CellCheckpoint); None: no checkpoints.
+    checkpoint: Any = None
 
 
 @dataclass(frozen=True)

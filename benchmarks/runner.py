@@ -20,12 +20,14 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from benchmarks import results as res
 from benchmarks.metadata import cpu_flags, device_name
 from benchmarks.backbones import resolve_cut, resolve_weights
+from benchmarks.checkpoint import CellCheckpoint, config_hash
 from benchmarks.cells import Cell, describe, resolve_device
 from benchmarks.data import DataBundle, load_dataset
 from benchmarks.features import FeatureCache
@@ -89,6 +91,9 @@ class Runner:
     #: ``{data group: data_fingerprint}`` of the rows already in the results folder (:func:`folder_fingerprints`):
     #: a cell whose data differ stops the run with :class:`DataChanged` before its method runs.
     fingerprints: dict[tuple, str] = field(default_factory=dict)
+    #: ``OUT/checkpoints``: each cell's trainer checkpoints its epochs in ``<cell_key>/`` and resumes from them
+    #: (:mod:`benchmarks.checkpoint`); the folder is deleted when the cell finishes. None: no checkpoints.
+    checkpoint_dir: Path | None = None
     _data: tuple | None = None
 
     def load_data(self, cell: Cell) -> DataBundle:
@@ -116,6 +121,7 @@ class Runner:
     def run_cell(self, cell: Cell, sink: Sink) -> dict:
         """Run ``cell``; every row goes to ``sink``; return its final (or failed) row."""
         common = common_columns(self.run_id, cell)
+        checkpoint = None
         try:
             device = resolve_device(cell.device)
             if device.type == "cuda":
@@ -150,10 +156,14 @@ class Runner:
             def emit(row: dict) -> None:
                 sink([{**common, "status": "ok", "finished_at": res.now(), "method_config": ran, **row}])
 
+            if self.checkpoint_dir is not None:
+                checkpoint = CellCheckpoint(self.checkpoint_dir / cell.key(), cell.key(), config_hash(
+                    config=ran, data=common["data_fingerprint"], device=str(device), torch=torch.__version__))
             ctx = RunContext(data=data, clock=clock, device=device, seed=cell.seed,
                              backbone=cell.backbone, cut=common["cut"] or None, weights=cell.weights,
                              precision=cell.precision, batch_size=cell.batch_size,
-                             progress=self.progress, emit=emit, feature_cache=self.feature_cache)
+                             progress=self.progress, emit=emit, feature_cache=self.feature_cache,
+                             checkpoint=checkpoint)
             out = method.run(ctx)
             test_pred = out.pop("test_pred", None)  # kept beside results.csv, never a column
             row = {**common, "row_type": "final", "status": "ok", "finished_at": res.now(),
@@ -163,6 +173,8 @@ class Runner:
                 row["extra"] = {"cached_phases": sorted(clock.charged)}
             if test_pred is not None:
                 row[ROW_KEY] = Predictions.of(test_pred, data.test, self.run_id)
+            if checkpoint is not None and checkpoint.resumed:  # "stage@epoch" of each training resumed
+                row["extra"] = {**(row.get("extra") or {}), "resumed_from": checkpoint.resumed}
         except (KeyboardInterrupt, DataChanged):
             raise
         except Exception as err:
@@ -174,6 +186,8 @@ class Runner:
             if self.progress:
                 print(f"  FAILED: {row['error']}")
         sink([row])
+        if checkpoint is not None:  # finished, ok or failed (an interrupted cell keeps its checkpoint)
+            checkpoint.clear()
         return row
 
 

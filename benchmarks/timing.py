@@ -139,6 +139,23 @@ class Clock:
         self.uncounted |= other.uncounted
         self.charged |= other.charged
 
+    def state(self) -> dict:
+        """Every phase's seconds so far, for a checkpoint (:mod:`benchmarks.checkpoint`); taken between phases."""
+        if self._stack:
+            raise RuntimeError("a clock's state is taken between phases, not inside one")
+        return {"totals": dict(self.totals), "uncounted": sorted(self.uncounted), "counted_s": self.counted_s,
+                "charged": sorted(self.charged)}
+
+    def restore(self, state: dict) -> None:
+        """Set the clock back to a :meth:`state`: what a resumed training had counted when it was saved. What
+        this clock measured since (the resumed process's set-up, a cut-short epoch) is replaced, so the time
+        of the work before the checkpoint is counted once, as it was measured then."""
+        if self._stack:
+            raise RuntimeError("a clock is restored between phases, not inside one")
+        self.totals = defaultdict(float, state["totals"])
+        self.uncounted, self.charged = set(state["uncounted"]), set(state["charged"])
+        self.counted_s = float(state["counted_s"])
+
     def elapsed(self, name: str) -> float:
         return self.totals.get(name, 0.0)
 

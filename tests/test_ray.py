@@ -75,7 +75,7 @@ def test_a_dying_worker_is_retried_then_recorded_as_failed(tmp_path, cifar10_dir
     marker = tmp_path / "crashed-once"
 
     # Defined here so that Ray ships it by value: the worker process dies on the first try of seed 0.
-    def flaky(cell, run_id, cache_dir, fingerprints=None, _marker=str(marker)):
+    def flaky(cell, run_id, cache_dir, fingerprints=None, checkpoint_dir=None, _marker=str(marker)):
         import os
         import pathlib
 
@@ -84,9 +84,9 @@ def test_a_dying_worker_is_retried_then_recorded_as_failed(tmp_path, cifar10_dir
         if cell.seed == 0 and not pathlib.Path(_marker).exists():
             pathlib.Path(_marker).touch()
             os._exit(1)
-        return run_cell_in_worker(cell, run_id, cache_dir, fingerprints)
+        return run_cell_in_worker(cell, run_id, cache_dir, fingerprints, checkpoint_dir)
 
-    def always_dies(cell, run_id, cache_dir, fingerprints=None):
+    def always_dies(cell, run_id, cache_dir, fingerprints=None, checkpoint_dir=None):
         import os
 
         os._exit(1)
