@@ -230,6 +230,7 @@ def test_fractional_epochs_cut_the_last_one_short_and_runs_repeat():
     assert out["train_steps"] == 6 and out["best_epoch"] == 2 and len(rows_a) == 2
     rows_b: list[dict] = []
     _, _, out_b = run_small(data, rows_b, epochs=1.5, batch_size=4)
+    assert out.pop("test_pred").equal(out_b.pop("test_pred"))  # (a tensor: compared on its own)
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b] and out == out_b
 
 

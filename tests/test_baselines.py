@@ -97,6 +97,7 @@ def test_same_seed_same_run():
     _, _, rows_a, out_a = run_tiny("small_cnn", epochs=2, augment=True)
     _, _, rows_b, out_b = run_tiny("small_cnn", epochs=2, augment=True)
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
+    assert out_a.pop("test_pred").equal(out_b.pop("test_pred"))  # (a tensor: compared on its own)
     assert out_a == out_b
 
 
