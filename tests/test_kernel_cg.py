@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from projector._linalg import gram
-from projector.kernel import KernelRidgeClassifier, _centre_with_train, _kernel32_, opu_kernel
+from projector.kernel import KernelRidgeClassifier, _centre_with_train, opu_kernel
 
 N_CLASSES = 10
 
@@ -67,6 +67,8 @@ def test_cg_chooses_the_direct_alpha_and_agrees_on_test_predictions(problem, ref
 
 @pytest.mark.parametrize("relative_alpha", [1e-6, 1e-2], ids=["smallest-alpha", "middle-alpha"])
 def test_cg_decision_function_within_the_residual_bound(problem, relative_alpha):
+    from projector.kernel import _kernel32_
+
     X, y, Xv, yv, Xt, _ = (t[:1_000] for t in problem)
     n, m = X.shape
     grid = KernelRidgeClassifier(grid_solver="cholesky", refit=False).fit(X, y, Xv, yv).alphas_
