@@ -120,6 +120,15 @@ def test_auto_takes_cg_where_the_direct_path_does_not_fit(problem, monkeypatch):
     assert KernelRidgeClassifier().fit(X[:600], y[:600], Xv[:200], yv[:200]).solver_info_["solver"] == "direct"
 
 
+def test_ridge_grid_by_cg_matches_cholesky(problem):
+    from projector.ridge import RidgeClassifier
+
+    X, y, Xv, yv, Xt, _ = (t[:400] for t in problem)
+    fits = [RidgeClassifier(grid_solver=g, refit=False).fit(X.float(), y, Xv.float(), yv) for g in ("cholesky", "cg")]
+    assert fits[1].grid_solver_ == "cg" and fits[0].alpha_ == fits[1].alpha_
+    assert float((fits[0].predict(Xt.float()) == fits[1].predict(Xt.float())).float().mean()) >= 0.999
+
+
 def test_full_cifar10_kernel_is_planned_within_16_gb_and_a_refusal_names_the_size_and_flag():
     from benchmarks.cells import CellError, make_cell, plan_memory
     from benchmarks.cli import _CELL_ARGS, _method_options, build_parser
