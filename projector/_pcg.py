@@ -70,9 +70,9 @@ def use_iterative(choice: str, n_fit: int, n_train: int, device) -> bool:
 
 
 def default_rank(n: int) -> int:
-    """Preconditioner rank for an (n, n) system: its (n, r) float64 factor within ~1/20 of the
-    float32 Gram's bytes, at most 2,000 (Falkon's sqrt(n) centres and more: here the Gram is
-    exact and r only buys fewer iterations)."""
+    """Preconditioner rank for an (n, n) system: 10 sqrt(n), within [64, 2,000] (Falkon takes
+    ~sqrt(n) centres as its model; here the Gram is exact and r only buys fewer iterations). At
+    45,000 rows its (n, r) float64 factor is 0.7 GB beside the Gram's 8.1 GB."""
     return int(min(n, 2_000, max(64, 10 * math.isqrt(max(n, 1)))))
 
 
@@ -93,7 +93,7 @@ def nystrom_eig(column, diag: torch.Tensor, rank: int, seed: int = 0) -> tuple[t
         if k:
             G -= F[:, :k] @ F[idx, :k].T
         lam, Q = torch.linalg.eigh((G[idx] + G[idx].T) / 2)
-        keep = lam > 1e-12 * max(float(lam.max()), 0.0) if len(lam) else lam > 0
+        keep = lam > 1e-12 * abs(float(lam.max()))  # numerically zero: already spanned
         keep &= lam > 0
         if not bool(keep.any()):
             break
@@ -105,8 +105,8 @@ def nystrom_eig(column, diag: torch.Tensor, rank: int, seed: int = 0) -> tuple[t
         d.clamp_min_(0.0)
         d[idx] = 0.0
     F = F[:, :k]
-    s2, V = torch.linalg.eigh(F.T @ F)
-    keep = s2 > 1e-12 * max(float(s2.max()), 0.0) if k else s2 > 0
+    s2, V = torch.linalg.eigh(F.T @ F)  # F F^T = (F V s^-1) s^2 (F V s^-1)^T
+    keep = s2 > 1e-12 * float(s2.max()) if k else s2 > 0
     return F @ (V[:, keep] / s2[keep].sqrt()), s2[keep]
 
 
