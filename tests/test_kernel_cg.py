@@ -32,7 +32,7 @@ def _planted(n: int, m: int, seed: int, signal: float = 0.05):
 
 @pytest.fixture(scope="module")
 def problem():
-    X, y = _planted(2_000, 1_024, 0)
+    X, y = _planted(1_500, 1_024, 0)
     Xv, yv = _planted(500, 1_024, 1)
     Xt, yt = _planted(2_000, 1_024, 2)
     return X, y, Xv, yv, Xt, yt
@@ -148,13 +148,13 @@ def test_full_cifar10_kernel_is_planned_within_16_gb_and_a_refusal_names_the_siz
 
 
 @pytest.mark.slow
-def test_cg_matches_direct_at_10000_rows():
-    X, y = _planted(8_000, 1_024, 10)
-    Xv, yv = _planted(2_000, 1_024, 11)
+def test_cg_matches_direct_at_9000_rows():
+    X, y = _planted(7_200, 1_024, 10)
+    Xv, yv = _planted(1_800, 1_024, 11)
     Xt, _ = _planted(2_000, 1_024, 12)
     direct = KernelRidgeClassifier(grid_solver="cholesky", refit=False).fit(X, y, Xv, yv)
     cg = KernelRidgeClassifier(grid_solver="cg", refit=False).fit(X, y, Xv, yv)
     i_d, i_c = (int(np.argmin(np.abs(direct.alphas_ - m.alpha_))) for m in (direct, cg))
     assert i_c == i_d or (abs(i_c - i_d) == 1 and
-                          abs(cg.val_scores_[cg.alpha_] - direct.val_scores_[direct.alpha_]) <= 1 / 2_000 + 1e-12)
+                          abs(cg.val_scores_[cg.alpha_] - direct.val_scores_[direct.alpha_]) <= 1 / 1_800 + 1e-12)
     assert float((cg.predict(Xt) == direct.predict(Xt)).float().mean()) >= 0.999
