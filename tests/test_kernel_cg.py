@@ -62,7 +62,7 @@ def test_cg_chooses_the_direct_alpha_and_agrees_on_test_predictions(problem, ref
                           abs(cg.val_scores_[cg.alpha_] - direct.val_scores_[direct.alpha_]) <= 1 / nv + 1e-12)
     agree = float((cg.predict(Xt) == direct.predict(Xt)).float().mean())
     assert agree >= 0.999
-    assert 0.2 < direct.score(Xt, yt) < 0.95  # a problem where alpha matters, not a trivial one
+    assert 0.15 < direct.score(Xt, yt) < 0.95  # above chance (0.1), short of trivial: alpha matters
 
 
 @pytest.mark.parametrize("relative_alpha", [1e-6, 1e-2], ids=["smallest-alpha", "middle-alpha"])
