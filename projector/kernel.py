@@ -140,10 +140,10 @@ def _kernel32_(G: torch.Tensor, n_train: int, m: int, centre: bool) -> tuple[tor
             rows = G[r0:r0 + step, :n_train].to(torch.float64)
             a[r0:r0 + step] = s * (r[r0:r0 + step] * r_mean + rows.square_().mean(1))
         c = float(a[:n_train].mean())
-    for r0 in range(0, N, step):
-        k = G[r0:r0 + step].to(torch.float64).square_()
-        k.add_(torch.outer(r[r0:r0 + step], r)).mul_(s)
-        k.sub_(a[r0:r0 + step, None]).sub_(a[None, :]).add_(c)
+    for r0 in range(0, N, step):  # s G^2 + s r_i r_j - (a_i - c) - a_j, no (rows, N) temporary but k
+        k = G[r0:r0 + step].to(torch.float64).square_().mul_(s)
+        k.addr_(r[r0:r0 + step], r, alpha=s)
+        k.sub_((a[r0:r0 + step] - c)[:, None]).sub_(a[None, :])
         G[r0:r0 + step] = k
     return G, a
 
