@@ -388,8 +388,31 @@ def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> in
                 f"{k} or fewer" if k else " Even k = 1 does not fit")
         msg += ", or fewer images (--train-per-class, --test-per-class)."
     else:
-        msg += " Use fewer images (--train-per-class, --test-per-class) or a smaller image size."
+        msg += _fewer_images(lambda s: method_cls.memory_bytes(config, s), shape, cell, free)
     raise CellError(msg)
+
+
+def _fewer_images(need, shape: CellShape, cell: Cell, free: int) -> str:
+    """The refusal's advice without a k: the largest --train-per-class whose plan fits in ``free``
+    (same validation split and test images), or what else to change when none does."""
+    def at(per_class: int) -> CellShape:
+        if cell.val_per_class is not None:  # the fixed validation split stays as it is
+            return dataclasses.replace(shape, n_train=per_class * shape.n_classes)
+        n_fit = per_class * shape.n_classes
+        n_val = int(round(n_fit * cell.val_fraction))
+        return dataclasses.replace(shape, n_train=n_fit - n_val, n_val=n_val)
+
+    now = -(-(shape.n_train + (0 if cell.val_per_class is not None else shape.n_val)) // max(shape.n_classes, 1))
+    per_class = largest_fitting(lambda t: need(at(t)), free)
+    if per_class >= now:  # the training images are not what is too large
+        return " Use fewer test images (--test-per-class) or a smaller image size (--image-size)."
+    if per_class < 1:
+        return (" Even one training image per class does not fit: use fewer test images (--test-per-class), "
+                "a smaller image size (--image-size) or a machine with more memory.")
+    fit = at(per_class)
+    return (f" The largest training set that fits is about {per_class:,} images per class "
+            f"({fit.n_train + fit.n_val:,} train + validation images, about {format_bytes(need(fit))}): "
+            f"use --train-per-class {per_class} or fewer, or fewer test images (--test-per-class).")
 
 
 def describe(cell: Cell) -> str:

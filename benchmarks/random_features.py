@@ -44,6 +44,7 @@ from benchmarks.backbones import build_backbone, extract_features, quantize_extr
 from benchmarks.flops import PRECISION_BYTES, backbone_shape
 from benchmarks.logistic import NonFiniteFit
 from benchmarks.protocol import CellShape, RunContext
+from projector._pcg import CG_FROM_ROWS, direct_bytes, iterative_bytes
 
 
 def _require_finite(x: torch.Tensor, what: str, fix) -> None:
@@ -141,6 +142,17 @@ def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device) -> bool:
 _PROJECT_FLOPS_PER_MAC = {"gaussian": 4, "structured": 4, "opu": 4, "linear": 2}  # |XR|^2 with complex R: 4
 
 
+_CG_ITERATIONS = 100  # planned products with the Gram per conjugate-gradient solve (grid, refit)
+
+
+def _kernel_solve_flops(n_fit: int, n: int, n_classes: int) -> float:
+    """The exact kernel's solves: a float32 Cholesky per alpha (13) on the direct path, or the
+    conjugate gradients' products with the Gram (every alpha and class; then the refit)."""
+    if n_fit < CG_FROM_ROWS:
+        return 13 * n**3 / 3.0
+    return _CG_ITERATIONS * 2.0 * (n**2 * 13 * n_classes + n_fit**2 * n_classes)
+
+
 def _ridge_flops(n: int, d: int) -> float:
     m = min(n, d)
     return 2.0 * n * d * m + 9.0 * m**3
@@ -169,8 +181,9 @@ class RandomFeatures:
                                           int(config.get("pool_size") or 0))
         proj = config.get("projection", "gaussian")
         n_fit = shape.n_train + shape.n_val
-        if proj == "kernel":  # one Gram of the train + validation rows, a factorisation per alpha
-            k, fit = KERNEL_N_COMPONENTS, 2.0 * n_fit**2 * dim + 13 * shape.n_train**3 / 3.0
+        if proj == "kernel":  # one Gram of the train + validation rows, then the solves
+            k, fit = KERNEL_N_COMPONENTS, 2.0 * n_fit**2 * dim + _kernel_solve_flops(n_fit, shape.n_train,
+                                                                                     shape.n_classes)
         else:
             k = dim if proj == "none" else int(config.get("n_components", RandomFeaturesConfig.n_components))
             fit = _ridge_flops(shape.n_train, k)
@@ -182,15 +195,17 @@ class RandomFeatures:
     def memory_bytes(cls, config: dict, shape: CellShape) -> int:
         """The largest set of live arrays: images, features, then the projected features and the
         ridge's Grams (or the streamed Gram with its (k,) mean and (k, classes) weights, or the exact
-        kernel's (N, N) Gram in float32 and float64)."""
+        kernel's (N, N) Gram in float32 and float64 -- past ``CG_FROM_ROWS`` train + validation rows
+        one float32 (N, N) Gram and the conjugate gradients' preconditioner and blocks)."""
         _, info = cls.flops(config, shape)
         dim, params = info["feature_dim"], info["params"]
         n_fit, n, n_all = shape.n_train + shape.n_val, shape.n_train, shape.n_images
         base = n_all * 3 * shape.image_size**2 + params * 4
         features = n_all * dim * PRECISION_BYTES.get(shape.precision, 4) + n_fit * dim * 4
         proj = config.get("projection", "gaussian")
-        if proj == "kernel":
-            solve = n_fit**2 * (4 + 8) + 2 * n**2 * 8
+        if proj == "kernel":  # the path KernelRidgeClassifier takes by size (grid_solver "auto")
+            solve = n_fit * dim + (iterative_bytes(n_fit, n, 13 * shape.n_classes) if n_fit >= CG_FROM_ROWS
+                                   else direct_bytes(n_fit, n))
         else:
             k = dim if proj == "none" else int(config.get("n_components", RandomFeaturesConfig.n_components))
             m = min(n, k)
@@ -335,8 +350,10 @@ class RandomFeatures:
             "n_components": n_out if cfg.projection != "none" else 0,  # -1: kernel (k = infinity)
             "streaming": streaming,
             "grid_solver": getattr(ridge, "grid_solver_", None),
-            # the exact kernel: how X X^T was formed (float32 BLAS, or int8 / popcount on 0/1 rows)
-            **({"gram_path": ridge.gram_path_} if cfg.projection == "kernel" else {}),
+            # the exact kernel: how X X^T was formed (float32 BLAS, or int8 / popcount on 0/1 rows), and how it was
+            # solved (direct, or conjugate gradients with their iterations and residuals)
+            **({"gram_path": ridge.gram_path_, "kernel_solver": ridge.solver_info_} if cfg.projection == "kernel"
+               else {}),
             # validation accuracy at every penalty of the grid (the report's tuning table)
             "grid_val_acc": {f"{a:.6g}": float(s) for a, s in val_scores.items()} if len(val_scores) > 1 else None,
             **diverged,

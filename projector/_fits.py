@@ -161,7 +161,10 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
     a sample whose Gram row against the n_used fitted rows is ``kz`` (same centring) is
     ``kz @ beta + offset``; with an intercept ``beta`` sums to zero over rows, so
     ``W = Z_used^T beta`` for any centring of the features ``Z``; ``n_used`` (n_train,
-    or N after the refit on train + validation); ``grid_solver``; ``n_float64`` (alphas
+    or N after the refit on train + validation); ``grid_solver`` ("cg": Kz may be a float32
+    Gram too large for any factorisation, solved by ``projector._pcg``; the refit too);
+    ``solver_info`` (conjugate gradients: iterations and final relative residuals, of the grid
+    and of the refit; None otherwise); ``n_float64`` (alphas
     whose mixed-precision Cholesky fell back to float64); ``predictions`` (per alpha,
     the validation rows' predicted class indices, or None).
     """
@@ -189,6 +192,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         alpha = float(alphas[0])
     counts = solver.counts()
     n_float64 = solver.n_float64
+    solver_info = getattr(solver, "info", None)  # conjugate gradients: iterations and residuals
     if has_val and refit:
         del solver, betas  # their buffers, before the (N, N) refit
         y_all = Y.mean(0) if fit_intercept else zero
@@ -197,8 +201,11 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         K_all = Kz if overwrite_gram else Kz.clone()
         if fit_intercept:
             _centre_rows_cols_(K_all, a)  # train + validation centred with their own mean
-        beta = _ShiftedSolver(K_all, "cholesky", float64_copy=False).solve(Y - y_all, alpha)
-        del K_all
+        refit_solver = _ShiftedSolver(K_all, "cg" if method == "cg" else "cholesky", float64_copy=False)
+        beta = refit_solver.solve(Y - y_all, alpha)
+        if method == "cg":
+            solver_info = {**solver_info, "refit": refit_solver.info}
+        del K_all, refit_solver
         offset = y_all - a @ beta if fit_intercept else zero
         n_used = N
     else:
@@ -209,7 +216,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         n_used = n_train
     return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
             "grid_solver": method, "n_float64": n_float64, "solve_counts": counts,
-            "predictions": preds}
+            "predictions": preds, "solver_info": solver_info}
 
 
 # --- leave-one-out ---

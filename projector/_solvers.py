@@ -2,6 +2,8 @@
 solvers in one dictionary, ``GRID_SOLVERS``, and the rule that picks one (``grid_solver_for``).
 
 * ``"eigh"``: one float64 eigendecomposition, then every alpha is a diagonal rescaling;
+* ``"cg"``: preconditioned conjugate gradients (``projector._pcg``): S held once, never
+  factorised or copied, for Grams too large for a factorisation per alpha;
 * ``"cholesky"``: one Cholesky factorisation per alpha, in float32 with iterative refinement
   on float64 residuals, in float64 when that does not converge; alphas so large that
   conjugate gradients provably converge in a few products with S (alpha above ~10 ||S||_F)
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from projector._factor import _cholesky_shifted, _cholesky_solve, _eigh64, _solve_psd
+from projector._pcg import PCGGrid
 from projector._linalg import (
     _as_float64,
     _at_least,
@@ -45,7 +48,7 @@ from projector._linalg import (
 
 __all__ = ["GRID_SOLVERS", "grid_solver_for", "solve_grid"]
 
-_GRID_SOLVER_CHOICES = ("auto", "eigh", "cholesky")
+_GRID_SOLVER_CHOICES = ("auto", "eigh", "cholesky", "cg")
 # Cost of one float64 eigh in per-alpha solves of the same (n, n) matrix, i.e. the
 # break-even grid size, ``c * (n / 1000) ** p``. Measured on 2 CPU cores with the batched
 # grid solves (torch's float64 eigh against ``CholeskyGrid.solve_all`` over the default
@@ -64,7 +67,7 @@ _S64_COPY_BYTES = 256 << 20  # keep a float64 copy of the Gram for the residuals
 
 
 def grid_solver_for(n: int, n_alphas: int, device: torch.device | str, choice: str = "auto") -> str:
-    """``"eigh"`` or ``"cholesky"`` for a grid of ``n_alphas`` on an (n, n) system on ``device``."""
+    """``"eigh"`` or ``"cholesky"`` (or ``choice`` when not "auto", e.g. ``"cg"``) for a grid of ``n_alphas`` on an (n, n) system on ``device``."""
     if choice not in _GRID_SOLVER_CHOICES:
         raise ValueError(f"grid_solver={choice!r} is not one of {_GRID_SOLVER_CHOICES}.")
     if choice != "auto":
@@ -288,11 +291,11 @@ class CholeskyGrid:
 
 # The grid solvers by name: each takes S (n, n) and gives ``solve(B, alpha)``, ``solve_all(B,
 # alphas)`` and ``counts()``.
-GRID_SOLVERS = {"eigh": EighGrid, "cholesky": CholeskyGrid}
+GRID_SOLVERS = {"eigh": EighGrid, "cholesky": CholeskyGrid, "cg": PCGGrid}
 
 
 def _ShiftedSolver(S: torch.Tensor, method: str, float64_copy: bool = True):
-    """The grid solver ``method`` ("eigh" or "cholesky") on S."""
+    """The grid solver ``method`` ("eigh", "cholesky" or "cg") on S."""
     return GRID_SOLVERS[method](S, float64_copy=float64_copy)
 
 

@@ -18,11 +18,13 @@ coefficients).
 ``G`` of binary rows is formed in float32 with BLAS ``ssyrk`` (its entries are integers
 below 2**24, hence exact) or, for 0/1 integer rows where measured faster, in integer
 arithmetic (``projector._binary_gram``: int8 GEMM with int32 accumulation, or popcounts of
-bit-packed rows; also exact; the path in ``gram_path_``); ``K`` is then built, centred and
-solved in float64. Prediction forms the cross products ``X_new X_fit^T`` by the same path
-(float32 ``sgemm`` over column chunks, or int8 GEMM over row tiles of the kept rows), never a
-float copy of the kept rows (kept as given: the encoder's uint8, one byte per feature, read
-as int8 without a copy).
+bit-packed rows; also exact; the path in ``gram_path_``). ``K`` is then built, centred and
+solved in float64 -- or, past ``projector._pcg.CG_FROM_ROWS`` rows or where that would not
+fit in memory, built and centred in float64 row chunks into G's own float32 memory and solved
+by preconditioned conjugate gradients (``projector._pcg``): one float32 (N, N) matrix in all.
+Prediction forms the cross products ``X_new X_fit^T`` by the Gram's path (float32 ``sgemm``
+over column chunks, or int8 GEMM over row tiles of the kept rows), never a float copy of the
+kept rows (kept as given: the encoder's uint8, one byte per feature, read as int8 without a copy).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from projector._base import _ClassifierBase
 from projector._binary_gram import binary_cross, gram_path, rows_gram
 from projector._fits import dual_fit, dual_loo
 from projector._linalg import _BLAS_MAX_ELEMENTS, _blas_threads, _rows_per_chunk
+from projector._pcg import direct_bytes, iterative_bytes, use_iterative
 from projector._validation import _check_fitted, check_finite_fit, fitted, format_bytes
 
 __all__ = ["opu_kernel", "KernelRidgeClassifier"]
@@ -128,18 +131,45 @@ def _sq_norms(A) -> torch.Tensor:
         if A.shape[0] else torch.zeros(0, dtype=torch.float64, device=A.device)
 
 
-def check_memory_rows(who: str, N: int, device) -> None:
-    """Refuse before the (N, N) Gram when it cannot fit: about 3 float64 copies of it are held
-    (the kernel, its float32 product, the solve)."""
+def check_memory_rows(who: str, N: int, n_train: int, device, iterative: bool) -> None:
+    """Refuse before the (N, N) Gram when it cannot fit: the direct path holds about 3 float64 copies
+    of it (the kernel, its float32 product, the solve), conjugate gradients one float32 kernel and
+    their blocks (``projector._pcg``)."""
     from projector._random_matrix import available_memory_bytes
 
-    need, free = 3 * 8 * N * N, available_memory_bytes(device)
+    bytes_at = (lambda k: iterative_bytes(k, min(n_train, k))) if iterative else (lambda k: 3 * 8 * k * k)
+    need, free = bytes_at(N), available_memory_bytes(device)
     if need > free:
-        n_max = int((free / 24) ** 0.5)
+        n_max = next((k for k in range(N, 0, -max(1, N // 200)) if bytes_at(k) <= free), 0)
         raise ValueError(f"{who} on {N:,} rows (train + validation) would need about {format_bytes(need)} of "
                          f"memory for its (N, N) kernel, but {torch.device(device).type} has {format_bytes(free)} "
                          f"free. Fit on at most about {n_max:,} rows, or use random features "
                          "(StreamingRidgeClassifier) instead of the exact kernel.")
+
+
+def _kernel32_(G: torch.Tensor, n_train: int, m: int, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel of a float32 (N, N) Gram G of binary rows, in place in G: ``4/m^2 (r r^T + G o G)``
+    computed in float64 row chunks and, with ``centre``, centred with the mean of its first
+    n_train rows (``_centre_with_train``) before it is rounded to float32 -- rounded once, at
+    the centred entries' scale, and no second (N, N) matrix. Returns (G, a) with ``a`` (N,)
+    float64 the centring (zeros without)."""
+    N, s = G.shape[0], 4.0 / m**2
+    r = G.diagonal().to(torch.float64)
+    step = _rows_per_chunk(N, 8)
+    a = torch.zeros(N, dtype=torch.float64, device=G.device)
+    c = 0.0
+    if centre:
+        r_mean = float(r[:n_train].mean())
+        for r0 in range(0, N, step):
+            rows = G[r0:r0 + step, :n_train].to(torch.float64)
+            a[r0:r0 + step] = s * (r[r0:r0 + step] * r_mean + rows.square_().mean(1))
+        c = float(a[:n_train].mean())
+    for r0 in range(0, N, step):  # s G^2 + s r_i r_j - (a_i - c) - a_j, no (rows, N) temporary but k
+        k = G[r0:r0 + step].to(torch.float64).square_().mul_(s)
+        k.addr_(r[r0:r0 + step], r, alpha=s)
+        k.sub_((a[r0:r0 + step] - c)[:, None]).sub_(a[None, :])
+        G[r0:r0 + step] = k
+    return G, a
 
 
 def _centre_with_train(K: torch.Tensor, n_train: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,7 +199,12 @@ class KernelRidgeClassifier(_ClassifierBase):
     ----------
     alphas : float, sequence, or None for ``auto_alphas`` (13 values relative to the mean
         eigenvalue of the centred train kernel).
-    fit_intercept, refit, grid_solver : as for RidgeClassifier.
+    fit_intercept, refit : as for RidgeClassifier.
+    grid_solver : "auto", "eigh", "cholesky" (the direct path: the kernel in float64) or "cg"
+        (one float32 kernel, preconditioned conjugate gradients for every alpha and class;
+        validation rows or a single alpha needed). "auto": "cg" from
+        ``projector._pcg.CG_FROM_ROWS`` train + validation rows or where the direct path's
+        matrices would not fit in free memory.
 
     Attributes
     ----------
@@ -180,6 +215,10 @@ class KernelRidgeClassifier(_ClassifierBase):
     gram_path_ : how ``X X^T`` and the cross products with new rows are formed: "float32"
         (BLAS), or for 0/1 integer rows "int8" (``torch._int_mm``) or "popcount"
         (``projector._binary_gram``: measured once per process, or forced).
+    solver_info_ : dict: ``{"solver": "direct", "grid_solver": ...}``, or for conjugate
+        gradients ``{"solver": "pcg", "rank": preconditioner rank, "tol", "iterations"
+        (products with the Gram), "max_relative_residual", "alphas": {alpha: {"iterations",
+        "relative_residual"}}}`` (float64 residuals), with ``"refit"`` the same for the refit.
     """
 
     def __init__(
@@ -203,17 +242,27 @@ class KernelRidgeClassifier(_ClassifierBase):
         self.gram_path_ = gram_path(parts)  # the path ``gram`` and ``_cross`` take (cached choice)
         if data.X_val is not None:
             Y = torch.cat([Y, data.Yv])
-        N = sum(P.shape[0] for P in parts)
-        check_memory_rows(f"{type(self).__name__}.fit", N, X.device)
-        G = rows_gram(parts).to(torch.float64)  # exact for binary rows
-        r = G.diagonal().clone()
-        K = _from_gram(G, r, r, m)
-        del G
-        if self.fit_intercept:
-            K, a = _centre_with_train(K, n)
+        n_fit = sum(p.shape[0] for p in parts)
+        iterative = use_iterative(self.grid_solver, n_fit, n, X.device)
+        loo = data.X_val is None and (self.alphas is None or np.size(self.alphas) > 1)
+        if iterative and loo:
+            raise ValueError(
+                f"Leave-one-out selection needs a float64 eigendecomposition of the ({n:,}, {n:,}) kernel "
+                f"(about {direct_bytes(n, n) / 2**30:.1f} GiB), which conjugate gradients "
+                f"(grid_solver={self.grid_solver!r}) avoid: pass validation rows (X_val, y_val), a single "
+                "alpha, or grid_solver='eigh' / 'cholesky' with fewer rows.")
+        check_memory_rows(f"{type(self).__name__}.fit", n_fit, n, X.device, iterative)
+        G = rows_gram(parts)  # float32, exact for binary rows
+        if iterative:  # one float32 kernel, in G's memory, solved by conjugate gradients
+            K, a = _kernel32_(G, n, m, self.fit_intercept)
         else:
-            a = torch.zeros(K.shape[0], dtype=torch.float64, device=K.device)
-        if data.X_val is None and (self.alphas is None or np.size(self.alphas) > 1):
+            G = G.to(torch.float64)
+            r = G.diagonal().clone()
+            K = _from_gram(G, r, r, m)
+            K, a = _centre_with_train(K, n) if self.fit_intercept else \
+                (K, torch.zeros(K.shape[0], dtype=torch.float64, device=K.device))
+        del G
+        if loo:
             y_mean = Y.mean(0) if self.fit_intercept else torch.zeros(Y.shape[1], dtype=torch.float64, device=K.device)
             loo = dual_loo(K, Y - y_mean, y_mean, data.y_idx, self._resolve_alphas, self.fit_intercept)
             del K
@@ -221,12 +270,13 @@ class KernelRidgeClassifier(_ClassifierBase):
                    "offset": y_mean, "n_used": n, "grid_solver": "eigh"}
             self.cv_ = "loo"
         else:
-            alphas = self._resolve_alphas(float(K[:n, :n].diagonal().sum()) / n)
-            fit = dual_fit(K, Y, n, data.yv_idx, alphas, self.grid_solver, self.refit,
+            alphas = self._resolve_alphas(float(K[:n, :n].diagonal().sum(dtype=torch.float64)) / n)
+            fit = dual_fit(K, Y, n, data.yv_idx, alphas, "cg" if iterative else self.grid_solver, self.refit,
                            fit_intercept=self.fit_intercept, overwrite_gram=True)
             fit["alphas"] = alphas
             self.cv_ = "validation" if fit["scores"] is not None else None
         self._record(fit, data.kind)
+        self.solver_info_ = fit.get("solver_info") or {"solver": "direct", "grid_solver": fit["grid_solver"]}
         n_used = fit["n_used"]
         beta = fit["beta"]
         check_finite_fit(type(self).__name__, X, beta, fit["offset"])

@@ -81,7 +81,8 @@ class RidgeClassifier(_ClassifierBase):
     refit : with validation data, refit the final model on train + validation at
         ``alpha_`` (one Cholesky solve); False keeps the train-only fit.
     grid_solver : how a grid is solved on validation data: "auto" (by grid size and
-        device, see the module docstring), "eigh" or "cholesky".
+        device, see the module docstring), "eigh", "cholesky" or "cg" (preconditioned conjugate
+        gradients, ``projector._pcg``: no factorisation, for Grams too large for one per alpha).
 
     X: a torch tensor (CPU or CUDA: the fit runs there, the fitted attributes are tensors on
     it), a numpy array or a pandas frame (the fitted attributes are numpy arrays); predict
@@ -107,7 +108,7 @@ class RidgeClassifier(_ClassifierBase):
         each alpha, with validation data (else None).
     cv_ : "validation", "loo" or None.
     solver_ : the solver of the final coef_, "primal" or "dual".
-    grid_solver_ : "eigh" or "cholesky" (None when no grid was solved).
+    grid_solver_ : "eigh", "cholesky" or "cg" (None when no grid was solved).
     solve_counts_ : how the validation grid's alphas were solved, e.g. ``{"cg": 3,
         "cholesky32": 10, "cholesky64": 0}`` or ``{"eigh": 1}`` (None without validation).
     n_features_in_ : number of features.
