@@ -132,12 +132,12 @@ def _sq_norms(A) -> torch.Tensor:
 
 
 def check_memory_rows(who: str, N: int, n_train: int, device, iterative: bool) -> None:
-    """Refuse before the (N, N) Gram when it cannot fit: the direct path holds about 3 float64 copies
-    of it (the kernel, its float32 product, the solve), conjugate gradients one float32 kernel and
-    their blocks (``projector._pcg``)."""
+    """Refuse before the (N, N) Gram when it cannot fit: the direct path holds it in float32 and the
+    kernel in float64 with its factorisations, conjugate gradients one float32 kernel and their
+    blocks (``projector._pcg``: ``direct_bytes``, ``iterative_bytes``)."""
     from projector._random_matrix import available_memory_bytes
 
-    bytes_at = (lambda k: iterative_bytes(k, min(n_train, k))) if iterative else (lambda k: 3 * 8 * k * k)
+    bytes_at = (lambda k: (iterative_bytes if iterative else direct_bytes)(k, min(n_train, k)))
     need, free = bytes_at(N), available_memory_bytes(device)
     if need > free:
         n_max = next((k for k in range(N, 0, -max(1, N // 200)) if bytes_at(k) <= free), 0)

@@ -112,11 +112,16 @@ def test_leave_one_out_is_refused_for_cg_and_still_works_directly(problem):
 def test_auto_takes_cg_where_the_direct_path_does_not_fit(problem, monkeypatch):
     import projector._random_matrix as rm
 
+    import projector._pcg as pcg
+
     X, y, Xv, yv, *_ = problem
-    monkeypatch.setattr(rm, "available_memory_bytes", lambda device: 4 << 20)  # 4 MiB free
+    # The direct path's matrices past what is free, the conjugate gradients' within it.
+    free = pcg.iterative_bytes(800, 600) + (1 << 20)
+    monkeypatch.setattr(rm, "available_memory_bytes", lambda device: free)
+    monkeypatch.setattr(pcg, "direct_bytes", lambda n_fit, n_train: free + 1)
     clf = KernelRidgeClassifier().fit(X[:600], y[:600], Xv[:200], yv[:200])
     assert clf.solver_info_["solver"] == "pcg" and clf.grid_solver_ == "cg"
-    monkeypatch.setattr(rm, "available_memory_bytes", lambda device: 64 << 30)
+    monkeypatch.undo()
     assert KernelRidgeClassifier().fit(X[:600], y[:600], Xv[:200], yv[:200]).solver_info_["solver"] == "direct"
 
 

@@ -165,10 +165,12 @@ def test_largest_n_components_named_does_fit():
 
 
 def test_a_kernel_that_cannot_fit_is_refused_before_the_gram():
-    X = torch.zeros(400_000, 2)
-    y = torch.arange(400_000) % 2
-    with pytest.raises(ValueError, match=r"400,000 rows .*TiB .*Fit on at most about [0-9,]+ rows"):
-        KernelRidgeClassifier().fit(X, y)
+    X = torch.zeros(800_000, 2)
+    y = torch.arange(800_000) % 2
+    with pytest.raises(ValueError, match=r"800,100 rows .*TiB .*Fit on at most about [0-9,]+ rows"):
+        KernelRidgeClassifier().fit(X, y, X[:100], y[:100])
+    with pytest.raises(ValueError, match=r"Leave-one-out selection needs .* pass validation rows"):
+        KernelRidgeClassifier().fit(X, y)  # (leave-one-out needs the direct path's eigendecomposition)
 
 
 @pytest.mark.parametrize("cls", [GaussianProjection, LinearProjection, StructuredProjection])
