@@ -96,7 +96,10 @@ def test_committed_results_are_current_and_resume(folder, mobilenet_weights):
     # ...every row's key is one of them...
     rows = read_rows(folder / RESULTS_FILE)
     assert {r["cell_key"] for r in rows} <= set(mapping)
-    # ...and the suite that wrote them, expanded today, finds every one of its cells done: it resumes.
+    # ...and the suite that wrote them (a folder of single runs has none), expanded today, finds every one
+    # of its cells done: it resumes.
+    if folder.name not in suites.suite_paths():
+        return
     suite = suites.load_suite(folder.name)
     cells = suites.expand(suites.apply_overrides(suite, {}))
     done = finished_keys(folder / RESULTS_FILE)
