@@ -163,3 +163,21 @@ def test_cg_matches_direct_at_9000_rows():
     assert i_c == i_d or (abs(i_c - i_d) == 1 and
                           abs(cg.val_scores_[cg.alpha_] - direct.val_scores_[direct.alpha_]) <= 1 / 1_800 + 1e-12)
     assert float((cg.predict(Xt) == direct.predict(Xt)).float().mean()) >= 0.999
+
+
+def test_an_alpha_below_what_float32_resolves_stops_early_and_says_so():
+    # An ill-conditioned float32 system: at alpha 1e-12 the float32 products cannot reach the tolerance, so
+    # the column stalls; it must give up within the stall window, not run to max_iter (on all of CIFAR-10 it
+    # ran 1,161 iterations, most of the fit), and its alpha must read as not converged.
+    from projector import _pcg
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(300, 40, generator=g, dtype=torch.float64)
+    S = (A @ A.T + 1e-9 * torch.eye(300, dtype=torch.float64)).to(torch.float32)  # rank 40, then ~1e-9
+    B = torch.randn(300, 2, generator=g, dtype=torch.float64)
+    grid = _pcg.PCGGrid(S, rank=8, max_iter=2_000)
+    grid.solve_all(B, [1e-12, 1.0])
+    info = grid.info["alphas"]
+    assert info["1"]["converged"] and info["1"]["relative_residual"] <= 1e-5
+    assert not info["1e-12"]["converged"]
+    assert info["1e-12"]["iterations"] < 4 * _pcg._STALL_ITERS  # gave up, did not run to max_iter
