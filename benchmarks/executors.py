@@ -264,14 +264,14 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
         for notice in results.notices:
             print(f"note: {notice}")
         runner.fingerprints = folder_fingerprints(res.read_rows(results.path))
-        own = runner.checkpoint_dir is None  # this folder's, for this call only
-        if own:
-            runner.checkpoint_dir = Path(out_dir) / ckpt.FOLDER
-        ckpt.claim(runner.checkpoint_dir, runner.run_id, done=results.finished_keys())
         write_metadata(out_dir, runner.run_id, {
             **(metadata or {}), "executor": executor.name,
             "cells": [dataclasses.asdict(c) | {"cell_key": c.key()} for c in cells]})
-        try:
+        own = runner.checkpoint_dir is None  # this folder's, for this call only
+        if own:
+            runner.checkpoint_dir = Path(out_dir) / ckpt.FOLDER
+        try:  # (a claim that fails, e.g. on a full disk, leaves no empty checkpoints/ behind either)
+            ckpt.claim(runner.checkpoint_dir, runner.run_id, done=results.finished_keys())
             return executor.run(runner, cells, KeepPredictions(results, out_dir))
         finally:
             ckpt.release(runner.checkpoint_dir)

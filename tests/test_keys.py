@@ -119,7 +119,10 @@ def test_committed_results_rekey_from_their_former_keys_byte_for_byte(folder, tm
                 former[record["cell_key"]] = record.pop("rekeyed_from")
                 record["cell_key"] = former[record["cell_key"]]
         meta.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    assert former, "the committed folder was never re-keyed"
+    if not former:  # written with today's keys: re-keying changes nothing
+        assert rekey(copy).rows_changed == 0
+        assert {p.name: p.read_bytes() for p in copy.glob("results*.csv")} == before
+        return
     for name, data in before.items():
         text = data.decode()
         for new, old in former.items():
