@@ -27,9 +27,12 @@ def tiny_dir(cifar10_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """The example plugin package, installed (as a user would with pip) into a folder of its own."""
+    import shutil
+
     target = tmp_path_factory.mktemp("site")
+    source = shutil.copytree(EXAMPLE, tmp_path_factory.mktemp("src") / "plugin")  # build/ lands there, not in tests/
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(EXAMPLE)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     return target
 
 
