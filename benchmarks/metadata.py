@@ -50,6 +50,14 @@ def _git_commit(here: Path | None = None) -> dict:
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def cpu_flags() -> str:
     """The :data:`_CPU_FLAGS` this CPU has, space-separated (empty where /proc/cpuinfo is not there)."""
     with contextlib.suppress(OSError):

@@ -15,7 +15,8 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
   front, the stacked time per phase, per-epoch time-to-accuracy);
 * then time to accuracy, and the tables of every configuration (accuracy, time
   breakdown, tuning and model size per method x configuration x cut x precision,
-  mean ± std over seeds), the failed cells with their errors, and the runs.
+  mean ± std over seeds), the failed cells with their errors, and the runs (commit,
+  dirty tree flagged, the highest load average seen at a row).
 
 The rows, which of them count and the tables come from :mod:`benchmarks.tables`;
 this module only lays them out. Malformed rows are skipped with a warning on
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -122,8 +124,35 @@ def _run_info(csv: Path, finals: pd.DataFrame, walls: dict[tuple[str, str], floa
                      "cpu": m.get("cpu"), "cpus": m.get("cpu_count"),
                      "gpus": ", ".join(m.get("cuda_devices") or []) or "none",
                      "torch": (m.get("packages") or {}).get("torch"),
-                     "commit": ((m.get("git") or {}).get("commit") or "")[:10]})
+                     "commit": ((m.get("git") or {}).get("commit") or "")[:10],
+                     "dirty tree": _dirty(m.get("git") or {}),
+                     "highest load": _highest_load(finals.loc[finals["run_id"] == m.get("run_id")])})
     return runs
+
+
+def _dirty(git: dict) -> str:
+    """'' for a clean tree; else flagged, with the hash of its diff."""
+    if git.get("dirty") is None:
+        return "unknown" if not git.get("commit") else ""
+    return f"YES (diff {git.get('diff_sha1', '')[:10]})" if git["dirty"] else ""
+
+
+def _highest_load(rows: pd.DataFrame) -> str:
+    """The highest 1-minute load average seen at a row of the run, over its threads: a run timed
+    beside other work shows a load well above its threads."""
+    loads, threads = [], []
+    for extra, t in zip(rows.get("extra", pd.Series(dtype=object)), rows.get("threads", pd.Series(dtype=object))):
+        try:
+            value = json.loads(extra).get("load_at_row") if isinstance(extra, str) and extra else None
+        except ValueError:
+            value = None
+        if value is not None:
+            loads.append(float(value))
+            threads.append(t)
+    if not loads:
+        return ""
+    t = pd.to_numeric(pd.Series(threads), errors="coerce").max()
+    return f"{max(loads):.2f}" + (f" ({int(t)} threads)" if pd.notna(t) else "")
 
 
 def build_report(results: str | Path, out: str | Path | None = None) -> Path:
@@ -172,7 +201,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
             ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
             ("Model size", SIZE_NOTE, size_table(finals)),
             ("Failed cells", "", failed_table(failed)),
-            ("Runs", "", pd.DataFrame(_run_info(csv, finals, walls))),
+            ("Runs", RUNS_NOTE, pd.DataFrame(_run_info(csv, finals, walls))),
         ]
         title = f"gradfree report: {suites}"
         md = _markdown(title, csv, first, figures, files, after)
@@ -181,6 +210,10 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
                        {"report.md": md.encode(), "report.html": page.encode()}, warn)
     return out / "report.md"
 
+
+RUNS_NOTE = ("Each run: its commit, and a dirty tree flagged with the hash of its diff (a published study "
+             "holds none); the highest 1-minute load average at one of its rows, against its threads: a "
+             "load well above the threads means its times were measured beside other work.")
 
 #: (heading, text or a function of how to show the data's names in it, table or None)
 Section = tuple[str, str | Callable[[Callable[[str], str]], str], pd.DataFrame | None]

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import results as res
-from benchmarks.metadata import cpu_flags, device_name
+from benchmarks.metadata import cpu_flags, device_name, load_average
 from benchmarks.backbones import resolve_cut, resolve_weights
 from benchmarks.checkpoint import CellCheckpoint, config_hash
 from benchmarks.cells import Cell, describe, resolve_device
@@ -133,6 +133,9 @@ class Runner:
                           threads=torch.get_num_threads())
             if device.type == "cpu":  # (extra) what picks the BLAS and int8 kernels, and so the time
                 common["cpu_flags"] = cpu_flags()
+            # (extra) the machine's 1-minute load average when the cell starts and at each row: a
+            # figure timed beside other work (load well above ``threads``) can be told apart
+            common["load_at_start"] = load_average()
             method_cls = get_method(cell.method)
             config = make_config(method_cls, cell.option_dict())
             if cell.method not in REGISTRY:  # (extra) a plugin: the code its rows came from
@@ -154,7 +157,8 @@ class Runner:
             ran = dataclasses.asdict(getattr(method, "config", config))
 
             def emit(row: dict) -> None:
-                sink([{**common, "status": "ok", "finished_at": res.now(), "method_config": ran, **row}])
+                sink([{**common, "status": "ok", "finished_at": res.now(), "method_config": ran,
+                       "load_at_row": load_average(), **row}])
 
             if self.checkpoint_dir is not None:
                 checkpoint = CellCheckpoint(self.checkpoint_dir / cell.key(), cell.key(), config_hash(
@@ -168,7 +172,7 @@ class Runner:
             test_pred = out.pop("test_pred", None)  # kept beside results.csv, never a column
             row = {**common, "row_type": "final", "status": "ok", "finished_at": res.now(),
                    "method_config": ran, **clock.columns(), **out,
-                   "peak_memory_bytes": peak_memory_bytes(device)}
+                   "peak_memory_bytes": peak_memory_bytes(device), "load_at_row": load_average()}
             if clock.charged:
                 row["extra"] = {"cached_phases": sorted(clock.charged)}
             if test_pred is not None:

@@ -177,7 +177,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
     has_val = yv_idx is not None and N > n_train
     method = grid_solver_for(n_train, len(alphas) if has_val else 1, Kz.device, grid_solver)
     solver = _ShiftedSolver(K_tt, method)
-    scores, betas, preds = None, {}, None
+    scores, betas, preds, unconverged = None, {}, None, {}
     if has_val:
         betas = dict(zip(map(float, alphas), solver.solve_all(Ytr - y_mean, alphas)))
         # every alpha's validation scores in one pass over the cross-kernel
@@ -186,7 +186,14 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         scores = [_accuracy(S_all[:, i * c:(i + 1) * c], yv_idx) for i in range(len(alphas))]
         preds = [_predicted_index(S_all[:, i * c:(i + 1) * c]) for i in range(len(alphas))]
         del S_all
-        best = max(range(len(alphas)), key=lambda i: (scores[i], alphas[i]))
+        unconverged = _unconverged(solver, alphas)
+        if len(unconverged) == len(alphas):
+            raise FloatingPointError(
+                "kernel ridge: conjugate gradients converged for no alpha of the grid ("
+                + "; ".join(f"{a:g}: {why}" for a, why in unconverged.items())
+                + "); use larger alphas, or fewer training rows for the direct solver.")
+        best = max((i for i in range(len(alphas)) if float(alphas[i]) not in unconverged),
+                   key=lambda i: (scores[i], alphas[i]))
         alpha = float(alphas[best])
     else:
         alpha = float(alphas[0])
@@ -203,6 +210,7 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
             _centre_rows_cols_(K_all, a)  # train + validation centred with their own mean
         refit_solver = _ShiftedSolver(K_all, "cg" if method == "cg" else "cholesky", float64_copy=False)
         beta = refit_solver.solve(Y - y_all, alpha)
+        _require_converged(refit_solver, alpha, "the refit on train + validation")
         if method == "cg":
             solver_info = {**solver_info, "refit": refit_solver.info}
         del K_all, refit_solver
@@ -212,11 +220,34 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
         beta = betas.get(alpha)
         if beta is None:
             beta = solver.solve(Ytr - y_mean, alpha)
+            _require_converged(solver, alpha, "the fit")
         offset = y_mean - _matmul64(K_tt, beta).mean(0) if fit_intercept else zero  # ~y_mean
         n_used = n_train
     return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
             "grid_solver": method, "n_float64": n_float64, "solve_counts": counts,
-            "predictions": preds, "solver_info": solver_info}
+            "predictions": preds, "solver_info": solver_info, "unconverged": unconverged}
+
+
+def _unconverged(solver, alphas) -> dict:
+    """alpha -> why, for the alphas whose conjugate-gradient solution did not reach its
+    tolerance (an alpha below what the float32 Gram resolves stalls): left out of the choice,
+    their validation score is that of an unsolved system. Empty for the direct solvers."""
+    info = getattr(solver, "info", None)
+    if not info:
+        return {}
+    out = {}
+    for a in alphas:
+        rec = info["alphas"].get(f"{float(a):.6g}")
+        if rec is not None and not rec["converged"]:
+            out[float(a)] = (f"conjugate gradients did not converge (relative residual "
+                             f"{rec['relative_residual']:.3g} after {rec['iterations']} iterations)")
+    return out
+
+
+def _require_converged(solver, alpha: float, what: str) -> None:
+    why = _unconverged(solver, [alpha]).get(float(alpha))
+    if why:
+        raise FloatingPointError(f"kernel ridge, {what} at alpha {alpha:g}: {why}; use a larger alpha.")
 
 
 # --- leave-one-out ---

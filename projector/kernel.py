@@ -218,7 +218,11 @@ class KernelRidgeClassifier(_ClassifierBase):
     solver_info_ : dict: ``{"solver": "direct", "grid_solver": ...}``, or for conjugate
         gradients ``{"solver": "pcg", "rank": preconditioner rank, "tol", "iterations"
         (products with the Gram), "max_relative_residual", "alphas": {alpha: {"iterations",
-        "relative_residual"}}}`` (float64 residuals), with ``"refit"`` the same for the refit.
+        "relative_residual", "converged"}}}`` (float64 residuals), with ``"refit"`` the same for
+        the refit.
+    diverged_ : dict alpha -> why, the alphas of the grid whose conjugate-gradient solution did
+        not converge: left out of the choice (if none converged, or the one alpha used did not,
+        ``fit`` raises ``FloatingPointError``). Empty for the direct solver.
     """
 
     def __init__(
@@ -276,6 +280,8 @@ class KernelRidgeClassifier(_ClassifierBase):
             fit["alphas"] = alphas
             self.cv_ = "validation" if fit["scores"] is not None else None
         self._record(fit, data.kind)
+        # alpha -> why, left out of the choice: conjugate gradients did not converge there
+        self.diverged_ = dict(fit.get("unconverged") or {})
         self.solver_info_ = fit.get("solver_info") or {"solver": "direct", "grid_solver": fit["grid_solver"]}
         n_used = fit["n_used"]
         beta = fit["beta"]

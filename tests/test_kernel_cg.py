@@ -181,3 +181,17 @@ def test_an_alpha_below_what_float32_resolves_stops_early_and_says_so():
     assert info["1"]["converged"] and info["1"]["relative_residual"] <= 1e-5
     assert not info["1e-12"]["converged"]
     assert info["1e-12"]["iterations"] < 4 * _pcg._STALL_ITERS  # gave up, did not run to max_iter
+
+
+def test_an_unconverged_alpha_is_left_out_of_the_choice_and_named(problem):
+    # alpha 1e-12 stalls (its relative residual ends not finite) yet its unsolved system scores
+    # higher on validation than alpha 1e3 here: it must not be chosen, and the row must say why.
+    X, y, Xv, yv, *_ = problem
+    m = KernelRidgeClassifier(grid_solver="cg", alphas=(1e-12, 1e3), refit=False).fit(X, y, Xv, yv)
+    assert m.val_scores_[1e-12] > m.val_scores_[1e3]  # the unsolved alpha would win on its score
+    assert m.alpha_ == 1e3
+    assert list(m.diverged_) == [1e-12] and "did not converge" in m.diverged_[1e-12]
+    with pytest.raises(FloatingPointError, match="converged for no alpha.*use larger alphas"):
+        KernelRidgeClassifier(grid_solver="cg", alphas=(1e-12,), refit=False).fit(X, y, Xv, yv)
+    with pytest.raises(FloatingPointError, match="the fit at alpha 1e-12.*did not converge"):
+        KernelRidgeClassifier(grid_solver="cg", alphas=(1e-12,), refit=False).fit(X, y)

@@ -42,3 +42,39 @@ def test_cpu_flags_name_only_known_features_of_this_cpu():
     flags = cpu_flags().split()
     text = open("/proc/cpuinfo").read()
     assert all(f" {f}" in text for f in flags)
+
+
+def test_the_report_flags_a_dirty_tree_and_shows_the_highest_load_at_a_row():
+    import json
+
+    import pandas as pd
+
+    from benchmarks.report import _dirty, _highest_load
+
+    assert _dirty({"commit": "abc", "dirty": False}) == ""
+    assert _dirty({"commit": "abc", "dirty": True, "diff_sha1": "0123456789abcdef"}) == "YES (diff 0123456789)"
+    assert _dirty({"commit": None, "dirty": None}) == "unknown"
+    rows = pd.DataFrame({"extra": [json.dumps({"load_at_row": 1.9}), json.dumps({"load_at_row": 4.2}), "", "{bad"],
+                         "threads": [2, 2, 2, 2]})
+    assert _highest_load(rows) == "4.20 (2 threads)"
+    assert _highest_load(rows.iloc[2:]) == ""
+
+
+def test_a_row_records_the_load_average_when_its_cell_starts_and_at_the_row(cifar10_dir, tmp_path):
+    import json
+    import os
+
+    from benchmarks.cells import make_cell
+    from benchmarks.features import FeatureCache
+    from benchmarks.runner import Runner
+    from tiny_data import tiny_cifar10
+
+    data = tiny_cifar10(cifar10_dir, tmp_path / "cifar10", train_per_class=10, test_per_class=5)
+    cell = make_cell({"method": "small_cnn", "dataset": "cifar10", "data_dir": str(data), "image_size": 32,
+                      "train_per_class": 10, "test_per_class": 5, "device": "cpu", "threads": 1, "epochs": 1})
+    rows: list[dict] = []
+    row = Runner(progress=False, feature_cache=FeatureCache(None)).run_cell(cell, rows.extend)
+    assert row["status"] == "ok", row.get("error")
+    for r in rows:  # in the row dicts the method emits; the results file keeps them in ``extra``
+        assert 0 <= r["load_at_start"] <= 64 * os.cpu_count() and 0 <= r["load_at_row"] <= 64 * os.cpu_count()
+    assert json.loads(json.dumps(rows[-1], default=str))["load_at_row"] is not None
