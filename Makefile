@@ -77,7 +77,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # On a machine lent with a GPU (its own python3 and torch, no package index): every CUDA path once, in a few
-# minutes, written to results/gpu-check/ (see benchmarks/gpu_check.py). Carry .cache/gpu-check there, made here by
+# minutes, written to results/gpu-check/ (see benchmarks/perf/gpu_check.py). Carry .cache/gpu-check there, made here by
 # gpu-check-data from the development copy of CIFAR-10.
 GPU_DATA ?= .cache/gpu-check
 gpu-check-data:

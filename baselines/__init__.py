@@ -1,4 +1,4 @@
-"""Backprop baselines, each a method of the benchmark (see benchmarks.methods).
+"""Backprop baselines, each a method of the benchmark (see benchmarks.harness.registry).
 
 * ``finetune`` (:class:`baselines.finetune.FineTune`): the pretrained backbone at
   the cell's cut with a new linear head, as a linear probe or with its last

@@ -2,7 +2,7 @@
 
 The trainers check after every epoch (:func:`non_finite`) and stop at once with
 :class:`TrainingDiverged`: the runner records the cell as failed with that reason, never ``ok``.
-A learning-rate grid (``baselines._training.tune``) leaves a diverged value out of its choice,
+A learning-rate grid (``baselines._tuning.tune``) leaves a diverged value out of its choice,
 and raises :class:`GridDiverged` when every value diverged.
 """
 

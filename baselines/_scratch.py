@@ -1,12 +1,12 @@
-"""What the trainers of a network from scratch declare alike (see :mod:`benchmarks.protocol`):
+"""What the trainers of a network from scratch declare alike (see :mod:`benchmarks.core.protocol`):
 no backbone axes, backprop, and costs read from the network they build over their epoch budget."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from baselines._training import budget_epochs
-from benchmarks.flops import network_shape, trainer_memory_bytes
+from baselines._tuning import budget_epochs
+from benchmarks.core.flops import network_shape, trainer_memory_bytes
 
 
 class FromScratch:

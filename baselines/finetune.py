@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines import _training
-from benchmarks.flops import backbone_shape, trainer_memory_bytes
+from baselines import _training, _tuning
+from benchmarks.core.flops import backbone_shape, trainer_memory_bytes
 
 MODES = ("linear-probe", "unfreeze")
 HEADS = ("pool", "flatten")
@@ -85,9 +85,9 @@ class FineTuneConfig:
                                  f"choose one of: {', '.join(allowed)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        _training.check_epochs(self.epochs)
-        _training.check_budget(self)
-        _training.check_ranges(self)
+        _tuning.check_epochs(self.epochs)
+        _tuning.check_budget(self)
+        _tuning.check_ranges(self)
         if self.unfreeze_blocks < 0:
             raise ValueError(f"unfreeze_blocks must be >= 0, got {self.unfreeze_blocks}")
 
@@ -170,7 +170,7 @@ class FineTune:
             cfg = apply_preset(FineTuneConfig(**config))
         dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size)
         factor = 1.0 if cfg.mode == "linear-probe" else 3.0  # forward only / forward + backward
-        epochs = _training.budget_epochs(cfg.epochs, cfg.lr_grid, cfg.tune_epochs)
+        epochs = _tuning.budget_epochs(cfg.epochs, cfg.lr_grid, cfg.tune_epochs)
         return ({"train": factor * fwd * shape.n_train * epochs},
                 {"feature_dim": dim, "k": 0, "params": params})
 
@@ -183,7 +183,7 @@ class FineTune:
         self.config = apply_preset(config or FineTuneConfig())
 
     def build(self, ctx) -> FineTuneNet:
-        from benchmarks.backbones import build_backbone
+        from benchmarks.core.backbones import build_backbone
 
         cfg = self.config
         # fp32 master weights: ctx.precision becomes the autocast dtype, not the weights' dtype.
@@ -194,7 +194,7 @@ class FineTune:
         return FineTuneNet(ext, ctx.data.n_classes, ctx.data.image_size, cfg.head, n_blocks).to(ctx.device)
 
     def run(self, ctx) -> dict:
-        model, out = _training.train_or_tune(ctx, self.config, self._train)
+        model, out = _tuning.train_or_tune(ctx, self.config, self._train)
         self.model_ = model
         ext = model.extractor
         return {**out, "feature_dim": model.feature_dim,

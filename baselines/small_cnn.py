@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines import _training
+from baselines import _training, _tuning
 from baselines._scratch import FromScratch
 
 
@@ -76,11 +76,11 @@ class SmallCNNConfig:
     tune_epochs: int | None = None  # with lr_grid: try each rate for this many epochs, then train the best in full
 
     def __post_init__(self):
-        _training.check_epochs(self.epochs)
-        _training.check_ranges(self)
+        _tuning.check_epochs(self.epochs)
+        _tuning.check_ranges(self)
         if self.depth < 1 or self.width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={self.depth}, width={self.width}")
-        _training.check_budget(self)
+        _tuning.check_budget(self)
         if self.optimizer not in _training.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: "
                              f"{', '.join(_training.OPTIMIZERS)}")
@@ -113,7 +113,7 @@ class SmallCNN(FromScratch):
                            cfg.pooled_size)
 
     def run(self, ctx) -> dict:
-        model, out = _training.train_or_tune(ctx, self.config, self._train)
+        model, out = _tuning.train_or_tune(ctx, self.config, self._train)
         self.model_ = model
         return out
 

@@ -17,7 +17,7 @@ each epoch run in a counted ``train_s`` phase, fastai's validation (on our
 validation split) in ``eval_s`` (not counted), and each epoch emits a row.
 With ``ctx.checkpoint`` the callback saves each epoch (model, fastai's optimiser, its loader's
 shuffling state, random states, clock) and a stopped cell resumes with ``fit_one_cycle(...,
-start_epoch=)`` after its last saved epoch (:mod:`benchmarks.checkpoint`).
+start_epoch=)`` after its last saved epoch (:mod:`benchmarks.core.checkpoint`).
 fastai's progress bars and printed logs are switched off; ours is a tqdm bar.
 
 One-cycle is not early-stopped: the schedule only ends at its last epoch, so
@@ -34,10 +34,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines import _training
+from baselines import _training, _tuning
 from baselines._divergence import TrainingDiverged, non_finite
 from baselines._scratch import FromScratch
-from benchmarks import checkpoint as ckpt
+from benchmarks.core import checkpoint as ckpt
 
 FASTAI_VERSION = "2.8.12"
 
@@ -290,8 +290,8 @@ class WRN22Config:
     amp: bool = True  # fastai to_fp16() on CUDA (DAWNBench); ignored on CPU
 
     def __post_init__(self):
-        _training.check_epochs(self.epochs)
-        _training.check_ranges(self)
+        _tuning.check_epochs(self.epochs)
+        _tuning.check_ranges(self)
         if self.width < 1 or self.blocks_per_group < 1:
             raise ValueError("width and blocks_per_group must be >= 1, "
                              f"got {self.width} and {self.blocks_per_group}")

@@ -30,6 +30,12 @@ class BlockProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
     ``n_components`` and provide ``iter_blocks(X)`` yielding ``(cols, Y[:, cols])`` for a
     checked tensor X (``_blocks_of``)."""
 
+    #: (the registry record, :mod:`projector.projections`) streamed block by block into a Gram,
+    #: and taking ``block_size``
+    streamable = True
+    takes_block_size = True
+    takes_n_components = True
+
     def _fit(self, X: torch.Tensor, kind: str) -> None:
         """Only records n_features (the projection follows from the seed), after checking the
         hyperparameters scikit-learn's way."""

@@ -179,22 +179,8 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
     solver = _ShiftedSolver(K_tt, method)
     scores, betas, preds, unconverged = None, {}, None, {}
     if has_val:
-        betas = dict(zip(map(float, alphas), solver.solve_all(Ytr - y_mean, alphas)))
-        # every alpha's validation scores in one pass over the cross-kernel
-        c = Y.shape[1]
-        S_all = _matmul64(Kz[n_train:, :n_train], torch.cat(list(betas.values()), 1)) + y_mean.repeat(len(alphas))
-        scores = [_accuracy(S_all[:, i * c:(i + 1) * c], yv_idx) for i in range(len(alphas))]
-        preds = [_predicted_index(S_all[:, i * c:(i + 1) * c]) for i in range(len(alphas))]
-        del S_all
-        unconverged = _unconverged(solver, alphas)
-        if len(unconverged) == len(alphas):
-            raise FloatingPointError(
-                "kernel ridge: conjugate gradients converged for no alpha of the grid ("
-                + "; ".join(f"{a:g}: {why}" for a, why in unconverged.items())
-                + "); use larger alphas, or fewer training rows for the direct solver.")
-        best = max((i for i in range(len(alphas)) if float(alphas[i]) not in unconverged),
-                   key=lambda i: (scores[i], alphas[i]))
-        alpha = float(alphas[best])
+        alpha, scores, betas, preds, unconverged = _dual_grid(solver, Kz, Ytr - y_mean, y_mean, yv_idx, alphas,
+                                                              n_train)
     else:
         alpha = float(alphas[0])
     counts = solver.counts()
@@ -202,19 +188,9 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
     solver_info = getattr(solver, "info", None)  # conjugate gradients: iterations and residuals
     if has_val and refit:
         del solver, betas  # their buffers, before the (N, N) refit
-        y_all = Y.mean(0) if fit_intercept else zero
-        # offset = y_all - mean_j (Kz beta)_j = y_all - colmeans(Kz) . beta, read before Kz is centred
-        a = _col_means64(Kz) if fit_intercept else None
-        K_all = Kz if overwrite_gram else Kz.clone()
-        if fit_intercept:
-            _centre_rows_cols_(K_all, a)  # train + validation centred with their own mean
-        refit_solver = _ShiftedSolver(K_all, "cg" if method == "cg" else "cholesky", float64_copy=False)
-        beta = refit_solver.solve(Y - y_all, alpha)
-        _require_converged(refit_solver, alpha, "the refit on train + validation")
+        beta, offset, refit_info = _dual_refit(Kz, Y, alpha, method, fit_intercept, overwrite_gram, zero)
         if method == "cg":
-            solver_info = {**solver_info, "refit": refit_solver.info}
-        del K_all, refit_solver
-        offset = y_all - a @ beta if fit_intercept else zero
+            solver_info = {**solver_info, "refit": refit_info}
         n_used = N
     else:
         beta = betas.get(alpha)
@@ -226,6 +202,43 @@ def dual_fit(Kz: torch.Tensor, Y: torch.Tensor, n_train: int, yv_idx: torch.Tens
     return {"alpha": alpha, "scores": scores, "beta": beta, "offset": offset, "n_used": n_used,
             "grid_solver": method, "n_float64": n_float64, "solve_counts": counts,
             "predictions": preds, "solver_info": solver_info, "unconverged": unconverged}
+
+
+def _dual_refit(Kz, Y, alpha: float, method: str, fit_intercept: bool, overwrite_gram: bool, zero):
+    """The refit on train + validation at the chosen alpha: (beta, offset, the solver's info)."""
+    y_all = Y.mean(0) if fit_intercept else zero
+    # offset = y_all - mean_j (Kz beta)_j = y_all - colmeans(Kz) . beta, read before Kz is centred
+    a = _col_means64(Kz) if fit_intercept else None
+    K_all = Kz if overwrite_gram else Kz.clone()
+    if fit_intercept:
+        _centre_rows_cols_(K_all, a)  # train + validation centred with their own mean
+    refit_solver = _ShiftedSolver(K_all, "cg" if method == "cg" else "cholesky", float64_copy=False)
+    beta = refit_solver.solve(Y - y_all, alpha)
+    _require_converged(refit_solver, alpha, "the refit on train + validation")
+    info = getattr(refit_solver, "info", None)
+    del K_all, refit_solver
+    return beta, (y_all - a @ beta if fit_intercept else zero), info
+
+
+def _dual_grid(solver, Kz, Yc, y_mean, yv_idx, alphas, n_train: int):
+    """Every alpha solved on the training rows and scored on the validation rows (one pass over the
+    cross-kernel); the best validation accuracy chosen among the alphas whose solve converged.
+    Returns (alpha, scores, betas, predictions, unconverged)."""
+    betas = dict(zip(map(float, alphas), solver.solve_all(Yc, alphas)))
+    c = Yc.shape[1]
+    S_all = _matmul64(Kz[n_train:, :n_train], torch.cat(list(betas.values()), 1)) + y_mean.repeat(len(alphas))
+    scores = [_accuracy(S_all[:, i * c:(i + 1) * c], yv_idx) for i in range(len(alphas))]
+    preds = [_predicted_index(S_all[:, i * c:(i + 1) * c]) for i in range(len(alphas))]
+    del S_all
+    unconverged = _unconverged(solver, alphas)
+    if len(unconverged) == len(alphas):
+        raise FloatingPointError(
+            "kernel ridge: conjugate gradients converged for no alpha of the grid ("
+            + "; ".join(f"{a:g}: {why}" for a, why in unconverged.items())
+            + "); use larger alphas, or fewer training rows for the direct solver.")
+    best = max((i for i in range(len(alphas)) if float(alphas[i]) not in unconverged),
+               key=lambda i: (scores[i], alphas[i]))
+    return float(alphas[best]), scores, betas, preds, unconverged
 
 
 def _unconverged(solver, alphas) -> dict:

@@ -279,6 +279,7 @@ class GaussianProjection(_RandomProjection):
     """
 
     name = "gaussian"
+    flops_per_mac = 4  # |X R|^2 with complex R: two real products per multiply-add
 
     def _combine(self, P, c, m):
         # R's scale 1/sqrt(m) applied here, after the GEMM: n x c values instead of m x c
@@ -302,6 +303,7 @@ class LinearProjection(_RandomProjection):
     """
 
     name = "linear"
+    flops_per_mac = 2
     _imag = False
 
     def _combine(self, P, c, m):

@@ -96,6 +96,8 @@ class OPUProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
     """
 
     name = "opu"
+    # the registry record (projector.projections): counted as the dense |X R|^2 the device computes
+    streamable, takes_block_size, flops_per_mac, takes_n_components = False, False, 4, True
     _fitted_attr = "opu_"
     _preserves_dtype = []  # binary input, float32 features
 

@@ -1,6 +1,14 @@
 """The registry of projections (:data:`PROJECTIONS`, :func:`make_projection`) and the identity
 projection (``none``, the control). The projections themselves: :mod:`projector.gaussian`
-(``gaussian``, ``linear``), :mod:`projector.structured`, :mod:`projector.opu`."""
+(``gaussian``, ``linear``), :mod:`projector.structured`, :mod:`projector.opu`.
+
+Each projection class declares, as class attributes, what a caller planning work needs (its
+record; :data:`RECORD` names them): ``name``; ``takes_n_components`` (it makes ``n_components`` features: all
+but ``none``); ``streamable`` (``iter_blocks`` feeds a Gram block by
+block, :mod:`projector.streaming`); ``takes_block_size``; ``flops_per_mac`` (floating-point
+operations per multiply-add of the ``(n, d) x (d, k)`` product it stands for: 4 for ``|X R|^2``
+with complex R, 2 for a real product, 0 for none). A new projection is one file and one line in
+:data:`PROJECTIONS`."""
 
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ __all__ = [
     "available_memory_bytes",
     "resolve_compute_mode",
     "make_projection",
+    "RECORD",
 ]
 
 
@@ -37,6 +46,7 @@ class NoProjection(OneToOneFeatureMixin, _Transformer):
     """
 
     name = "none"
+    streamable, takes_block_size, flops_per_mac, takes_n_components = False, False, 0, False
 
     def __init__(self, n_components: int | None = None, seed: int = 0):
         self.n_components = n_components
@@ -67,11 +77,15 @@ PROJECTIONS = {
 }
 
 
-def make_projection(name: str, n_components: int | None = None, seed: int = 0, **kwargs):
-    """Build a projection from its registry name, e.g.
+#: The class attributes every projection declares (see the module's docstring).
+RECORD = ("name", "streamable", "takes_block_size", "flops_per_mac", "takes_n_components")
+
+
+def make_projection(name, n_components: int | None = None, seed: int = 0, **kwargs):
+    """Build a projection from its registry name (or its class), e.g.
     ``make_projection("gaussian", n_components=10_000, seed=0, block_size=1024)``."""
     try:
-        cls = PROJECTIONS[name]
+        cls = name if isinstance(name, type) else PROJECTIONS[name]
     except KeyError:
         raise ValueError(f"Unknown projection {name!r}: choose one of {sorted(PROJECTIONS)}.") from None
     if cls is not NoProjection and n_components is None:

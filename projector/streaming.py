@@ -280,11 +280,12 @@ class StreamingRidgeClassifier(_ClassifierBase):
         for r0 in range(0, X.shape[0], step):
             yield r0, self._proj().transform(X[r0:r0 + step])
 
-    def _fit_primal(self, parts, Y, n, yv_idx, y_idx):
+    def _shifted_sums(self, parts, Y):
+        """Per part, streamed once: G = sum (y - p)(y - p)^T (float32), s = sum (y - p) and
+        B = sum (y - p) Y^T (float64), about the pilot mean p of the first chunk. Returns (G, s, B, p)."""
         device = parts[0].device
         k = self.n_components_
         c = Y.shape[1]
-        # Shifted sums: G = sum (y - p)(y - p)^T, s = sum (y - p), B = sum (y - p) Y^T, per part.
         G = [torch.zeros(k, k, dtype=torch.float32, device=device) for _ in parts]
         s = [torch.zeros(k, dtype=torch.float64, device=device) for _ in parts]
         B = [torch.zeros(k, c, dtype=torch.float64, device=device) for _ in parts]
@@ -305,6 +306,13 @@ class StreamingRidgeClassifier(_ClassifierBase):
                 rows = slice(offsets[i] + r0, offsets[i] + r0 + F.shape[0])
                 B[i] += (Y[rows].T @ F.double()).T
             check_finite_gram(_symmetrize_(G[i]), parts, "X's projected features")
+        return G, s, B, pilot
+
+    def _fit_primal(self, parts, Y, n, yv_idx, y_idx):
+        device = parts[0].device
+        k = self.n_components_
+        c = Y.shape[1]
+        G, s, B, pilot = self._shifted_sums(parts, Y)
         # train: centred Gram and right-hand side
         y_tr = Y[:n].mean(0) if self.fit_intercept else torch.zeros(c, dtype=torch.float64, device=device)
         d_tr = s[0] / n if self.fit_intercept else torch.zeros(k, dtype=torch.float64, device=device)

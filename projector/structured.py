@@ -131,6 +131,7 @@ class StructuredProjection(BlockProjection):
     """
 
     name = "structured"
+    flops_per_mac = 4  # counted as the dense |X R|^2 it stands for
 
     def __init__(
         self,

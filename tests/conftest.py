@@ -46,7 +46,7 @@ def cifar10_dir() -> Path:
 @pytest.fixture(scope="session")
 def mobilenet_weights() -> str:
     """The resolved name of offline MobileNetV2 ImageNet weights, or a skip."""
-    from benchmarks.backbones import weights_path
+    from benchmarks.core.backbones import weights_path
 
     for name in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
         if weights_path("mobilenet_v2", name).exists():

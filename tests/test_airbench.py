@@ -11,11 +11,11 @@ import torch
 from baselines import airbench
 from baselines.airbench import Airbench, AirbenchConfig, AirbenchNet, Lookahead, whitening_filters
 from benchmarks.cli import main
-from benchmarks.data import ImageSplit, synthetic_bundle
-from benchmarks.methods import full_config
-from benchmarks.protocol import CellShape, RunContext
-from benchmarks.results import read_rows
-from benchmarks.timing import Clock
+from benchmarks.core.data import ImageSplit, synthetic_bundle
+from benchmarks.harness.registry import full_config
+from benchmarks.core.protocol import CellShape, RunContext
+from benchmarks.harness.results import read_rows
+from benchmarks.core.timing import Clock
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -191,7 +191,7 @@ def test_whitening_comes_from_training_patches_only():
     index = method.whiten_index_
     assert len(index) == 10 and int(index.max()) < len(data.train)
     mean, std = data.channel_stats()
-    from benchmarks.data import to_float
+    from benchmarks.core.data import to_float
 
     expected = whitening_filters(to_float(data.train.images[index], mean, std))
     assert torch.allclose(weight, expected)  # frozen: training and the weight average leave it as it was

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from baselines.airbench import Airbench
-from benchmarks.protocol import RunContext
-from benchmarks.timing import Clock
+from benchmarks.core.protocol import RunContext
+from benchmarks.core.timing import Clock
 
 # Per device: images per class (train, test; None = all), runs of each, accuracy tolerance.
 SIZES = {"cpu": dict(train_per_class=500, test_per_class=200, runs=1, tolerance=0.03),
@@ -92,7 +92,7 @@ def test_matches_the_airbench_package(device, cifar10_dir, tmp_path, monkeypatch
     (the package's CUDA events, the runner's Clock): ours within ``tolerance`` of ``train94``'s test
     accuracy with TTA (mean of the runs) and within 1.5x its training time (best of the runs)."""
     package = pytest.importorskip("airbench")
-    from benchmarks.data import load_dataset
+    from benchmarks.core.data import load_dataset
 
     size = SIZES[device]
     if device == "cpu":

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from benchmarks.backbones import build_backbone, extract_features, list_cuts, resolve_cut, truncate
-from benchmarks.cuts import RANDOM_INIT_KWARGS, family
+from benchmarks.core.backbones import build_backbone, extract_features, list_cuts, resolve_cut, truncate
+from benchmarks.core.cuts import RANDOM_INIT_KWARGS, family
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture: --threads 1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -161,7 +161,7 @@ def test_transformer_readouts():
 
 
 def test_readout_names_are_canonical_and_checked():
-    from benchmarks.backbones import BackboneError
+    from benchmarks.core.backbones import BackboneError
 
     assert resolve_cut("vit_b_16", "encoder.ln:cls") == "encoder.ln"
     assert resolve_cut("vit_b_16", "encoder:mean") == "encoder.ln:mean"
@@ -187,7 +187,7 @@ def tiny_folder(cifar10_dir, tmp_path_factory):
 @pytest.mark.parametrize("name", END_TO_END)
 def test_runs_end_to_end(name, where, method, tiny_folder, tmp_path):
     from benchmarks.cli import main
-    from benchmarks.results import read_rows
+    from benchmarks.harness.results import read_rows
 
     cuts = list_cuts(name)
     cut = cuts[len(cuts) // 2] if where == "middle" else cuts[-1]
@@ -204,6 +204,6 @@ def test_runs_end_to_end(name, where, method, tiny_folder, tmp_path):
 
 
 def _skeleton(name):
-    from benchmarks.cuts import skeleton
+    from benchmarks.core.cuts import skeleton
 
     return skeleton(name)

@@ -4,7 +4,7 @@ parameter count, same output as the full net; the registry, weights names and er
 import pytest
 import torch
 
-from benchmarks.backbones import (BACKBONES, BackboneError, build_backbone, build_base, check_precision,
+from benchmarks.core.backbones import (BACKBONES, BackboneError, build_backbone, build_base, check_precision,
                                   list_cuts, resolve_cut, truncate)
 
 SIZE = 64
@@ -187,7 +187,7 @@ def test_offline_never_tries_the_network(monkeypatch, tmp_path):
 
 
 def test_weights_names():
-    from benchmarks.backbones import resolve_weights
+    from benchmarks.core.backbones import resolve_weights
 
     assert resolve_weights("resnet50", "ResNet50_Weights.IMAGENET1K_V1") == "IMAGENET1K_V1"
     assert resolve_weights("resnet50", "none") == "none"
@@ -209,7 +209,7 @@ def test_cuts_and_backbones_commands(capsys):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_reduced_precision_extraction(precision):
-    from benchmarks.backbones import extract_features
+    from benchmarks.core.backbones import extract_features
 
     ext = build_backbone("mobilenet_v2", "features.3", "none", precision)
     imgs = torch.randint(0, 255, (3, 3, 32, 32), dtype=torch.uint8)

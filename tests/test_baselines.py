@@ -14,10 +14,10 @@ from baselines import _training
 from baselines.finetune import PRESETS, FineTune, FineTuneConfig, apply_preset
 from baselines.small_cnn import SmallCNN
 from baselines.wrn22 import WRN22OneCycle, wrn_22
-from benchmarks.backbones import weights_path
-from benchmarks.data import synthetic_bundle
-from benchmarks.protocol import RunContext
-from benchmarks.timing import Clock
+from benchmarks.core.backbones import weights_path
+from benchmarks.core.data import synthetic_bundle
+from benchmarks.core.protocol import RunContext
+from benchmarks.core.timing import Clock
 
 EPOCH_KEYS = {"row_type", "epoch", "train_time_s", "train_loss", "val_acc"}
 FINAL_KEYS = {"train_acc", "val_acc", "test_acc", "best_epoch", "epochs", "model_param_count",

@@ -257,10 +257,10 @@ def test_cpu_flags_choose_the_target():
 
 def test_the_kernel_row_records_the_gram_path():
     """A kernel cell's row says how its Gram was formed (in ``extra``); other cells have no such key."""
-    from benchmarks.data import synthetic_bundle
-    from benchmarks.protocol import RunContext
-    from benchmarks.random_features import RandomFeatures, RandomFeaturesConfig
-    from benchmarks.timing import Clock
+    from benchmarks.core.data import synthetic_bundle
+    from benchmarks.core.protocol import RunContext
+    from benchmarks.methods.random_features import RandomFeatures, RandomFeaturesConfig
+    from benchmarks.core.timing import Clock
 
     data = synthetic_bundle(n_per_class=12, image_size=32, n_classes=2)
     for path in ("int8", "float32"):

@@ -6,16 +6,17 @@ import textwrap
 
 import pytest
 
-from benchmarks.cells import CellError, cell_shape, make_cell, plan_memory, validate
-from benchmarks.cli import _CELL_ARGS, build_parser, main
-from benchmarks.methods import REGISTRY, backbone_methods, backprop_methods, full_config
-from benchmarks.protocol import CellShape
-from benchmarks.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
+from benchmarks.harness.cells import CellError, cell_shape, make_cell, plan_memory, validate
+from benchmarks.cli import build_parser, main
+from benchmarks.cli.run import _CELL_ARGS
+from benchmarks.harness.registry import REGISTRY, backbone_methods, backprop_methods, full_config
+from benchmarks.core.protocol import CellShape
+from benchmarks.harness.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
 
 
 def _cli_cell(*flags: str):
     """The cell `gradfree run FLAGS` would run, built the way cmd_run builds it."""
-    from benchmarks.cli import _method_options
+    from benchmarks.cli.run import _method_options
 
     args = build_parser().parse_args(["run", *flags])
     return make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **_method_options(args)})
@@ -191,7 +192,7 @@ def test_set_on_one_run_is_that_runs_setting_and_dry_run_runs_nothing(tmp_path, 
 
 
 def test_each_trainer_keeps_its_recipes_batch_size_unless_one_is_asked_for():
-    from benchmarks.methods import make_config
+    from benchmarks.harness.registry import make_config
 
     for name in REGISTRY:
         default = getattr(REGISTRY[name].Config(), "batch_size", "n/a")

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import checkpoint as ckpt
-from benchmarks import results as res
+from benchmarks.core import checkpoint as ckpt
+from benchmarks.harness import results as res
+from benchmarks.harness.resultsfile import ResultsFile
 from benchmarks.cli import Terminated, main
-from benchmarks.results import read_rows
-from benchmarks.timing import Clock
+from benchmarks.harness.results import read_rows
+from benchmarks.core.timing import Clock
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,10 +66,11 @@ def final(out):
 
 def outcome(out) -> tuple:
     """What a cell's final row says of its training: scores, best epoch, and its ``extra`` (epochs run,
-    learning rate, the grid's scores) but where it resumed and the grid's time."""
+    learning rate, the grid's scores) but where it resumed, the grid's time and the machine's load."""
     row = final(out)
     extra = json.loads(row["extra"] or "{}")
-    extra.pop("resumed_from", None), extra.pop("tune_s", None)  # tune_s: measured, a time
+    for measured in ("resumed_from", "tune_s", "load_at_start", "load_at_row"):  # times and loads: measured
+        extra.pop(measured, None)
     return tuple(row[k] for k in FINAL), extra
 
 
@@ -86,13 +88,13 @@ def stop_after_save(monkeypatch, stage: str, epoch: int):
 def stop_at_row(monkeypatch, epoch: int):
     """SIGTERM's exception when epoch ``epoch``'s row is about to be written: that epoch is trained but not
     checkpointed, so the resumed run trains it again."""
-    append = res.ResultsFile.append
+    append = ResultsFile.append
 
     def append_or_stop(self, rows):
         if any(r.get("row_type") == "epoch" and r.get("epoch") == epoch for r in rows):
             raise Terminated()
         append(self, rows)
-    monkeypatch.setattr(res.ResultsFile, "append", append_or_stop)
+    monkeypatch.setattr(ResultsFile, "append", append_or_stop)
 
 
 def check_same_run(whole, resumed, stopped_epochs: int):
@@ -283,10 +285,10 @@ def test_finetune_with_early_stopping_resumes_to_the_same_curve(data_dir, tmp_pa
 
 def test_a_ray_worker_that_dies_mid_cell_is_retried_from_its_checkpoint(data_dir, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    from benchmarks import executors
-    from benchmarks.cells import Cell
-    from benchmarks.features import FeatureCache
-    from benchmarks.runner import Runner
+    from benchmarks.harness import executors
+    from benchmarks.harness.cells import Cell
+    from benchmarks.core.features import FeatureCache
+    from benchmarks.harness.runner import Runner
 
     cell = Cell(method="small_cnn", dataset="cifar10", data_dir=str(data_dir), image_size=32, train_per_class=10,
                 test_per_class=5, device="cpu", seed=3, threads=1, options=(("epochs", 3), ("width", 4)))
@@ -299,8 +301,8 @@ def test_a_ray_worker_that_dies_mid_cell_is_retried_from_its_checkpoint(data_dir
         import os
         import pathlib
 
-        from benchmarks import checkpoint
-        from benchmarks.executors import run_cell_in_worker
+        from benchmarks.core import checkpoint
+        from benchmarks.harness.executors import run_cell_in_worker
 
         if not pathlib.Path(_marker).exists():
             save = checkpoint.CellCheckpoint.save
@@ -327,8 +329,8 @@ def test_a_ray_worker_that_dies_mid_cell_is_retried_from_its_checkpoint(data_dir
 
 
 def test_a_worker_that_does_not_see_the_folder_does_not_checkpoint(data_dir, tmp_path):
-    from benchmarks.cells import Cell
-    from benchmarks.executors import _WORKER_RUNNERS, run_cell_in_worker
+    from benchmarks.harness.cells import Cell
+    from benchmarks.harness.executors import _WORKER_RUNNERS, run_cell_in_worker
 
     cell = Cell(method="small_cnn", dataset="cifar10", data_dir=str(data_dir), image_size=32, train_per_class=10,
                 test_per_class=5, device="cpu", seed=3, threads=1, options=(("epochs", 1), ("width", 4)))

@@ -6,7 +6,7 @@ import pytest
 
 from baselines.finetune import FineTuneConfig
 from benchmarks.cli import main
-from benchmarks.results import read_rows
+from benchmarks.harness.results import read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def _two_cell_args(data_dir, out):
 def test_a_torn_last_row_is_set_aside_and_its_cell_runs_again(tmp_path, cifar10_dir, mobilenet_weights, capsys):
     import pandas as pd
 
-    from benchmarks.tables import load_results
+    from benchmarks.report.tables import load_results
 
     out = tmp_path / "out"
     runs = [[a.replace("{seed}", str(s)) for a in _two_cell_args(cifar10_dir, out)] for s in (0, 1)]
@@ -133,7 +133,7 @@ def test_a_second_run_into_a_busy_folder_refuses_naming_the_holder(tmp_path, cap
     out = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from benchmarks.results import ResultsFile\n"
+         "import sys, time; from benchmarks.harness.resultsfile import ResultsFile\n"
          f"with ResultsFile({str(out)!r}):\n    print('held', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -153,7 +153,7 @@ def test_a_read_only_results_file_is_refused_and_left_alone(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     csv = out / "results.csv"
-    csv.write_text(",".join(__import__("benchmarks.results", fromlist=["SCHEMA"]).SCHEMA) + "\n")
+    csv.write_text(",".join(__import__("benchmarks.harness.results", fromlist=["SCHEMA"]).SCHEMA) + "\n")
     os.chmod(csv, 0o444)
     code = main(["run", "--method", "small_cnn", "--out", str(out), "--no-progress"])
     assert code == 2 and "read-only" in capsys.readouterr().err
@@ -199,14 +199,14 @@ def _other_value(field, default):
     return None
 
 
-@pytest.mark.parametrize("method", sorted(__import__("benchmarks.methods", fromlist=["REGISTRY"]).REGISTRY))
+@pytest.mark.parametrize("method", sorted(__import__("benchmarks.harness.registry", fromlist=["REGISTRY"]).REGISTRY))
 def test_every_numeric_and_boolean_config_field_can_be_set_for_one_run(method):
     # --set NAME=VALUE reaches every field of every method's Config on a single run (issue 24, item 3)
     import argparse
     import dataclasses
 
-    from benchmarks.cli import _add_run_args, _method_options, _single_run_settings
-    from benchmarks.methods import get_method, make_config
+    from benchmarks.cli.run import _add_run_args, _method_options, _single_run_settings
+    from benchmarks.harness.registry import get_method, make_config
 
     cls = get_method(method)
     defaults = cls.Config()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.compare import compare
-from benchmarks.tables import load_results
+from benchmarks.report.gate import compare
+from benchmarks.report.tables import load_results
 
 QUICK = Path(__file__).resolve().parent.parent / "results" / "quick" / "results.csv"
 N_CELLS = 10  # successful final rows in results/quick

@@ -8,10 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from benchmarks.comparison import pareto_front, time_to_accuracy_table
-from benchmarks.report import build_report
-from benchmarks.results import append_rows
-from benchmarks.tables import load_results, split_rows
+from benchmarks.report.comparison import pareto_front, time_to_accuracy_table
+from benchmarks.report.build import build_report
+from benchmarks.harness.results import append_rows
+from benchmarks.report.tables import load_results, split_rows
 
 DATA = {"dataset": "cifar10", "image_size": 32, "n_train": 800, "n_val": 200, "n_test": 2000}
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.data import DEBIAN_FASHION_MNIST, DatasetError, load_dataset, to_float
+from benchmarks.core.data import DEBIAN_FASHION_MNIST, DatasetError, load_dataset, to_float
 
 
 def _make_folder(root, classes=("cat", "dog"), n=10, size=12, mode="RGB"):

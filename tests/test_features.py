@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from benchmarks import features
-from benchmarks.features import FeatureCache, FeatureCacheWarning
+from benchmarks.core import features
+from benchmarks.core.features import FeatureCache, FeatureCacheWarning
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.backbones import (PRECISIONS, BackboneError, build_backbone, check_precision, extract_features,
+from benchmarks.core.backbones import (PRECISIONS, BackboneError, build_backbone, check_precision, extract_features,
                                   quantize_extractor)
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture: --threads 1)
 
@@ -50,7 +50,7 @@ def test_int8_features_follow_fp32_and_weigh_a_quarter():
 
 
 def test_pretrained_mobilenet_v2_int8(mobilenet_weights, cifar10_dir, tmp_path):
-    from benchmarks.data import load_dataset
+    from benchmarks.core.data import load_dataset
 
     data = load_dataset("imagefolder:" + str(tiny_cifar10(cifar10_dir, tmp_path, 12, 4)), None, 64, 12, 4, 0.0)
     fp32, ext = _pair("mobilenet_v2", "features.18", mobilenet_weights)
@@ -66,9 +66,9 @@ def test_untraceable_networks_say_so():
 
 
 def test_int8_run_end_to_end(cifar10_dir, tmp_path):
-    from benchmarks.cells import make_cell, validate
+    from benchmarks.harness.cells import make_cell, validate
     from benchmarks.cli import main
-    from benchmarks.results import read_rows
+    from benchmarks.harness.results import read_rows
 
     folder = tiny_cifar10(cifar10_dir, tmp_path / "data", 6, 3)
     cell = make_cell({"backbone": "resnet18", "cut": "layer3", "precision": "int8", "weights": "none",

@@ -135,8 +135,9 @@ def test_ridge_grid_by_cg_matches_cholesky(problem):
 
 
 def test_full_cifar10_kernel_is_planned_within_16_gb_and_a_refusal_names_the_size_and_flag():
-    from benchmarks.cells import CellError, make_cell, plan_memory
-    from benchmarks.cli import _CELL_ARGS, _method_options, build_parser
+    from benchmarks.harness.cells import CellError, make_cell, plan_memory
+    from benchmarks.cli import build_parser
+    from benchmarks.cli.run import _CELL_ARGS, _method_options
 
     args = build_parser().parse_args(["run", "--dataset", "cifar10", "--data-dir", "/nonexistent",
                                       "--train-per-class", "0", "--test-per-class", "0", "--val-fraction", "0.1",

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.cells import MAX_SEED, CellError, make_cell, validate
+from benchmarks.harness.cells import MAX_SEED, CellError, make_cell, validate
 from benchmarks.cli import main
-from benchmarks.rekey import cell_from_record, key_mapping, rekey
-from benchmarks import suites
-from benchmarks.results import RESULTS_FILE, finished_keys, read_rows
-from benchmarks.tables import aggregate, load_results, summary_table
+from benchmarks.harness.rekey import cell_from_record, key_mapping, rekey
+from benchmarks.harness import suites
+from benchmarks.harness.results import RESULTS_FILE, finished_keys, read_rows
+from benchmarks.report.tables import aggregate, load_results, summary_table
 from tiny_data import tiny_cifar10
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,7 @@ import torch
 from benchmarks import perf
 from benchmarks.perf import command as perf_cli
 from benchmarks.cli import build_parser, main
-from benchmarks.timing import PeakMemory
+from benchmarks.core.timing import PeakMemory
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def test_targets_and_peak_memory(tmp_path):
 
 def test_extraction_pipeline_equals_the_plain_forward(restore_threads):
     """channels-last, one batch prepared ahead: the same features as the plain NCHW forward."""
-    from benchmarks.backbones import build_backbone, extract_features
-    from benchmarks.data import IMAGENET_MEAN, IMAGENET_STD, to_float
+    from benchmarks.core.backbones import build_backbone, extract_features
+    from benchmarks.core.data import IMAGENET_MEAN, IMAGENET_STD, to_float
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

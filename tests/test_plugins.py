@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.results import RESULTS_FILE, read_rows
+from benchmarks.harness.results import RESULTS_FILE, read_rows
 from tiny_data import tiny_cifar10
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +81,40 @@ n_components = 64
     assert "nearest centroid shrink=0.5" in text
 
 
+def test_an_installed_dataset_projection_and_backbone_run_a_cell_with_estimates(installed, tmp_path):
+    # All three parts from the example package's entry points: nothing of gradfree names them.
+    out = tmp_path / "parts"
+    args = ["run", "--method", "random-features", "--dataset", "stripes", "--backbone", "tinynet", "--weights",
+            "none", "--cut", "block1", "--projector", "cosine", "--n-components", "256", "--image-size", "32",
+            "--train-per-class", "80", "--test-per-class", "0", "--device", "cpu", "--threads", "1",
+            "--no-progress", "--out", str(out)]
+    plan = _gradfree([*args, "--dry-run"], installed)
+    assert plan.returncode == 0 and "to run" in plan.stdout, plan.stderr
+    run = _gradfree(args, installed)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = [r for r in read_rows(out / RESULTS_FILE) if r["row_type"] == "final"]
+    assert (row["status"], row["dataset"], row["backbone"], row["cut"], row["projection"]) == \
+        ("ok", "stripes", "tinynet", "block1", "cosine")
+    assert int(row["n_classes"]) == 2 and int(row["n_components"]) == 256 and int(row["n_test"]) == 100
+    assert int(row["feature_dim"]) == 16 * 8 * 8  # tinynet's second block at 32 px
+    assert float(row["test_acc"]) > 0.9  # stripes are easy: a plugin that ran, not one that guessed
+    extra = json.loads(row["extra"])
+    assert extra["estimate"]["flops"]["project"] == 2 * 160 * 16 * 8 * 8 * 256  # its flops_per_mac, declared
+
+
+@pytest.mark.parametrize("flag, name, message", [
+    ("--dataset", "stripe", "unknown dataset 'stripe'; choose one of: cifar10"),
+    ("--projector", "cosin", "unknown projection 'cosin'; choose one of: gaussian"),
+    ("--backbone", "tinynets", "invalid choice: 'tinynets'"),
+])
+def test_an_unknown_part_lists_the_installed_plugins(installed, flag, name, message, tmp_path):
+    bad = _gradfree(["run", flag, name, "--weights", "none", "--out", str(tmp_path / "o"), "--dry-run"], installed)
+    said = bad.stdout + bad.stderr  # a dry run lists a refused cell with its reason; a bad flag is argparse's
+    assert bad.returncode == 2 and message in said, said
+    listed = {"--dataset": "stripes", "--projector": "cosine", "--backbone": "tinynet"}[flag]
+    assert listed in said
+
+
 def test_a_bad_plugin_setting_is_refused_by_a_dry_run(installed, tiny_dir, tmp_path):
     bad = _gradfree(["run", "--method", "nearest-centroid", "--set", "shrink=2", *TINY, "--data-dir", str(tiny_dir),
                      "--out", str(tmp_path / "o"), "--dry-run"], installed)
@@ -112,7 +146,7 @@ def test_the_readme_plugin_runs_as_a_file_under_ray(tiny_dir, tmp_path):
 
 
 def test_a_file_plugin_has_one_key_however_its_path_is_spelled(tmp_path, monkeypatch):
-    from benchmarks.cells import make_cell
+    from benchmarks.harness.cells import make_cell
 
     path = _readme_plugin(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks.cells import make_cell, validate
+from benchmarks.harness.cells import make_cell, validate
 from benchmarks.cli import main
-from benchmarks.data import load_dataset
-from benchmarks.logistic import LogisticControl
-from benchmarks.results import RESULTS_FILE, read_rows
+from benchmarks.core.data import load_dataset
+from benchmarks.methods.logistic import LogisticControl
+from benchmarks.harness.results import RESULTS_FILE, read_rows
 from tiny_data import tiny_cifar10
 
 
@@ -48,7 +48,7 @@ def test_seeds_resample_the_training_subset_below_the_whole_pool(pool):
 
 
 def test_a_fixed_validation_split_that_leaves_nothing_is_refused(pool):
-    from benchmarks.datasets import DatasetError
+    from benchmarks.core.datasets import DatasetError
 
     with pytest.raises(DatasetError, match="leaves no training image"):
         load_dataset("cifar10", pool, image_size=32, test_per_class=4, val_per_class=12, progress=False)
@@ -113,7 +113,7 @@ refit = false
 def test_the_feature_cache_shares_validation_and_test_features_across_draws_not_training_ones(pool):
     from types import SimpleNamespace
 
-    from benchmarks.features import FeatureCache
+    from benchmarks.core.features import FeatureCache
 
     ext = SimpleNamespace(name="mobilenet_v2", cut="features.18", weights="IMAGENET1K_V1", dtype_name="torch.float32")
     cache, a, b = FeatureCache(), _load(pool, 5, 0), _load(pool, 5, 1)
@@ -129,6 +129,6 @@ def test_a_dry_run_plans_from_the_rates_another_folder_measured(tmp_path, capsys
     default = capsys.readouterr().out
     assert main([*flags, "--rates-from", str(repo / "results" / "study-cifar10")]) == 0
     measured = capsys.readouterr().out
-    assert "default rates (benchmarks.estimate.DEFAULT_GFLOPS)" in default
+    assert "default rates (benchmarks.harness.estimate.DEFAULT_GFLOPS)" in default
     assert "rates measured in" in measured and "study-cifar10" in measured
     assert default.splitlines()[1] != measured.splitlines()[1]  # the estimate moved with the rates

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from benchmarks.metadata import _git_commit, cpu_flags
+from benchmarks.harness.metadata import _git_commit, cpu_flags
 
 
 def _repo(tmp_path):
@@ -49,7 +49,7 @@ def test_the_report_flags_a_dirty_tree_and_shows_the_highest_load_at_a_row():
 
     import pandas as pd
 
-    from benchmarks.report import _dirty, _highest_load
+    from benchmarks.report.build import _dirty, _highest_load
 
     assert _dirty({"commit": "abc", "dirty": False}) == ""
     assert _dirty({"commit": "abc", "dirty": True, "diff_sha1": "0123456789abcdef"}) == "YES (diff 0123456789)"
@@ -64,9 +64,9 @@ def test_a_row_records_the_load_average_when_its_cell_starts_and_at_the_row(cifa
     import json
     import os
 
-    from benchmarks.cells import make_cell
-    from benchmarks.features import FeatureCache
-    from benchmarks.runner import Runner
+    from benchmarks.harness.cells import make_cell
+    from benchmarks.core.features import FeatureCache
+    from benchmarks.harness.runner import Runner
     from tiny_data import tiny_cifar10
 
     data = tiny_cifar10(cifar10_dir, tmp_path / "cifar10", train_per_class=10, test_per_class=5)

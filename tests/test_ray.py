@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.executors import RayExecutor, make_executor
-from benchmarks.results import read_rows
+from benchmarks.harness.executors import RayExecutor, make_executor
+from benchmarks.harness.results import read_rows
 from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.slow
@@ -63,11 +63,11 @@ def test_ray_executor_matches_the_local_run(tmp_path, cifar10_dir, mobilenet_wei
 
 def test_a_dying_worker_is_retried_then_recorded_as_failed(tmp_path, cifar10_dir, mobilenet_weights, ray_local,
                                                             monkeypatch):
-    import benchmarks.executors as executors
-    from benchmarks.cells import Cell
-    from benchmarks.executors import run_cells
-    from benchmarks.features import FeatureCache
-    from benchmarks.runner import Runner
+    import benchmarks.harness.executors as executors
+    from benchmarks.harness.cells import Cell
+    from benchmarks.harness.executors import run_cells
+    from benchmarks.core.features import FeatureCache
+    from benchmarks.harness.runner import Runner
 
     data = tiny_cifar10(cifar10_dir, tmp_path / "cifar10-tiny")
     cells = [Cell(method="small_cnn", dataset="cifar10", data_dir=str(data), image_size=32, train_per_class=10,
@@ -79,7 +79,7 @@ def test_a_dying_worker_is_retried_then_recorded_as_failed(tmp_path, cifar10_dir
         import os
         import pathlib
 
-        from benchmarks.executors import run_cell_in_worker
+        from benchmarks.harness.executors import run_cell_in_worker
 
         if cell.seed == 0 and not pathlib.Path(_marker).exists():
             pathlib.Path(_marker).touch()
@@ -121,7 +121,7 @@ def test_missing_ray_gives_the_install_hint(monkeypatch):
 
 
 def test_cells_ask_for_gpus_only_when_they_need_them():
-    from benchmarks.cells import Cell
+    from benchmarks.harness.cells import Cell
 
     class FakeRay:
         def cluster_resources(self):

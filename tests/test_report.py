@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.compare import compare
-from benchmarks.methods import REGISTRY
-from benchmarks.plots import time_to_accuracy_data
-from benchmarks.report import build_report
-from benchmarks.tables import (BACKPROP, GRADIENT_FREE, UNKNOWN, load_results, side, split_rows, split_sides,
+from benchmarks.report.gate import compare
+from benchmarks.harness.registry import REGISTRY
+from benchmarks.report.plots import time_to_accuracy_data
+from benchmarks.report.build import build_report
+from benchmarks.report.tables import (BACKPROP, GRADIENT_FREE, UNKNOWN, load_results, side, split_rows, split_sides,
                                summary_table, time_table)
 from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
@@ -292,7 +292,7 @@ def test_a_torn_results_file_is_reported_without_its_torn_rows(tmp_path, capsys)
     assert f"{n_finals} finished cells" in md and n_finals < len(split_rows(load_results(QUICK))[0])
 
 
-REPORTING = ("tables", "plots", "report", "compare")
+REPORTING = ("report.tables", "report.plots", "report.build", "report.gate")
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:
@@ -325,11 +325,11 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
 def test_reporting_modules_import_without_circles():
     graph = {}
     for pkg in ("benchmarks", "baselines", "projector"):
-        for path in (REPO / pkg).glob("*.py"):
-            graph[f"{pkg}.{path.stem}"] = _imports(path)[0]
+        for path in (REPO / pkg).rglob("*.py"):
+            graph[".".join(path.relative_to(REPO).with_suffix("").parts)] = _imports(path)[0]
     for name in REPORTING:
         module = f"benchmarks.{name}"
-        top, inner = _imports(REPO / "benchmarks" / f"{name}.py")
+        top, inner = _imports(REPO / "benchmarks" / f"{name.replace('.', '/')}.py")
         assert not inner, f"{module} imports {inner} inside a function"
         seen, todo = set(), list(graph[module])
         while todo:  # everything the module imports, directly or not
@@ -339,7 +339,7 @@ def test_reporting_modules_import_without_circles():
                 todo += graph[m]
         assert module not in seen, f"{module} imports a module that imports it back"
     mine = {f"benchmarks.{n}" for n in REPORTING}
-    assert graph["benchmarks.plots"] & mine == {"benchmarks.tables"}
-    assert graph["benchmarks.compare"] & mine == {"benchmarks.tables"}
-    assert graph["benchmarks.report"] & mine == {"benchmarks.tables", "benchmarks.plots"}
-    assert not graph["benchmarks.tables"] & mine
+    assert graph["benchmarks.report.plots"] & mine == {"benchmarks.report.tables"}
+    assert graph["benchmarks.report.gate"] & mine == {"benchmarks.report.tables"}
+    assert graph["benchmarks.report.build"] & mine == {"benchmarks.report.tables", "benchmarks.report.plots"}
+    assert not graph["benchmarks.report.tables"] & mine

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from benchmarks import results as res
+from benchmarks.harness import results as res
+from benchmarks.harness.resultsfile import ResultsFile
 
 
 def test_append_keeps_schema_and_fields_with_newlines_and_quotes(tmp_path):
@@ -35,7 +36,7 @@ def test_a_new_file_gets_its_header_once(tmp_path):
 def test_an_empty_results_file_is_given_its_header(tmp_path):
     (tmp_path / "results.csv").write_bytes(b"")
     assert res.read_rows(tmp_path / "results.csv") == []
-    with res.ResultsFile(tmp_path) as results:
+    with ResultsFile(tmp_path) as results:
         results.append([{"cell_key": "a", "row_type": "final", "status": "ok"}])
         assert results.finished_keys() == {"a"}
 
@@ -49,7 +50,7 @@ def test_append_refuses_a_foreign_layout(tmp_path):
 
 
 def test_metadata_records_environment(tmp_path):
-    from benchmarks.metadata import write_metadata
+    from benchmarks.harness.metadata import write_metadata
 
     path = write_metadata(tmp_path, "run1", {"k": 1}, argv=["gradfree", "run"])
     meta = json.loads(path.read_text())

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks import results as res
-from benchmarks.results import ResultsError, ResultsFile
+from benchmarks.harness import results as res
+from benchmarks.harness.results import ResultsError
+from benchmarks.harness.resultsfile import ResultsFile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -189,7 +190,7 @@ def test_a_foreign_header_is_refused_and_left_alone(tmp_path, spawn):
 def test_a_sigkill_while_appending_leaves_every_complete_row(tmp_path, spawn):
     script = (
         "import sys\n"
-        "from benchmarks.results import ResultsFile\n"
+        "from benchmarks.harness.resultsfile import ResultsFile\n"
         "with ResultsFile(sys.argv[1]) as results:\n"
         "    for i in range(3000):\n"
         "        results.append([{'run_id': 'r', 'cell_key': f'c{i}', 'row_type': 'final', 'status': 'ok',\n"
@@ -282,7 +283,7 @@ def test_stale_temporary_files_are_removed_on_open(tmp_path):
 
 HOLD = (
     "import sys\n"
-    "from benchmarks.results import ResultsFile\n"
+    "from benchmarks.harness.resultsfile import ResultsFile\n"
     "with ResultsFile(sys.argv[1]):\n"
     "    print('claimed', flush=True)\n"
     "    sys.stdin.readline()\n"

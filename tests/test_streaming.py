@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import projector.projections as P
-from benchmarks.random_features import RandomFeatures, RandomFeaturesConfig, use_streaming
+from benchmarks.methods.random_features import RandomFeatures, RandomFeaturesConfig, use_streaming
 from projector.projections import GaussianProjection, LinearProjection
 from projector.ridge import RidgeClassifier
 from projector.streaming import StreamingRidgeClassifier
@@ -110,9 +110,9 @@ def test_use_streaming_auto_by_memory(monkeypatch):
 
 @pytest.fixture(scope="module")
 def _ctx_factory():
-    from benchmarks.data import synthetic_bundle
-    from benchmarks.protocol import RunContext
-    from benchmarks.timing import Clock
+    from benchmarks.core.data import synthetic_bundle
+    from benchmarks.core.protocol import RunContext
+    from benchmarks.core.timing import Clock
 
     data = synthetic_bundle(n_per_class=12, image_size=32, n_classes=2)
     return lambda: RunContext(data=data, clock=Clock("cpu"), device=torch.device("cpu"), weights="none",

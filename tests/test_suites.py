@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from benchmarks import suites
-from benchmarks.cells import validate
+from benchmarks.harness import suites
+from benchmarks.harness.cells import validate
 from benchmarks.cli import main
-from benchmarks.results import read_rows
-from benchmarks.runner import Runner
-from benchmarks.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
+from benchmarks.harness.results import read_rows
+from benchmarks.harness.runner import Runner
+from benchmarks.harness.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
 from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
 
@@ -278,7 +278,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_run_resumes(tmp_path, tiny_d
     assert len({r["cell_key"] for r in finals}) == len(finals) == 2
 
 
-@pytest.mark.filterwarnings("error::benchmarks.results.ResultsWarning")  # the side file is a clean results file
+@pytest.mark.filterwarnings("error::benchmarks.harness.results.ResultsWarning")  # the side file is a clean results file
 def test_set_aside_others_moves_an_edited_suites_old_cells_and_only_those(tmp_path, tiny_dir, mobilenet_weights):
     out = tmp_path / "out"
     base = ["run", "--data-dir", str(tiny_dir), "--out", str(out), "--no-progress"]

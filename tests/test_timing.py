@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.timing import Clock, PeakMemory, peak_memory_bytes, reset_peak_memory
+from benchmarks.core.timing import Clock, PeakMemory, peak_memory_bytes, reset_peak_memory
 
 
 class ManualTime:

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from benchmarks.cli import main
-from benchmarks.features import FeatureCacheWarning
+from benchmarks.core.features import FeatureCacheWarning
 TMP_PREFIX = ".gradfree-feat-"
-from benchmarks.results import read_rows
+from benchmarks.harness.results import read_rows
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,7 +195,7 @@ def test_compare_refuses_a_tolerance_that_is_not_a_finite_non_negative_number(tm
 @pytest.mark.parametrize("kwargs", [{"tolerance": float("nan")}, {"tolerance": -0.01},
                                     {"time_tolerance": float("nan")}, {"time_tolerance": -1.0}])
 def test_the_compare_function_refuses_them_too(tmp_path, kwargs):
-    from benchmarks.compare import compare
+    from benchmarks.report.gate import compare
 
     flag = "--" + next(iter(kwargs)).replace("_", "-")
     with pytest.raises(ValueError, match=f"^{flag} .* is not a tolerance"):
@@ -258,7 +258,7 @@ def test_a_suite_file_that_is_not_utf8_is_named_with_the_fix(tmp_path, tiny_dir,
                  "--dry-run"]) == 0
 
 
-@pytest.mark.filterwarnings("error::benchmarks.results.ResultsWarning")  # no byte of it is malformed
+@pytest.mark.filterwarnings("error::benchmarks.harness.results.ResultsWarning")  # no byte of it is malformed
 def test_a_crlf_results_file_is_one_layout_for_run_report_and_compare(tmp_path, tiny_dir, mobilenet_weights):
     out = tmp_path / "out"
     assert main(_run_args(tiny_dir, out)) == 0

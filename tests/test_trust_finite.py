@@ -14,13 +14,13 @@ import zlib
 
 import pytest
 
-from benchmarks.cells import make_cell
+from benchmarks.harness.cells import make_cell
 from benchmarks.cli import main
-from benchmarks.features import FeatureCache
-from benchmarks.results import read_rows
-from benchmarks.runner import Runner
-from benchmarks.tables import load_results, split_rows
-from benchmarks.tuning import tuning_table
+from benchmarks.core.features import FeatureCache
+from benchmarks.harness.results import read_rows
+from benchmarks.harness.runner import Runner
+from benchmarks.report.tables import load_results, split_rows
+from benchmarks.report.tuning import tuning_table
 from tiny_data import restore_torch_threads, tiny_cifar10  # noqa: F401 (autouse fixture: --threads 1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -125,7 +125,7 @@ def test_a_cell_whose_training_diverges_is_failed_with_the_reason_and_stops_ther
 ])
 def test_non_finite_features_fail_the_gradient_free_cell(data_dir, tmp_path, monkeypatch, scale, projector,
                                                          expected):
-    import benchmarks.random_features as rf
+    import benchmarks.methods.random_features as rf
 
     extract = rf.extract_features
     # The backbone's real features, scaled as an overflowing extraction would leave them.

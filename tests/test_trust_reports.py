@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.cli import main
-from benchmarks.reportdir import MANIFEST
+from benchmarks.report.reportdir import MANIFEST
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = REPO / "results" / "quick"

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from benchmarks.report import build_report
-from benchmarks.results import append_rows
-from benchmarks.tables import accuracy_table, load_results, split_rows
-from benchmarks.tuning import tuning_table
+from benchmarks.report.build import build_report
+from benchmarks.harness.results import append_rows
+from benchmarks.report.tables import accuracy_table, load_results, split_rows
+from benchmarks.report.tuning import tuning_table
 
 DATA = {"dataset": "cifar10", "image_size": 96, "n_val": 200, "n_test": 2000, "backbone": "mobilenet_v2",
         "cut": "features.18", "precision": "fp32", "run_id": "r1", "status": "ok"}
@@ -93,7 +93,7 @@ def test_report_draws_one_set_of_figures_per_training_set_size(results):
 
 
 def test_time_to_accuracy_rows_name_the_cut_of_each_configuration(results):
-    from benchmarks.comparison import time_to_accuracy_table
+    from benchmarks.report.comparison import time_to_accuracy_table
 
     finals, epochs, _ = split_rows(load_results(results))
     table = time_to_accuracy_table(finals, epochs)
@@ -101,7 +101,7 @@ def test_time_to_accuracy_rows_name_the_cut_of_each_configuration(results):
 
 
 def test_a_preset_is_labelled_by_what_it_runs_not_by_the_options_it_overrode():
-    from benchmarks.methods import REGISTRY
+    from benchmarks.harness.registry import REGISTRY
 
     finetune = REGISTRY["finetune"]
     assert finetune.label({"preset": "seed-paper", "mode": "linear-probe"}) == "unfreeze (seed-paper)"
@@ -125,5 +125,5 @@ def test_a_sweep_over_cuts_gets_the_seeds_figure_6(tmp_path, weights):
     random_caption = "every cell ran on random weights, so no accuracy is shown"
     assert (random_caption in md) == (weights == "none")
     finals, _, _ = split_rows(load_results(tmp_path))
-    from benchmarks.plots import versus_cut
+    from benchmarks.report.plots import versus_cut
     assert versus_cut(finals[finals["cut"] != "norm5"]).note.startswith("fewer than 3 cut layers")

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.answer import CANNOT_SEPARATE, answer
+from benchmarks.report.answer import CANNOT_SEPARATE, answer
 from benchmarks.cli import main
-from benchmarks.comparison import time_to_accuracy_table
-from benchmarks.predictions import (ROW_KEY, Predictions, read_predictions, write_predictions)
-from benchmarks.report import build_report
-from benchmarks.tables import load_results, split_rows
-from benchmarks.verdict import (BP_AHEAD, GF_AHEAD, PAIRED, TIE, UNPAIRED, Comparison, holm, mcnemar,
+from benchmarks.report.comparison import time_to_accuracy_table
+from benchmarks.harness.predictions import (ROW_KEY, Predictions, read_predictions, write_predictions)
+from benchmarks.report.build import build_report
+from benchmarks.report.tables import load_results, split_rows
+from benchmarks.report.verdict import (BP_AHEAD, GF_AHEAD, PAIRED, TIE, UNPAIRED, Comparison, holm, mcnemar,
                                 paired_bootstrap)
 from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
@@ -100,7 +100,7 @@ def _edit(folder: Path, accuracies: dict[tuple[str, str], tuple[float, float]]) 
 
 @pytest.mark.slow
 def test_every_cell_keeps_its_test_predictions_with_the_images_ids(run, data):
-    from benchmarks.data import open_dataset
+    from benchmarks.core.data import open_dataset
 
     finals, _ = _finals(run)
     assert len(finals) == 7
@@ -118,7 +118,7 @@ def test_every_cell_keeps_its_test_predictions_with_the_images_ids(run, data):
 
 
 def test_predictions_are_replaced_atomically(tmp_path, monkeypatch):
-    import benchmarks.atomic as atomic
+    import benchmarks.core.atomic as atomic
 
     old = Predictions(np.arange(5, dtype=np.int16), np.arange(5, dtype=np.int16), np.arange(5), "r1")
     path = write_predictions(tmp_path, "cell", old)
@@ -137,9 +137,9 @@ def test_predictions_are_replaced_atomically(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_ray_worker_sends_the_predictions_back_for_the_driver_to_write(data, mobilenet_weights, tmp_path):
-    from benchmarks.cells import make_cell
-    from benchmarks.executors import run_cell_in_worker
-    from benchmarks.predictions import KeepPredictions
+    from benchmarks.harness.cells import make_cell
+    from benchmarks.harness.executors import run_cell_in_worker
+    from benchmarks.harness.predictions import KeepPredictions
 
     cell = make_cell({"method": "small_cnn", "dataset": "cifar10", "data_dir": str(data), "image_size": 32,
                       "train_per_class": 10, "test_per_class": 4, "epochs": 1, "width": 4, "device": "cpu",

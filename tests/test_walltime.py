@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.results import SCHEMA, SUPERSEDED_FILE, ResultsWarning
-from benchmarks.walltime import cell_walls, format_duration, suite_wall, wall_note
+from benchmarks.harness.results import SCHEMA, SUPERSEDED_FILE, ResultsWarning
+from benchmarks.report.walltime import cell_walls, format_duration, suite_wall, wall_note
 
 T0 = "2026-12-01T10:00:00+00:00"
 

@@ -23,7 +23,7 @@ plot included; its options are parsed in :mod:`benchmarks.cli`). Imports point o
 command -> sections -> common. ``gradfree`` imports this package to build its parser, so the sections import
 the heavy libraries (projector, scikit-learn, torchvision) only when they run.
 
-Peak memory is read, not estimated, by :class:`benchmarks.timing.PeakMemory` (the runner's
+Peak memory is read, not estimated, by :class:`benchmarks.core.timing.PeakMemory` (the runner's
 probe): the CUDA allocator's peak, or on CPU the kernel's peak RSS of the process (its
 high-water mark, reset when the case starts), less the level when the case started.
 
@@ -35,7 +35,7 @@ where memory allows.
 
 from benchmarks.perf.command import DEFAULT_OUT, SECTIONS, cmd_perf, plot_perf, print_table, run_perf
 from benchmarks.perf.common import FULL, QUICK, TARGETS, Report, Sizes, alternate, timed
-from benchmarks.timing import PeakMemory
+from benchmarks.core.timing import PeakMemory
 
 __all__ = ["DEFAULT_OUT", "FULL", "QUICK", "SECTIONS", "TARGETS", "PeakMemory", "Report", "Sizes",
            "alternate", "cmd_perf", "plot_perf", "print_table", "run_perf", "timed"]

@@ -26,8 +26,8 @@ from benchmarks.perf.seed_shape import section_seed_shape
 from benchmarks.perf.streaming import section_streaming
 from benchmarks.perf.structured import section_structured
 from benchmarks.perf.task import section_task
-from benchmarks.atomic import atomic_write_text
-from benchmarks.metadata import write_metadata
+from benchmarks.core.atomic import atomic_write_text
+from benchmarks.harness.metadata import write_metadata
 
 DEFAULT_OUT = "results/perf"
 SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction", "binary_gram", "seed_shape")
@@ -60,8 +60,8 @@ def run_perf(args) -> int:
 
 
 def _run_perf(args) -> int:
-    from benchmarks.backbones import resolve_weights  # lazy: torchvision, only when perf runs
-    from benchmarks.runner import resolve_device  # lazy: the runner imports every method
+    from benchmarks.core.backbones import resolve_weights  # lazy: torchvision, only when perf runs
+    from benchmarks.harness.runner import resolve_device  # lazy: the runner imports every method
 
     device = resolve_device(args.device)
     mode = "quick" if args.quick else "full" if args.full else "default"

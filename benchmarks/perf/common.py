@@ -2,7 +2,7 @@
 timer (medians of synchronised repeats, hot and reference alternated) and the report
 that collects the rows.
 
-Memory is measured with :class:`benchmarks.timing.PeakMemory`, the runner's own probe.
+Memory is measured with :class:`benchmarks.core.timing.PeakMemory`, the runner's own probe.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.atomic import atomic_write_text
-from benchmarks.timing import synchronize
+from benchmarks.core.atomic import atomic_write_text
+from benchmarks.core.timing import synchronize
 
 TARGETS = {  # metric -> (comparison, threshold, what the issue asks)
     "dense_vs_bare_matmul": (">=", 0.8, "dense projection throughput / bare matmul"),

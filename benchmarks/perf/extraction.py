@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.data import IMAGENET_MEAN, IMAGENET_STD, to_float
+from benchmarks.core.data import IMAGENET_MEAN, IMAGENET_STD, to_float
 from benchmarks.perf.common import Report, Sizes, alternate
 
 REDUCED_PRECISIONS = ("bf16", "fp16", "int8")
 
 def section_extraction(rep: Report, sz: Sizes, device, weights: str) -> None:
     """extract_features against the bare forward of the same extractor and batch."""
-    from benchmarks.backbones import build_backbone, extract_features
+    from benchmarks.core.backbones import build_backbone, extract_features
 
     n, px, bs = sz.extract_n, sz.extract_px, min(128, sz.extract_n)
     rep.log(f"extraction: MobileNetV2 features.18, {n} images at {px} px, batch {bs}")
@@ -57,7 +57,7 @@ def section_extraction(rep: Report, sz: Sizes, device, weights: str) -> None:
 
 def _precisions(rep: Report, sz: Sizes, device, weights: str, images: torch.Tensor, bs: int) -> None:
     """Each reduced precision's extract_features against fp32's, same images, timed alternately."""
-    from benchmarks.backbones import BackboneError, build_backbone, extract_features
+    from benchmarks.core.backbones import BackboneError, build_backbone, extract_features
 
     n, px = images.shape[0], images.shape[-1]
     fp32 = build_backbone("mobilenet_v2", "features.18", weights=weights, device=device)

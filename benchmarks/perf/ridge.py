@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from benchmarks.perf.common import Report, Sizes, alternate, binary_matrix, timed
-from benchmarks.timing import PeakMemory
+from benchmarks.core.timing import PeakMemory
 
 _TIE = 1e-5  # relative score gap below which sklearn's float32 argmax is a tie
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.perf.common import Report, Sizes, timed
-from benchmarks.timing import PeakMemory, synchronize
+from benchmarks.core.timing import PeakMemory, synchronize
 
 N_CLASSES = 10  # STL-10
 NORM5_FEATURES = 1664 * 7 * 7  # DenseNet169 norm5 at 224 px: 81,536

@@ -11,7 +11,7 @@ import math
 import torch
 
 from benchmarks.perf.common import Report, Sizes, binary_matrix, timed
-from benchmarks.timing import PeakMemory
+from benchmarks.core.timing import PeakMemory
 
 def section_streaming(rep: Report, sz: Sizes, device) -> None:
     """Streamed Gram vs project-then-fit (time, memory, agreement); the STL-10 shape's memory."""

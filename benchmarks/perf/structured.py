@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from benchmarks.perf.common import Report, Sizes, binary_matrix, timed
-from benchmarks.timing import PeakMemory
+from benchmarks.core.timing import PeakMemory
 
 def section_structured(rep: Report, sz: Sizes, device) -> None:
     """Structured against gaussian at the seeds' shape, rows reduced; gaussian extrapolated."""

@@ -16,18 +16,17 @@ import math
 import numpy as np
 import torch
 
-from benchmarks.data import DatasetError, load_dataset
+from benchmarks.core.data import DatasetError, load_dataset
 from benchmarks.perf.common import Report, Sizes, timed
 from benchmarks.perf.ridge import ridge_case
-from benchmarks.timing import PeakMemory
+from benchmarks.core.timing import PeakMemory
 
 def section_task(rep: Report, sz: Sizes, device, data_dir, weights: str, sklearn_loop: bool) -> bool:
     """CIFAR-10: gaussian vs structured at equal k, the exact kernel, dense k=120,000 time."""
-    from benchmarks.backbones import build_backbone, extract_features
+    from benchmarks.core.backbones import build_backbone, extract_features
     from projector.encoders import SignEncoder
     from projector.kernel import KernelRidgeClassifier
-    from projector.projections import GaussianProjection, make_projection
-    from projector.ridge import RidgeClassifier
+    from projector.projections import GaussianProjection
 
     try:
         data = load_dataset("cifar10", data_dir, image_size=sz.task_px, train_per_class=sz.task_per_class,
@@ -49,35 +48,7 @@ def section_task(rep: Report, sz: Sizes, device, data_dir, weights: str, sklearn
     shape = f"CIFAR-10 {n_tr}/{n_val}/{n_te}, m={E[0].shape[1]} sign, {ext.weights}"
     rep.log(f"task: features {tuple(E[0].shape)} extracted in {t_ext:.1f}s ({(n_tr + n_val + n_te) / t_ext:.1f} img/s)")
 
-    results = {}
-    seeds = list(range(sz.task_seeds))
-    for k in sz.task_ks:
-        for name in ("gaussian", "structured"):
-            accs, notes = [], []
-            for seed in seeds:
-                proj = make_projection(name, n_components=k, seed=seed, progress=True).fit(E[0])
-                t_p, Z = timed(lambda: [proj.transform(e) for e in E], device, 1)
-                ridge = RidgeClassifier()
-                t_f, _ = timed(lambda: ridge.fit(Z[0], y, Z[1], yv), device, 1)
-                accs.append(ridge.score(Z[2], yt))
-                notes.append(f"seed {seed}: {accs[-1]:.4f} (project {t_p:.1f}s, fit {t_f:.1f}s, "
-                             f"alpha={ridge.alpha_:.3g})")
-                if seed == 0:
-                    t_seed0 = t_p + t_f
-                    fit_note = f"{ridge.grid_solver_}, {ridge.solver_}"
-                if name == "gaussian" and seed == 0:  # the ridge against scikit-learn on these features
-                    ridge_case(rep, Z[0], y, Z[1], yv, f"task features: n={n_tr} n_val={n_val} d={k}", device,
-                                sklearn_loop, repeats=sz.repeats)
-                del Z
-            results[(name, k)] = float(np.mean(accs))
-            rep.add("task", f"{name} k={k}", shape, results[(name, k)] * 100, "test_acc_points", t_seed0,
-                    test_acc=results[(name, k)],
-                    note=f"mean of {len(seeds)} seeds, std {np.std(accs) * 100:.2f} points; time of seed 0; "
-                         f"ridge {fit_note}; " + "; ".join(notes))
-        gap = abs(results[("structured", k)] - results[("gaussian", k)]) * 100
-        rep.add("task", f"structured vs gaussian accuracy, k={k}", shape, gap, "structured_acc_gap_points",
-                note=f"means over {len(seeds)} seeds: structured {results[('structured', k)]:.4f}, "
-                     f"gaussian {results[('gaussian', k)]:.4f}")
+    results = _finite_k(rep, sz, E, (y, yv, yt), shape, device, sklearn_loop, n_tr, n_val)
 
     rep.log("task: exact kernel (k = infinity)")
     kr = KernelRidgeClassifier()
@@ -110,3 +81,42 @@ def section_task(rep: Report, sz: Sizes, device, data_dir, weights: str, sklearn
                                               f"{len(cols)} of {math.ceil(kd / width)} blocks timed, extrapolated",
             t_dense, note="the dense side omits its ridge fit: a lower bound of its time")
     return True
+
+
+def _finite_k(rep: Report, sz: Sizes, E, labels, shape: str, device, sklearn_loop: bool, n_tr: int,
+              n_val: int) -> dict:
+    """Gaussian and structured features at each k of ``sz.task_ks``, seeds averaged: (name, k) -> accuracy."""
+    from projector.projections import make_projection
+    from projector.ridge import RidgeClassifier
+
+    y, yv, yt = labels
+    results = {}
+    seeds = list(range(sz.task_seeds))
+    for k in sz.task_ks:
+        for name in ("gaussian", "structured"):
+            accs, notes = [], []
+            for seed in seeds:
+                proj = make_projection(name, n_components=k, seed=seed, progress=True).fit(E[0])
+                t_p, Z = timed(lambda: [proj.transform(e) for e in E], device, 1)
+                ridge = RidgeClassifier()
+                t_f, _ = timed(lambda: ridge.fit(Z[0], y, Z[1], yv), device, 1)
+                accs.append(ridge.score(Z[2], yt))
+                notes.append(f"seed {seed}: {accs[-1]:.4f} (project {t_p:.1f}s, fit {t_f:.1f}s, "
+                             f"alpha={ridge.alpha_:.3g})")
+                if seed == 0:
+                    t_seed0 = t_p + t_f
+                    fit_note = f"{ridge.grid_solver_}, {ridge.solver_}"
+                if name == "gaussian" and seed == 0:  # the ridge against scikit-learn on these features
+                    ridge_case(rep, Z[0], y, Z[1], yv, f"task features: n={n_tr} n_val={n_val} d={k}", device,
+                                sklearn_loop, repeats=sz.repeats)
+                del Z
+            results[(name, k)] = float(np.mean(accs))
+            rep.add("task", f"{name} k={k}", shape, results[(name, k)] * 100, "test_acc_points", t_seed0,
+                    test_acc=results[(name, k)],
+                    note=f"mean of {len(seeds)} seeds, std {np.std(accs) * 100:.2f} points; time of seed 0; "
+                         f"ridge {fit_note}; " + "; ".join(notes))
+        gap = abs(results[("structured", k)] - results[("gaussian", k)]) * 100
+        rep.add("task", f"structured vs gaussian accuracy, k={k}", shape, gap, "structured_acc_gap_points",
+                note=f"means over {len(seeds)} seeds: structured {results[('structured', k)]:.4f}, "
+                     f"gaussian {results[('gaussian', k)]:.4f}")
+    return results

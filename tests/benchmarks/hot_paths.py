@@ -56,8 +56,8 @@ def ridge() -> Case:
 
 def extraction() -> Case:
     """extract_features (uint8 -> normalised float -> cut MobileNetV2 -> flat) vs torchvision's bare forward."""
-    from benchmarks.backbones import build_backbone, extract_features
-    from benchmarks.data import IMAGENET_MEAN, IMAGENET_STD, to_float
+    from benchmarks.core.backbones import build_backbone, extract_features
+    from benchmarks.core.data import IMAGENET_MEAN, IMAGENET_STD, to_float
 
     ext = build_backbone("mobilenet_v2", "features.18", weights="none")
     g = torch.Generator().manual_seed(0)
@@ -80,7 +80,7 @@ def training_step() -> Case:
     the same layers in a plain nn.Sequential."""
     from baselines import _training
     from baselines.small_cnn import SmallCNNNet
-    from benchmarks.data import ImageSplit, to_float
+    from benchmarks.core.data import ImageSplit, to_float
 
     torch.manual_seed(0)
     model = SmallCNNNet(10, width=16, depth=2)

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.backbones import build_backbone, extract_features
+from benchmarks.core.backbones import build_backbone, extract_features
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,48 @@
+"""Sizes and forward FLOPs of networks, counted once on the meta device (no weights allocated).
+
+Used by each method's ``flops`` and ``memory_bytes`` (see :mod:`benchmarks.core.protocol`):
+a cut backbone's feature dimension, forward FLOPs per image and parameter count, and the
+same for any ``nn.Module`` a trainer builds.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+
+from benchmarks.core.backbones import truncate
+from benchmarks.core.cuts import skeleton
+
+#: Bytes per element of each extraction precision.
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 4}  # int8 features come out dequantized
+
+
+def forward_flops(model: torch.nn.Module, image_size: int) -> int:
+    """FLOPs of one (3, image_size, image_size) image through ``model``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta").eval()  # eval: BatchNorm takes a batch of one
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    return int(counter.get_total_flops())
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_shape(backbone: str, cut: str | None, image_size: int, pool_size: int = 0) -> tuple[int, int, int]:
+    """(feature_dim, forward FLOPs per image, parameter count) of the backbone cut at ``cut``."""
+    ext = truncate(backbone, skeleton(backbone), cut)  # meta weights: eval mode, nothing allocated
+    c, h, w = ext.out_shape(image_size)
+    dim = c * pool_size * pool_size if pool_size else c * h * w
+    return dim, forward_flops(ext, image_size), ext.param_count
+
+
+def network_shape(net: torch.nn.Module, image_size: int) -> tuple[int, int]:
+    """(forward FLOPs per image, parameter count) of a network a trainer builds."""
+    return forward_flops(net, image_size), sum(p.numel() for p in net.parameters())
+
+
+def trainer_memory_bytes(param_count: int, image_size: int, batch_size: int = 256) -> int:
+    """Weights, gradients and two optimiser moments, plus a rough activation allowance."""
+    return param_count * 4 * 4 + batch_size * 3 * image_size**2 * 4 * 20

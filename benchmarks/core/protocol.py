@@ -1,0 +1,125 @@
+"""The method protocol: what every method under comparison declares and implements.
+
+A method is a class with
+
+* ``name``: its registry key, also the ``method`` column of the results;
+* ``Config``: a frozen dataclass of its own hyperparameters, with defaults and units;
+* ``uses_backbone``: whether the cell's backbone, cut, weights and precision axes apply to it;
+* ``is_backprop``: whether it trains by backpropagation (reports draw it on that side);
+* ``flops(config, shape)``: the floating-point operations of its counted phases for a cell
+  of that shape (``{"extract": ..., "train": ...}``) and the sizes they came from, for
+  dry-run estimates and measured rates;
+* ``memory_bytes(config, shape)``: the largest live memory it will need, planned before
+  anything is allocated;
+* ``label(config)``: a short name for a configuration (``sign+gaussian k=1000``, ``linear-probe``);
+* ``__init__(self, config)`` and ``run(self, ctx: RunContext) -> dict``: trains or fits on
+  ``ctx.data.train``, selects what it selects on ``ctx.data.val`` (never on test), scores
+  test once, and returns the final metrics (``train_acc``, ``val_acc``, ``test_acc`` and
+  size columns) and ``test_pred``, its predicted label for each test image in the order of
+  ``ctx.data.test`` (the runner keeps them beside the results for paired comparisons,
+  :mod:`benchmarks.harness.predictions`, and never writes them as a column). Per-epoch rows go through
+  ``ctx.emit(row)``.
+
+The runner owns the clock: a method wraps its work in ``with ctx.clock.phase("fit_s"):``
+and evaluation in ``with ctx.clock.phase("eval_s", counted=False):``; it never reads the
+time itself, except ``ctx.clock.counted_s`` for cumulative training seconds.
+
+A method that trains for epochs saves each one to ``ctx.checkpoint`` when it is given one, and
+resumes from it (:mod:`benchmarks.core.checkpoint`).
+
+This module imports no method: the registry (:mod:`benchmarks.harness.registry`) does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from benchmarks.core.data import DataBundle
+    from benchmarks.core.timing import Clock
+
+
+@dataclass
+class RunContext:
+    """What the runner hands a method for one cell of a benchmark (values already resolved)."""
+
+    data: "DataBundle"
+    clock: "Clock"
+    device: torch.device
+    seed: int = 0
+    # The cell's shared axes, read by the methods that use a backbone.
+    backbone: str = "mobilenet_v2"
+    cut: str | None = None
+    weights: str = "DEFAULT"
+    precision: str = "fp32"
+    batch_size: int = 128
+    progress: bool = True
+    # Per-epoch rows (time-to-accuracy curves); the runner adds the common columns.
+    emit: Callable[[dict], None] = field(default=lambda row: None)
+    # Optional feature cache shared between cells (benchmarks.core.features.FeatureCache).
+    feature_cache: Any = None
+    # Where a trainer saves each epoch and resumes from (benchmarks.core.checkpoint.CellCheckpoint); None: no checkpoints.
+    checkpoint: Any = None
+
+
+@dataclass(frozen=True)
+class CellShape:
+    """The sizes of a cell that its costs depend on (images are counted, not loaded)."""
+
+    backbone: str = ""
+    cut: str | None = None
+    image_size: int = 96
+    precision: str = "fp32"
+    n_classes: int = 10
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+    device: str = "cpu"  # device type: cpu | cuda
+
+    @property
+    def n_images(self) -> int:
+        return self.n_train + self.n_val + self.n_test
+
+
+class Method(Protocol):
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    uses_backbone: ClassVar[bool]
+    is_backprop: ClassVar[bool]
+
+    def __init__(self, config: Any) -> None: ...
+
+    def run(self, ctx: RunContext) -> dict: ...
+
+    @classmethod
+    def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]: ...
+
+    @classmethod
+    def memory_bytes(cls, config: dict, shape: CellShape) -> int: ...
+
+    @classmethod
+    def label(cls, config: dict) -> str: ...
+
+
+#: What a method class must have (:class:`Method`).
+METHOD_MEMBERS = ("name", "Config", "uses_backbone", "is_backprop", "flops", "memory_bytes", "label", "run")
+
+
+def check_method(cls, where: str) -> type:
+    """``cls`` if it implements :class:`Method`, else a :class:`benchmarks.core.plugins.PluginError`
+    naming what is missing (a plugin's class is checked when it is loaded)."""
+    import dataclasses
+
+    from benchmarks.core.plugins import PluginError
+
+    missing = [a for a in METHOD_MEMBERS if not hasattr(cls, a)]
+    if not isinstance(cls, type) or missing:
+        raise PluginError(f"{where} is not a gradfree method: it lacks {', '.join(missing) or 'a class'} "
+                          f"(see benchmarks/core/protocol.py: {', '.join(METHOD_MEMBERS)}).")
+    if not dataclasses.is_dataclass(cls.Config):
+        raise PluginError(f"{where}: its Config must be a dataclass (frozen, with defaults) of its settings.")
+    return cls

@@ -1,0 +1,167 @@
+"""The comparison metrics: time to accuracy (censored where a curve misses), speed-up at equal
+accuracy with its spread over seeds, and the Pareto fronts, from the rows :mod:`benchmarks.report.tables`
+counts.
+
+Cells are compared within a *group*: the same dataset and numbers of training, validation and
+test images (the same stratified subsets), so that both sides saw the same images. The image size
+is the method's own choice (a CNN from scratch at CIFAR-10's native 32 px, a pretrained backbone
+at 96 px on the same images), shown in the tables. In a group:
+
+* the **gradient-free target** is the validation accuracy (mean over seeds) of the gradient-free
+  side's validation-chosen configuration (:func:`benchmarks.report.verdict.choose`, the one the report's
+  answer names), not a maximum taken over seeds or epochs. Targets are validation accuracies: the
+  backprop curves (per-epoch rows) carry validation accuracy only, and the test split is scored
+  once per cell, never used to choose anything;
+* **time to accuracy** of a backprop curve (one seed of one configuration) is the counted training
+  time of the first epoch whose validation accuracy reaches the target. A curve that never does is
+  *censored*: "not reached in X s", X its whole counted time, never dropped;
+* the **gradient-free time to the backprop best**: the counted time of the fastest gradient-free
+  configuration whose mean validation accuracy reaches the best backprop configuration's (mean over
+  seeds of each curve's best epoch), or censored when none does;
+* **speed-up at equal accuracy**: for each backprop configuration whose every seed reached the
+  target, its time to the target divided by the target configuration's mean training time, per
+  seed, as mean ± std over seeds; beside it the same ratio with each side's tuning time
+  (``tune_s``) added. A configuration with a censored seed gets no speed-up (it never reached equal
+  accuracy), and neither does a data group whose test split cannot separate its configurations
+  (:mod:`benchmarks.report.answer`).
+
+Training time is ``train_total_s`` (the counted phases); ``tune_s`` is what choosing a
+hyperparameter grid on validation cost (the learning-rate grid of the trainers), shown beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.report.tables import BACKPROP, GRADIENT_FREE, GROUP, aggregate, split_sides
+from benchmarks.report.verdict import choose
+
+#: The columns that make two cells comparable (same data).
+DATA_GROUP = ["dataset", "n_train", "n_val", "n_test"]
+
+
+def data_groups(finals: pd.DataFrame):
+    """(group, rows) per :data:`DATA_GROUP` value of ``finals``: the cells that saw the same data."""
+    if finals.empty:
+        return
+    filled = finals.fillna({c: -1 for c in DATA_GROUP if c != "dataset"})
+    for key, rows in filled.groupby(DATA_GROUP, sort=True, dropna=False):
+        yield dict(zip(DATA_GROUP, key)), finals.loc[rows.index]
+
+
+def _best_gf(gf: pd.DataFrame) -> pd.Series | None:
+    """The gradient-free side's validation-chosen configuration (its val_acc: the target)."""
+    return choose(gf)
+
+
+def targets(finals: pd.DataFrame) -> list[tuple[dict, float, str]]:
+    """(group, target validation accuracy, configuration that sets it) per group with a gradient-free cell."""
+    out = []
+    for group, cells in data_groups(finals):
+        best = _best_gf(split_sides(cells)[GRADIENT_FREE])
+        if best is not None:
+            out.append((group, float(best["val_acc"]), f"{best['config']} @ {best['cut']}"))
+    return out
+
+
+def in_group(rows: pd.DataFrame, group: dict) -> pd.Series:
+    """Which of ``rows`` (final or epoch rows) belong to ``group``."""
+    mask = pd.Series(True, index=rows.index)
+    for k, v in group.items():
+        mask &= rows[k].fillna(-1) == v
+    return mask
+
+
+def _curve_times(curve: pd.DataFrame, target: float) -> tuple[float, bool]:
+    """(seconds, censored): the first epoch's counted time at or above ``target``, else the whole time."""
+    curve = curve.sort_values("train_time_s")
+    hit = curve[curve["val_acc"] >= target - 1e-12]
+    if len(hit):
+        return float(hit["train_time_s"].iloc[0]), False
+    return float(curve["train_time_s"].max()), True
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
+                           unseparable: list[dict] | None = None) -> pd.DataFrame:
+    """One row per backprop configuration of each group: its time to the gradient-free target
+    (per seed, censored ones marked), the speed-up at equal accuracy without and with tuning time,
+    and the gradient-free time to that configuration's best accuracy. ``unseparable``: the data
+    groups whose test split cannot separate their configurations: no speed-up is named there."""
+    rows = []
+    for group, cells in data_groups(finals):
+        sides = split_sides(cells)
+        gf, bp = sides[GRADIENT_FREE], sides[BACKPROP]
+        best = _best_gf(gf)
+        if best is None or bp.empty:
+            continue
+        target, target_s = float(best["val_acc"]), float(best["train_total_s"])
+        target_tuned_s = float(best["train_plus_tune_s"])
+        no_claim = group in (unseparable or [])
+        gf_agg = aggregate(gf, ["val_acc", "train_total_s"])
+        gf_agg = gf_agg.dropna(subset=["val_acc", "train_total_s"])
+        keys = set(zip(bp["cell_key"], bp["run_id"]))
+        curves = epochs[[k in keys for k in zip(epochs["cell_key"], epochs["run_id"])]] if not epochs.empty else epochs
+        for config_key, runs in bp.groupby(GROUP, sort=False, dropna=False):
+            times, censored, bests, tunes = [], [], [], []
+            for _, run in runs.iterrows():
+                curve = curves[(curves["cell_key"] == run["cell_key"]) & (curves["run_id"] == run["run_id"])]
+                curve = curve.dropna(subset=["train_time_s", "val_acc"])
+                if curve.empty:
+                    continue
+                seconds, cens = _curve_times(curve, target)
+                times.append(seconds)
+                tunes.append(0.0 if pd.isna(run["tune_s"]) else float(run["tune_s"]))
+                censored.append(cens)
+                bests.append(float(curve["val_acc"].max()))
+            if not times:
+                continue
+            speedup = _speedup(np.array(times), target_s, censored, no_claim)
+            speedup_tuned = _speedup(np.array(times) + np.array(tunes), target_tuned_s, censored, no_claim)
+            bp_best = float(np.mean(bests))
+            reach = gf_agg[gf_agg["val_acc"] >= bp_best - 1e-12]
+            if len(reach):
+                fastest = reach.loc[reach["train_total_s"].idxmin()]
+                gf_time = f"{_fmt_s(float(fastest['train_total_s']))} ({fastest['config']})"
+            else:
+                gf_time = f"not reached (best gradient-free val {gf_agg['val_acc'].max():.4f})"
+            per_seed = ", ".join(f"not reached in {_fmt_s(t)}" if c else _fmt_s(t) for t, c in zip(times, censored))
+            rows.append({**{k: group[k] for k in ("dataset", "n_train")},
+                         "backprop": f"{config_key[0]}: {config_key[1]}", "cut": dict(zip(GROUP, config_key))["cut"],
+                         "seeds": len(times), "censored": int(sum(censored)),
+                         "target (val)": round(target, 4), "target set by": f"{best['config']} @ {best['cut']}",
+                         "target time": _fmt_s(target_s),
+                         "backprop time to target": per_seed,
+                         "speed-up at equal accuracy": speedup,
+                         "the same, tuning included": speedup_tuned,
+                         "backprop best (val)": round(bp_best, 4),
+                         "gradient-free time to backprop best": gf_time})
+    return pd.DataFrame(rows)
+
+
+def _speedup(times: np.ndarray, target_s: float, censored: list[bool], no_claim: bool) -> str:
+    """Mean ± std over seeds of ``times / target_s``: only where every seed reached the target."""
+    if no_claim:
+        return "none named (the test split cannot separate the configurations)"
+    if any(censored):
+        return f"none ({sum(censored)} of {len(censored)} seeds never reached the target: not at equal accuracy)"
+    if not target_s > 0:
+        return ""
+    ratios = times / target_s
+    text = f"{float(np.mean(ratios)):.1f}x"
+    return text + (f" ± {float(np.std(ratios, ddof=1)):.1f}" if len(ratios) > 1 else "")
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str = "test_acc") -> pd.DataFrame:
+    """The points no other point beats: none with a smaller-or-equal ``x`` has a larger ``y``."""
+    pts = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[True, False])
+    keep, best = [], -np.inf
+    for idx, value in zip(pts.index, pts[y]):
+        if value > best:
+            keep.append(idx)
+            best = value
+    return pts.loc[keep]
