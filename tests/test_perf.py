@@ -157,3 +157,18 @@ def test_perf_imports_point_one_way():
 
     for module in graph:
         visit(module)
+
+
+def test_the_full_size_kernel_section_runs_its_reduced_shape_untargeted(tmp_path, cifar10_dir, restore_threads):
+    # --quick: a few images per class through the very code --full runs on all of CIFAR-10; no target
+    # is applied to a reduced shape, and the figures are the ones the full run compares.
+    out = tmp_path / "perf"
+    assert main(["perf", "--quick", "--threads", "1", "--out", str(out), "--data-dir", str(cifar10_dir),
+                 "--sections", "kernel_full"]) == 0
+    df = pd.read_csv(out / "perf.csv").set_index("metric")
+    assert set(df.index) == {"kernel_full_minutes", "kernel_full_peak_gb"}
+    assert df["target"].isna().all()  # a reduced shape: untargeted
+    assert 0 < df.loc["kernel_full_minutes", "value"] < 60 and 0 <= df.loc["kernel_full_minutes", "test_acc"] <= 1
+    assert df.loc["kernel_full_peak_gb", "peak_memory_bytes"] > 0
+    assert "extraction" in df.loc["kernel_full_minutes", "note"] and "m=11520 sign" in df.loc["kernel_full_minutes", "shape"]
+    assert perf.FULL.kfull_per_class == 0 and perf.FULL.kfull_test_per_class == 0  # --full: the targeted shape

@@ -89,7 +89,9 @@ def _add_perf_parser(sub) -> None:
     p = sub.add_parser(
         "perf", help="performance report: every hot path as a ratio to a same-shape reference, in one process",
         description="Measure the projection, structured projection, exact kernel, ridge, streaming fit and "
-                    "feature extraction against same-shape references timed in the same run; print a table and "
+                    "feature extraction against same-shape references timed in the same run, the binary Gram, the "
+                    "seeds' STL-10 problem and the exact kernel on all of CIFAR-10 (those two at their size with "
+                    "--full); print a table and "
                     "write OUT/perf.csv, OUT/perf.png and OUT/runs/<id>/metadata.json. Rows are also written to "
                     "OUT/runs/<id>/perf.csv as they are measured: an interrupted run keeps them, and OUT/perf.csv is "
                     "replaced only by a finished one.")

@@ -20,6 +20,7 @@ import torch
 from benchmarks.perf.binary_gram import section_binary_gram
 from benchmarks.perf.common import FULL, QUICK, TARGETS, Report, Sizes
 from benchmarks.perf.extraction import section_extraction
+from benchmarks.perf.kernel_full import section_kernel_full
 from benchmarks.perf.projection import section_projection
 from benchmarks.perf.ridge import section_ridge
 from benchmarks.perf.seed_shape import section_seed_shape
@@ -30,7 +31,8 @@ from benchmarks.core.atomic import atomic_write_text
 from benchmarks.harness.metadata import write_metadata
 
 DEFAULT_OUT = "results/perf"
-SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction", "binary_gram", "seed_shape")
+SECTIONS = ("task", "projection", "structured", "ridge", "streaming", "extraction", "binary_gram", "seed_shape",
+            "kernel_full")
 # The development copy of CIFAR-10 that the tests unpack beside the checkout (tests/conftest.py).
 _LOCAL_CIFAR10 = Path(__file__).resolve().parents[2] / ".cache" / "cifar10-jpg"
 
@@ -98,6 +100,8 @@ def _run_perf(args) -> int:
             section_binary_gram(rep, sz, device)
         if "seed_shape" in sections:
             section_seed_shape(rep, sz, device, args.data_dir)
+        if "kernel_full" in sections:
+            section_kernel_full(rep, sz, device, args.data_dir, weights)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the {len(rep.rows)} rows measured so far are in {rows_so_far}; "
               f"{out / 'perf.csv'} is left as it was.", file=sys.stderr)
