@@ -272,8 +272,8 @@ class PeakMemory:
                 probe._peak = max(probe._peak, probe._kernel_peak())
 
     def start(self) -> "PeakMemory":
-        """Open the window: pick the method for the device, reset its peak and record ``base_bytes``; returns
-        the probe."""
+        """Open the window: pick the method for the device, reset the peak it reads (or start the sampler)
+        and record ``base_bytes``; returns the probe."""
         if self.device.type == "cuda":
             self.method = "cuda-allocator"
             torch.cuda.synchronize(self.device)
