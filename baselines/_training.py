@@ -98,6 +98,7 @@ class Feed:
         return x
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to ``amp_dtype`` on CUDA, or a context that does nothing when it is None."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
@@ -295,6 +296,7 @@ def predict(model: nn.Module, split: ImageSplit, feed: Feed) -> torch.Tensor:
 
 
 def accuracy_of(pred: torch.Tensor, split: ImageSplit) -> float:
+    """The fraction of ``pred`` equal to ``split``'s labels (0.0 for an empty split)."""
     return float((pred == split.labels).sum()) / max(len(split), 1)
 
 

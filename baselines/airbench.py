@@ -140,6 +140,9 @@ def _train_batch(images: torch.Tensor, flips: torch.Tensor, translate_px: int, f
 
 @dataclass(frozen=True)
 class AirbenchConfig:
+    """airbench94's settings, as published by default, each explained beside it; a value out of range is a
+    ``ValueError``."""
+
     epochs: float = 9.9  # passes over the training split; a fraction cuts the last one short (airbench94: 9.9)
     batch_size: int | None = 1024  # images per step (airbench94: 1024); None = the cell's batch size
     lr: float = 11.5  # learning rate per 1024 examples, decoupled from the momentum (see make_optimizer)
@@ -183,6 +186,7 @@ class AirbenchConfig:
 
     @property
     def widths(self) -> tuple[int, int, int]:
+        """The three conv groups' channels: ``(block1, block2, block3)``."""
         return (self.block1, self.block2, self.block3)
 
 
@@ -201,6 +205,7 @@ class Airbench(FromScratch):
 
     @classmethod
     def network(cls, config: dict, shape) -> nn.Module:
+        """The network a cell of ``shape`` trains (:meth:`build`)."""
         return cls(AirbenchConfig(**config)).build(shape.n_classes, shape.image_size)
 
     @classmethod
@@ -215,6 +220,7 @@ class Airbench(FromScratch):
         self.config = config or AirbenchConfig()
 
     def build(self, n_classes: int, image_size: int) -> AirbenchNet:
+        """A new :class:`AirbenchNet` for ``n_classes``; a ``ValueError`` for images under 9 px (three halvings)."""
         cfg = self.config
         if image_size < 9:  # the whitening conv takes 1 px, then three 2x max-pools
             raise ValueError(f"airbench needs images of at least 9 px (three halvings), got {image_size}")

@@ -58,6 +58,9 @@ PRESETS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class FineTuneConfig:
+    """The settings of :class:`FineTune`, each explained beside it (a ``preset`` overrides some:
+    :func:`apply_preset`); an unknown choice or preset, or a value out of range, is a ``ValueError``."""
+
     mode: str = "linear-probe"  # linear-probe (frozen backbone) | unfreeze (last unfreeze_blocks train)
     unfreeze_blocks: int = 2  # unfreeze mode: trainable blocks at the end of the cut network (more = all)
     head: str = "pool"  # pool (global average pool -> linear) | flatten (all C*h*w features -> linear)
@@ -135,9 +138,11 @@ class FineTuneNet(nn.Module):
 
     @property
     def unfrozen_blocks(self) -> int:
+        """Number of backbone blocks that train."""
         return len(self._trainable)
 
     def train(self, mode: bool = True) -> "FineTuneNet":
+        """Set training (or eval) mode, but keep the frozen part of the backbone in eval mode; returns ``self``."""
         super().train(mode)
         self.extractor.eval()
         for block in self._trainable:
@@ -183,6 +188,8 @@ class FineTune:
         self.config = apply_preset(config or FineTuneConfig())
 
     def build(self, ctx) -> FineTuneNet:
+        """The :class:`FineTuneNet` of the cell's backbone at its cut (fp32 weights, on ``ctx.device``); in
+        ``unfreeze`` mode its last ``unfreeze_blocks`` blocks (at most all) train."""
         from benchmarks.core.backbones import build_backbone
 
         cfg = self.config

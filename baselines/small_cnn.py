@@ -54,6 +54,9 @@ class SmallCNNNet(nn.Module):
 
 @dataclass(frozen=True)
 class SmallCNNConfig:
+    """The settings of :class:`SmallCNN`, each explained beside it; an unknown optimizer or schedule, or a
+    value out of range, is a ``ValueError``."""
+
     width: int = 32  # channels of the first conv block; block i has width * 2**i (tutorial: 6, 16)
     depth: int = 2  # conv blocks, each halving the image (tutorial: 2)
     kernel_size: int = 5
@@ -97,12 +100,15 @@ class SmallCNN(FromScratch):
 
     @classmethod
     def network(cls, config: dict, shape) -> nn.Module:
+        """The network a cell of ``shape`` trains (:meth:`build`)."""
         return cls(SmallCNNConfig(**config)).build(shape.n_classes, shape.image_size)
 
     def __init__(self, config: SmallCNNConfig | None = None):
         self.config = config or SmallCNNConfig()
 
     def build(self, n_classes: int, image_size: int) -> SmallCNNNet:
+        """A new :class:`SmallCNNNet` for ``n_classes``; a ``ValueError`` when ``depth`` halvings leave nothing of
+        ``image_size`` px."""
         cfg = self.config
         if image_size // 2**cfg.depth < 1:
             raise ValueError(

@@ -124,6 +124,7 @@ class WideResNet(nn.Module):
 
 
 def wrn_22(n_classes: int = 10) -> WideResNet:
+    """WRN-22 (width 6: groups of 96, 192 and 384 channels) for ``n_classes``."""
     return WideResNet(n_classes, n_groups=3, blocks_per_group=3, width=6)
 
 
@@ -278,6 +279,9 @@ def _runner_callback(Callback):
 
 @dataclass(frozen=True)
 class WRN22Config:
+    """The settings of :class:`WRN22OneCycle` (the DAWNBench recipe by default), each explained beside it; a
+    value out of range is a ``ValueError``."""
+
     epochs: int = 24  # DAWNBench entries ran 24-35 epochs of one cycle
     lr_max: float = 3e-3  # peak learning rate of the cycle (fastai DAWNBench: 3e-3)
     weight_decay: float = 0.4  # decoupled weight decay of fastai's Adam (DAWNBench: wd=0.4)
@@ -305,12 +309,14 @@ class WRN22OneCycle(FromScratch):
 
     @classmethod
     def network(cls, config: dict, shape) -> nn.Module:
+        """The network a cell of ``shape`` trains (:meth:`build`)."""
         return cls(WRN22Config(**config)).build(shape.n_classes)
 
     def __init__(self, config: WRN22Config | None = None):
         self.config = config or WRN22Config()
 
     def build(self, n_classes: int) -> WideResNet:
+        """A new three-group :class:`WideResNet` (the Config's width and blocks per group) for ``n_classes``."""
         cfg = self.config
         return WideResNet(n_classes, n_groups=3, blocks_per_group=cfg.blocks_per_group, width=cfg.width)
 

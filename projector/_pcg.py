@@ -141,9 +141,11 @@ class PCGGrid:
                      "tol": self.tol, "iterations": 0, "alphas": {}}
 
     def solve(self, B: torch.Tensor, alpha: float) -> torch.Tensor:
+        """B: (n, c) -> X: (n, c) float64, for one ``alpha``."""
         return self.solve_all(B, [alpha])[0]
 
     def counts(self) -> dict:
+        """How the solves went so far: ``cg`` (alphas solved) and ``iterations`` (products with S)."""
         return {"cg": len(self.info["alphas"]), "iterations": self.info["iterations"]}
 
     def _product(self, P: torch.Tensor) -> torch.Tensor:

@@ -93,10 +93,12 @@ class EighGrid:
         return self.solve_all(B, [alpha])[0]
 
     def solve_all(self, B: torch.Tensor, alphas) -> list:
+        """B: (n, c) -> [(n, c) float64 for each alpha], from the one eigendecomposition."""
         UB = self.U.T @ B.to(torch.float64)
         return [self.U @ (UB / (self.lam + float(a))[:, None]) for a in alphas]
 
     def counts(self) -> dict:
+        """How the alphas were solved: one eigendecomposition, ``{"eigh": 1}``."""
         return {"eigh": 1}
 
 

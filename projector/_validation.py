@@ -86,6 +86,7 @@ def check_int_param(value, name: str, min_val: int = 1, max_val: int | None = No
 
 
 def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units: ``512 B``, ``1.5 KiB``, ... up to TiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

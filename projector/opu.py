@@ -148,6 +148,7 @@ class OPUProjection(ClassNamePrefixFeaturesOutMixin, _Transformer):
         return torch.from_numpy(np.asarray(Y, dtype=np.float32)).to(X.device)
 
     def iter_blocks(self, X: torch.Tensor):
+        """``(cols, Y)`` once: the whole :meth:`transform`, every column in one block (the OPU is not streamed)."""
         yield slice(0, self.n_components), self.transform(X)
 
     def close(self) -> None:

@@ -56,6 +56,7 @@ class NoProjection(OneToOneFeatureMixin, _Transformer):
         return X.to(torch.float32)
 
     def iter_blocks(self, X):
+        """``(cols, X)`` once: every column in one block, as float32."""
         X = _check_2d(X, "NoProjection.transform")
         _check_fitted(self)
         _check_n_features(self, X)

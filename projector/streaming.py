@@ -377,6 +377,7 @@ class StreamingRidgeClassifier(_ClassifierBase):
 
     @property
     def weight_bytes(self) -> int:
+        """Bytes of ``coef_`` plus ``intercept_`` (R is never held); ``NotFittedError`` before :meth:`fit`."""
         _check_fitted(self, "coef_")
         return int(self.coef_.nbytes + self.intercept_.nbytes)
 

@@ -12,6 +12,8 @@ from benchmarks.cli.commands import _add_optional_commands, cmd_backbones, cmd_c
 from benchmarks.cli.run import _add_run_args, cmd_run
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gradfree`` argument parser: ``run``, ``cuts``, ``backbones`` and the other commands, each with
+    its handler as ``func``."""
     from benchmarks.core.backbones import BACKBONES
 
     parser = argparse.ArgumentParser(
@@ -57,6 +59,9 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``gradfree`` command ``argv`` (default: ``sys.argv[1:]``) and return its exit status. A
+    dataset, value, import or OS error is printed as ``gradfree: error: ...`` (status 2); Ctrl-C exits 130
+    and SIGTERM 143, finished cells kept."""
     from benchmarks.core.data import DatasetError
 
     parser = build_parser()

@@ -115,6 +115,7 @@ def _add_perf_parser(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``gradfree report``: write the report of a results folder; exit 2 when its results file is missing."""
     from benchmarks.report import build as report
 
     try:
@@ -138,6 +139,8 @@ def _add_report_parser(sub) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """``gradfree compare``: :func:`benchmarks.report.gate.compare`'s exit status (1 on a regression), or
+    2 when a results file is missing."""
     from benchmarks.report import gate as compare
 
     try:
@@ -180,6 +183,7 @@ def _add_compare_parser(sub) -> None:
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
+    """``gradfree rekey``: re-key a results folder (with ``--dry-run``, only count) and print what changed."""
     from benchmarks.harness.rekey import rekey
 
     result = rekey(args.results, dry_run=args.dry_run)

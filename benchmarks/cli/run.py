@@ -222,6 +222,9 @@ _CELL_ARGS = ("method", "dataset", "data_dir", "backbone", "cut", "weights", "pr
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``gradfree run``: one cell from the flags and ``--set``, or the suite of ``--suite``. Prints the cell's
+    final row; exit 0 when every row is ``ok``, else 1 (``--dry-run``: 2 if a check would refuse it). Raises
+    ``ValueError`` for settings it refuses, such as ``--set-aside-others`` without ``--suite``."""
     from benchmarks.harness.cells import make_cell
 
     options = _method_options(args)
@@ -325,6 +328,8 @@ def _final_rows(path):
 
 
 def print_table(rows: list[dict]) -> None:
+    """Print the main columns of final rows (method, axes, accuracies, time, size, status; ``error`` only
+    when some row has one) as a text table; nothing for no rows."""
     import pandas as pd
 
     if not rows:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 
 def fsync_dir(folder: Path) -> None:
+    """fsync ``folder`` itself, so that a rename or link in it survives a crash; an ``OSError`` (a file
+    system that cannot) is ignored."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -25,6 +27,8 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_tmp(folder: Path, name: str, data: bytes, mode: int) -> str:
+    """Write ``data`` to a new temporary file ``.<name>.*.tmp`` in ``folder``, with permissions ``mode``,
+    fsynced; return its path. On any error the file is removed and the error raised."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)  # mkstemp creates 0600; results are for everyone to read
@@ -107,11 +111,14 @@ def write_failure(path: Path, err: OSError, folder: Path | None = None, doing: s
 
 
 def not_writable(st: os.stat_result, path: Path) -> bool:
+    """Whether ``path`` (``st``: its stat) may not be written: no write access, or no write bit set."""
     # Mode bits too: a file someone made read-only stays refused even for root.
     return not os.access(path, os.W_OK) or not st.st_mode & 0o222
 
 
 def same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (same inode and device); False when
+    ``path`` no longer exists."""
     try:
         now_st = os.stat(path)
     except FileNotFoundError:
@@ -121,6 +128,8 @@ def same_file(fd: int, path: Path) -> bool:
 
 
 def read_fd(fd: int) -> bytes:
+    """The whole content of the open file ``fd``, read from offset 0 up to its current size without moving
+    its position."""
     size = os.fstat(fd).st_size
     chunks, pos = [], 0
     while pos < size:

@@ -86,6 +86,8 @@ class Extractor(nn.Module):
 
     @property
     def param_count(self) -> int:
+        """Number of kept parameters (after :meth:`quantize`: the int8 network's, as
+        :func:`benchmarks.core.quantize.quantized_size` counts them)."""
         if self.quantized:
             return self._quantized_size[0]
         return sum(p.numel() for p in self.parameters())
@@ -120,6 +122,7 @@ class Extractor(nn.Module):
         return tuple(int(s) for s in y.shape[1:])
 
     def out_channels(self) -> int:
+        """Channels C of the output, read from :meth:`out_shape` at 64 px."""
         return self.out_shape(64)[0]
 
     def quantize(self, batches) -> "Extractor":

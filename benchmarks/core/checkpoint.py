@@ -74,6 +74,7 @@ class CellCheckpoint:
 
     @property
     def path(self) -> Path:
+        """This stage's file: ``<folder>/<stage>.pt``."""
         return self.folder / f"{self.name}.pt"
 
     def save(self, state: dict) -> None:

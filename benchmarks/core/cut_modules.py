@@ -85,4 +85,5 @@ class Readout(nn.Module):
         return patches.reshape(x.shape[0], g, g, x.shape[2]).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
+        """``tokens -> readout``, for the module's repr."""
         return f"{self.tokens} -> {self.readout}"

@@ -90,6 +90,8 @@ READOUT_HELP = {"cls": "the class token", "mean": "the mean over (patch) tokens"
 
 @dataclass(frozen=True)
 class Cut:
+    """A cut point: its name, the unit it ends at and, inside a dense block, how many of its layers it keeps."""
+
     name: str
     unit: int  # index of the last unit it runs
     dense_layers: int = 0  # > 0: only the first dense_layers layers of that dense block
@@ -105,6 +107,7 @@ class Layout:
     tokens: str  # nchw (convnets), nhwc (Swin: (n, h, w, C)), tokens (ViT: (n, 1 + h*w, D))
 
     def cut(self, name: str) -> Cut:
+        """The cut named ``name`` exactly (not an alias)."""
         return next(c for c in self.cuts if c.name == name)
 
 
@@ -178,6 +181,8 @@ def model_names() -> tuple[str, ...]:
 
 
 def check_name(name: str) -> str:
+    """``name`` if it is a backbone (a torchvision classification model or an external one), else a
+    :class:`BackboneError` naming a few of them."""
     if name not in model_names():
         close = [n for n in model_names() if n.startswith(str(name)[:3])][:6] or list(model_names())[:6]
         raise BackboneError(f"unknown backbone {name!r}; the backbones (torchvision's classification "
@@ -312,6 +317,7 @@ def _vit_layout(model: nn.Module) -> Layout:
 
 
 def split_readout(cut: str) -> tuple[str, str | None]:
+    """``CUT:READOUT`` as ``(CUT, READOUT)``; the readout is None when not given."""
     name, _, readout = cut.partition(":")
     return name, readout or None
 
@@ -329,5 +335,7 @@ def blocks(lay: Layout, cut: Cut) -> list[tuple[str, nn.Module]]:
 
 
 def readout_module(lay: Layout, readout: str | None) -> nn.Module:
+    """The module that turns the layout's outputs into ``(n, C, h, w)``: an identity for a convnet, else a
+    :class:`Readout` (``readout`` None: the layout's default)."""
     readout = readout or READOUTS[lay.tokens][0]
     return nn.Identity() if lay.tokens == "nchw" else Readout(lay.tokens, readout)

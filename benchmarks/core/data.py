@@ -43,6 +43,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ImageSplit:
+    """One split's images, ``images`` (n, 3, H, W) uint8, with their ``labels`` and ``ids``."""
+
     images: torch.Tensor  # (n, 3, H, W) uint8
     labels: torch.Tensor  # (n,) int64
     #: (n,) int64: each image's index in the dataset's source it was drawn from (the training source
@@ -58,11 +60,16 @@ class ImageSplit:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> "ImageSplit":
+        """The images at ``index``, with their labels and ids."""
         return ImageSplit(self.images[index], self.labels[index], self.ids[index])
 
 
 @dataclass
 class DataBundle:
+    """A loaded dataset: class names, the train, validation and test :class:`ImageSplit` at ``image_size``
+    px, ``source`` (where it was read from), the ``mean`` and ``std`` inputs are normalised with, and
+    ``info`` (how the subsets were drawn)."""
+
     name: str
     classes: list[str]
     train: ImageSplit
@@ -76,9 +83,11 @@ class DataBundle:
 
     @property
     def n_classes(self) -> int:
+        """Number of classes."""
         return len(self.classes)
 
     def split(self, name: str) -> ImageSplit:
+        """The split called ``name`` (``train``, ``val`` or ``test``); another name is a ``ValueError``."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; expected train, val or test")
         return getattr(self, name)

@@ -96,6 +96,9 @@ class FeatureCache:
         return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
     def get(self, key: CacheKey | str, device: torch.device) -> tuple[torch.Tensor, float] | None:
+        """The features under ``key``, on ``device``, and the seconds their extraction took; None when not
+        cached. Memory first, then the folder: a damaged file, or one not matching ``key``, is deleted with a
+        :class:`FeatureCacheWarning`."""
         name = str(key)
         if name in self._mem:
             feats, seconds = self._mem[name]
@@ -111,6 +114,9 @@ class FeatureCache:
         return feats, blob[1]
 
     def put(self, key: CacheKey | str, feats: torch.Tensor, seconds: float) -> None:
+        """Keep ``feats`` and the ``seconds`` their extraction took under ``key``: in memory (the last
+        ``max_entries`` stored) and, with a folder, in a file written through a temporary one and a rename. A
+        write that fails warns (:class:`FeatureCacheWarning`) and keeps them in memory only."""
         name = str(key)
         self._remember(name, feats, seconds)
         if self.folder is None:

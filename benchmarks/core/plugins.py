@@ -73,6 +73,7 @@ class Group:
         return _entry_points(self.group)
 
     def names(self) -> list[str]:
+        """The names of the group's installed entry points, sorted."""
         return sorted(self.entry_points())
 
     def knows(self, name: str) -> bool:

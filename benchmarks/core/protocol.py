@@ -82,10 +82,14 @@ class CellShape:
 
     @property
     def n_images(self) -> int:
+        """Images of all three splits together."""
         return self.n_train + self.n_val + self.n_test
 
 
 class Method(Protocol):
+    """What a method class implements; the module's docstring says what each member means, and
+    :func:`check_method` checks that a class has them all."""
+
     name: ClassVar[str]
     Config: ClassVar[type]
     uses_backbone: ClassVar[bool]
@@ -93,16 +97,23 @@ class Method(Protocol):
 
     def __init__(self, config: Any) -> None: ...
 
-    def run(self, ctx: RunContext) -> dict: ...
+    def run(self, ctx: RunContext) -> dict:
+        """Train or fit on ``ctx.data.train``, select on ``ctx.data.val``, score test once; the final
+        metrics (``train_acc``, ``val_acc``, ``test_acc``, size columns) and ``test_pred``."""
 
     @classmethod
-    def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]: ...
+    def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]:
+        """The floating-point operations of the counted phases for a cell of ``shape``
+        (``{"extract": ..., "train": ...}``), and the sizes they came from."""
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape: CellShape) -> int: ...
+    def memory_bytes(cls, config: dict, shape: CellShape) -> int:
+        """The largest live memory in bytes a cell of ``shape`` will need, planned before anything is
+        allocated."""
 
     @classmethod
-    def label(cls, config: dict) -> str: ...
+    def label(cls, config: dict) -> str:
+        """A short name for ``config`` (``sign+gaussian k=1000``, ``linear-probe``)."""
 
 
 #: What a method class must have (:class:`Method`).

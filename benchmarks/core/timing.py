@@ -157,6 +157,7 @@ class Clock:
         self.counted_s = float(state["counted_s"])
 
     def elapsed(self, name: str) -> float:
+        """Seconds booked to phase ``name`` so far, counted or not (0.0 for a phase never seen)."""
         return self.totals.get(name, 0.0)
 
     def columns(self) -> dict[str, float]:
@@ -271,6 +272,8 @@ class PeakMemory:
                 probe._peak = max(probe._peak, probe._kernel_peak())
 
     def start(self) -> "PeakMemory":
+        """Open the window: pick the method for the device, reset the peak it reads (or start the sampler)
+        and record ``base_bytes``; returns the probe."""
         if self.device.type == "cuda":
             self.method = "cuda-allocator"
             torch.cuda.synchronize(self.device)
@@ -313,6 +316,8 @@ class PeakMemory:
         return self.delta_bytes
 
     def stop(self) -> "PeakMemory":
+        """Close the window: stop the sampler if any and set ``peak_bytes`` and ``delta_bytes`` a last time;
+        returns the probe."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()

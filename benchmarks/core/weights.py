@@ -20,15 +20,19 @@ from benchmarks.core.cuts import BackboneError, list_cuts
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """A backbone: its name and its family (torchvision's module, or an external backbone's)."""
+
     name: str
     family: str  # torchvision's module: resnet, vision_transformer, ...; efficientnet_lite
 
     @property
     def builder(self) -> str:
+        """The name its model is built by: the backbone's own."""
         return self.name
 
     @property
     def default_cut(self) -> str:
+        """The cut used when none is given: the last, nearest the output."""
         return list_cuts(self.name)[-1]
 
 
@@ -117,6 +121,7 @@ def weights_table(name: str) -> list[dict]:
 
 
 def offline() -> bool:
+    """Whether ``GRADFREE_OFFLINE`` is ``1``, ``true`` or ``yes`` (any case): weights are then never downloaded."""
     return os.environ.get("GRADFREE_OFFLINE", "").lower() in ("1", "true", "yes")
 
 

@@ -87,5 +87,7 @@ def _parse_record(data: bytes, starts: list[int], ends: list[int], i: int,
 
 
 def describe_bad(scan: Scan) -> str:
+    """``N malformed byte(s) (bytes S-E, ...)``: how many bytes ``scan`` found malformed, the first five
+    stretches named."""
     where = ", ".join(f"bytes {s}-{e}" for s, e in scan.bad[:5]) + (" ..." if len(scan.bad) > 5 else "")
     return f"{sum(e - s for s, e in scan.bad)} malformed byte(s) ({where})"

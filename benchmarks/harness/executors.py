@@ -71,6 +71,8 @@ class LocalExecutor:
     name = "local"
 
     def run(self, runner: Runner, cells: list[Cell], results: "ResultsFile") -> list[dict]:
+        """Run the cells without a successful final row in ``results`` one after the other, appending each
+        row as it comes; return the cells' final (or failed) rows."""
         done = results.finished_keys()
         todo = [c for c in cells if c.key() not in done]
         if len(todo) < len(cells):
@@ -149,6 +151,10 @@ class RayExecutor:
         return 0
 
     def run(self, runner: Runner, cells: list[Cell], results: "ResultsFile") -> list[dict]:
+        """Run the cells without a successful final row in ``results`` as Ray tasks (a Ray started here is
+        shut down after), appending each cell's rows as it finishes; return their final (or failed) rows. A
+        task that fails beyond its retries gives a failed row; Ctrl-C or :class:`DataChanged` cancels the
+        pending tasks and is raised."""
         ray = _import_ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -204,6 +210,9 @@ EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def make_executor(name: str = "local", address: str | None = None, **kwargs):
+    """The executor called ``name``: ``local``, or ``ray`` (``address`` and ``kwargs`` go to
+    :class:`RayExecutor`). A ``ValueError`` for another name or for ``address`` without Ray; an
+    ``ImportError`` with the install hint when Ray is not installed."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
     if name == "ray":

@@ -69,6 +69,7 @@ def cpu_flags() -> str:
 
 
 def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` says."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -77,6 +78,7 @@ def cpu_name() -> str:
 
 
 def device_name(device: torch.device | str) -> str:
+    """The GPU's name for a CUDA device, else the CPU's with its number of logical cores."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -84,6 +86,8 @@ def device_name(device: torch.device | str) -> str:
 
 
 def environment() -> dict:
+    """Where a run ran, for its metadata: git commit, Python, platform, host, the versions of the packages
+    it may use (None where not installed), CPU, its flags and cores, torch's threads and the CUDA devices."""
     versions = {}
     for pkg in _PACKAGES:
         try:

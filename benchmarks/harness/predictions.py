@@ -51,15 +51,18 @@ class Predictions:
 
     @property
     def correct(self) -> np.ndarray:
+        """``(n_test,)`` bool: whether each prediction is the label."""
         return self.pred == self.labels
 
     def to_bytes(self) -> bytes:
+        """A compressed ``.npz`` of ``pred``, ``labels``, ``ids`` and ``run_id``."""
         buf = io.BytesIO()
         np.savez_compressed(buf, pred=self.pred, labels=self.labels, ids=self.ids, run_id=np.array(self.run_id))
         return buf.getvalue()
 
 
 def path_of(out_dir: str | Path, cell_key: str) -> Path:
+    """``OUT/predictions/<cell_key>.npz``."""
     return Path(out_dir) / FOLDER / f"{cell_key}.npz"
 
 
@@ -94,6 +97,8 @@ class KeepPredictions:
         self._results, self._out_dir = results, Path(out_dir)
 
     def append(self, rows: list[dict]) -> None:
+        """Write the predictions ``rows`` carry (taking them out of the rows), then append the rows to the
+        results file."""
         for row in rows:
             predictions = row.pop(ROW_KEY, None)
             if predictions is not None:

@@ -54,6 +54,7 @@ def backprop_methods() -> tuple[str, ...]:
 
 
 def config_fields(method: str) -> dict[str, dataclasses.Field]:
+    """The fields of ``method``'s Config, by name; a ``ValueError`` for an unknown method."""
     return {f.name: f for f in dataclasses.fields(get_method(method).Config)}
 
 

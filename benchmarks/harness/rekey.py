@@ -43,6 +43,8 @@ class Rekeyed:
     unknown_keys: set[str] = field(default_factory=set)  # keys of rows no metadata names
 
     def summary(self) -> str:
+        """One line: rows re-keyed (and cells), rows already current, and the keys no metadata names (the
+        first five)."""
         text = (f"{self.rows_changed} row(s) re-keyed ({len(self.mapping)} cell(s)), "
                 f"{self.rows_current} already current")
         if self.unknown_keys:

@@ -280,4 +280,5 @@ def finished_keys(path: str | Path) -> set[str]:
 
 
 def now() -> str:
+    """The time now, UTC, in ISO 8601 to the second (``2026-01-31T12:00:00+00:00``)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -71,6 +71,7 @@ class ResultsFile:
     open = __enter__
 
     def close(self) -> None:
+        """Release the folder's claim, as leaving the ``with`` block does."""
         self._release()
 
     def append(self, rows: list[dict]) -> None:
@@ -78,6 +79,7 @@ class ResultsFile:
         _append_bytes(self.path, rows)
 
     def rows(self) -> list[dict[str, str]]:
+        """Every well-formed row of ``results.csv`` (:func:`benchmarks.harness.results.read_rows`)."""
         return read_rows(self.path)
 
     def finished_keys(self) -> set[str]:

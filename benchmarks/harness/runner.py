@@ -76,6 +76,8 @@ def common_columns(run_id: str, cell: Cell) -> dict:
 
 
 def failed_row(run_id: str, cell: Cell, error: BaseException, **columns) -> dict:
+    """The ``failed`` row of ``cell``: its common columns, ``columns`` and ``error`` as ``Type: message``
+    (the message cut at 1,500 characters)."""
     return {**common_columns(run_id, cell), **columns, "row_type": "failed", "status": "failed",
             "finished_at": res.now(), "error": f"{error.__class__.__name__}: {str(error)[:1500]}"}
 
@@ -97,6 +99,8 @@ class Runner:
     _data: tuple | None = None
 
     def load_data(self, cell: Cell) -> DataBundle:
+        """``cell``'s data (:func:`benchmarks.core.data.load_dataset`); the last dataset decoded is kept and
+        reused for cells of the same :meth:`Cell.data_key`."""
         # Keep the last dataset decoded: cells of a sweep usually share it.
         if self._data is None or self._data[0] != cell.data_key():
             bundle = load_dataset(cell.dataset, cell.data_dir, cell.image_size, cell.train_per_class,

@@ -47,6 +47,9 @@ class SuiteError(CellError):
 
 @dataclass(frozen=True)
 class Suite:
+    """A suite as loaded: its name (``results/NAME``), description, ``settings`` fixed for every cell,
+    ``grids`` (each a cartesian product of its list values) and the file it came from."""
+
     name: str
     description: str
     settings: dict[str, Any]

@@ -53,6 +53,10 @@ class LogisticControl:
         return LogisticRegression(C=C, solver="lbfgs", max_iter=self.max_iter)
 
     def fit(self, X, y, X_val=None, y_val=None) -> "LogisticControl":
+        """Fit on ``(X, y)``. With ``X_val``, ``y_val`` and more than one ``C``: each ``C`` scored on validation
+        (features standardised on the training rows; on a tie, the strongest penalty wins), then a fit at the
+        chosen ``C`` on train + validation (``refit=False``: on the training rows); else at the first ``C``.
+        :class:`NonFiniteFit` when every ``C``, or the final fit, blows up. Returns ``self``."""
         X, y = _numpy(X).astype(np.float64), _numpy(y)
         self.val_scores_, self.diverged_ = {}, {}
         if X_val is not None and len(self.Cs) > 1:
@@ -92,6 +96,7 @@ class LogisticControl:
         return self.model_.decision_function(self.scaler_.transform(_numpy(X).astype(np.float64)))
 
     def score(self, X, y) -> float:
+        """Accuracy on ``(X, y)``."""
         return float(self.model_.score(self.scaler_.transform(_numpy(X).astype(np.float64)), _numpy(y)))
 
     @property

@@ -89,6 +89,9 @@ def _finite_predictions(classifier, X, split: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RandomFeaturesConfig:
+    """The settings of :class:`RandomFeatures`. An unknown encoder, classifier or projection, a logistic
+    classifier on the exact kernel or a streamed fit, or a size or alpha out of range is a ``ValueError``."""
+
     encoder: str = "sign"  # sign | threshold | none
     projection: str = "gaussian"  # gaussian | structured | opu | linear | none | a plugin's | kernel (k = infinity)
     n_components: int = 10_000  # random features k (kernel: ignored, reported as -1 = infinity)
@@ -161,6 +164,9 @@ def _ridge_flops(n: int, d: int) -> float:
 
 
 class RandomFeatures:
+    """The method under test (see the module): backbone features, encoded, randomly projected, then a ridge
+    (or logistic) classifier."""
+
     name = "random-features"
     Config = RandomFeaturesConfig
     uses_backbone = True

@@ -38,6 +38,10 @@ _LOCAL_CIFAR10 = Path(__file__).resolve().parents[2] / ".cache" / "cifar10-jpg"
 
 
 def run_perf(args) -> int:
+    """Run ``gradfree perf``'s sections (``--threads``: torch's and the BLAS libraries' threads, restored
+    after), write ``OUT/perf.csv`` and ``OUT/perf.png`` and print the table. Exit status 0; 2 when nothing
+    was measured, 130 when interrupted (the rows so far stay in ``OUT/runs/<run id>/``). An unknown section
+    is a ``ValueError``."""
     import warnings
 
     from scipy.linalg import LinAlgWarning
@@ -132,6 +136,7 @@ def _sections(arg: str | None) -> set[str]:
 
 
 def print_table(df) -> None:
+    """Print the perf rows' main columns as a text table, peak memory in MB."""
     cols = ["section", "case", "metric", "value", "target", "met", "time_s", "ref_time_s", "peak_memory_bytes", "note"]
     show = df[[c for c in cols if c in df]].copy()
     show["peak_memory_bytes"] = pd.to_numeric(show["peak_memory_bytes"], errors="coerce") / 1e6
@@ -176,6 +181,8 @@ def plot_perf(df, path: Path) -> None:
 
 
 def cmd_perf(args) -> int:
+    """``gradfree perf``: :func:`run_perf`, reading the development copy of CIFAR-10 (``.cache/cifar10-jpg``)
+    when ``--data-dir`` is not given and that copy is there."""
     if args.data_dir is None:
         if (_LOCAL_CIFAR10 / "train").is_dir():
             args.data_dir = str(_LOCAL_CIFAR10)

@@ -143,6 +143,7 @@ class Report:
         self.t0 = time.perf_counter()
 
     def log(self, msg: str) -> None:
+        """Print ``msg`` to stderr, after the seconds since the report began."""
         print(f"[perf {time.perf_counter() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     def add(self, section: str, case: str, shape: str, value=None, metric: str = "", time_s=None,

@@ -30,6 +30,10 @@ NOTE = (f"Each side's answer is its configuration with the best mean validation 
 
 @dataclass
 class Entry:
+    """One entry of the answer, for a data group (``cut`` None) or one cut of it: each side's configuration
+    chosen on validation (``gf``, ``bp``; None when it has none), their comparison, or the ``problem`` that
+    prevented one."""
+
     group: dict
     cut: str | None  # None: the whole data group
     gf: pd.Series | None
@@ -42,6 +46,7 @@ class Entry:
     has: dict = field(default_factory=dict)  # side -> whether the group has cells of it
 
     def verdict(self) -> str:
+        """``not compared: <problem>``, ``cannot separate``, or the comparison's verdict (empty without one)."""
         if self.problem:
             return f"not compared: {self.problem}"
         if not self.separable:
@@ -51,6 +56,8 @@ class Entry:
 
 @dataclass
 class Answer:
+    """The entries of every data group and of each of its cuts (:func:`answer`)."""
+
     entries: list[Entry] = field(default_factory=list)
 
     def unseparable(self) -> list[dict]:
@@ -58,6 +65,9 @@ class Answer:
         return [e.group for e in self.entries if e.cut is None and not e.separable]
 
     def table(self, per_cut: bool = False) -> pd.DataFrame:
+        """One row per data group (``per_cut``: per cut): each side's configuration, validation and test
+        accuracy and training seconds, the difference's interval, p, Holm's p, the kind of comparison, the
+        verdict and the oracle."""
         rows = []
         for e in self.entries:
             if (e.cut is not None) != per_cut:

@@ -29,6 +29,9 @@ from benchmarks.report.tables import BACKPROP, COUNTED_PHASES, GRADIENT_FREE, GR
 
 @dataclass
 class Figure:
+    """One figure of the report: ``name``, ``title``, ``caption`` and its PNG bytes, or ``png=None`` and a
+    ``note`` printed in its place."""
+
     name: str  # a file-name stem: letters, digits, "_" and "-" only
     title: str
     caption: str = ""

@@ -59,6 +59,7 @@ BACKPROP, GRADIENT_FREE, UNKNOWN = "backprop", "gradient-free", "unknown"
 
 
 def results_csv(path: str | Path) -> Path:
+    """The CSV that ``path`` names (``path/results.csv`` for a folder); ``FileNotFoundError`` if it is absent."""
     path = Path(path)
     csv_path = path / RESULTS_FILE if path.is_dir() else path
     if not csv_path.is_file():
@@ -338,6 +339,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_table(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: test, validation and train accuracy (mean ± std over seeds), alpha and best epoch."""
     agg = aggregate(finals, ["test_acc", "val_acc", "train_acc", "alpha", "best_epoch"])
     if agg.empty:
         return agg
@@ -351,6 +353,7 @@ def accuracy_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 
 def time_table(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: each phase's seconds (mean ± std), uncounted ones marked, and whether any was cached."""
     cols = [*COUNTED_PHASES, "train_total_s", "warmup_s", "eval_s", "predict_s"]
     agg = aggregate(finals, cols)
     if agg.empty:
@@ -366,6 +369,7 @@ def time_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 
 def size_table(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration: parameters, trainable ones, sizes in MB, feature dimension and peak memory in MB."""
     cols = ["model_param_count", "trainable_param_count", "model_bytes", "backbone_bytes", "ridge_weight_bytes",
             "projection_matrix_bytes", "feature_dim", "peak_memory_bytes"]
     agg = aggregate(finals, cols)
@@ -383,5 +387,6 @@ def size_table(finals: pd.DataFrame) -> pd.DataFrame:
 
 
 def failed_table(failed: pd.DataFrame) -> pd.DataFrame:
+    """The failed rows' key, axes, seed and error (an empty table with those columns when none failed)."""
     cols = ["cell_key", "method", "dataset", "backbone", "cut", "precision", "seed", "error"]
     return failed[cols].copy() if not failed.empty else pd.DataFrame(columns=cols)

@@ -145,6 +145,7 @@ def rows_of(rows: pd.DataFrame, config: pd.Series) -> pd.DataFrame:
 
 
 def name(config: pd.Series) -> str:
+    """``method: config`` of an aggregated configuration, with `` @ cut`` when it has a cut."""
     return f"{config['method']}: {config['config']}" + (f" @ {config['cut']}" if config["cut"] else "")
 
 
@@ -189,15 +190,19 @@ class Comparison:
 
     @property
     def contains_zero(self) -> bool:
+        """Whether the interval ``[low, high]`` holds 0."""
         return self.low <= 0 <= self.high
 
     def verdict(self, ahead: str = GF_AHEAD, behind: str = BP_AHEAD) -> str:
+        """``TIE`` when the interval holds 0 or p (Holm's once set) is not below :data:`ALPHA`; else ``ahead``
+        when a is ahead, ``behind`` when b is."""
         p = self.p_holm if not np.isnan(self.p_holm) else self.p
         if self.contains_zero or not p < ALPHA:
             return TIE
         return ahead if self.diff > 0 else behind
 
     def interval(self) -> str:
+        """The difference and its interval in signed points: ``+1.23 [+0.45, +2.01]``."""
         return f"{100 * self.diff:+.2f} [{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
 
 

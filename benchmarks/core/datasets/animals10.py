@@ -9,6 +9,8 @@ from benchmarks.core.datasets.sources import Dataset, DatasetError, split_folder
 
 
 def read(data_dir: Path | None):
+    """(train, test) ``Source`` of ``data_dir``, the archive's ``raw-img/`` folder, split 80/20 per class; a
+    :class:`DatasetError` without ``data_dir`` (there is no download)."""
     if data_dir is None:
         raise DatasetError(
             "animals10 has no torchvision download: get the Kaggle 'Animals-10' archive, unpack it "

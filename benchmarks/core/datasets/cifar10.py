@@ -11,6 +11,9 @@ from benchmarks.core.datasets.sources import (Dataset, DatasetError, array_sourc
 
 
 def read(data_dir: Path | None):
+    """(train, test) ``Source``: ``data_dir``'s ``train/`` and ``test/`` image folders when it has
+    ``train/``, else torchvision's ``cifar-10-batches-py`` in ``data_dir`` (default: the data root,
+    downloaded there when missing). A ``data_dir`` holding neither is a :class:`DatasetError`."""
     hint = ("Give --data-dir a folder with train/<class>/*.png|jpg and test/<class>/*, or omit "
             "--data-dir to let torchvision download CIFAR-10.")
     if data_dir is not None and (data_dir / "train").exists():

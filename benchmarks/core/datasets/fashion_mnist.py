@@ -19,6 +19,7 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 
 def read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzipped when its name ends in ``.gz``) as a uint8 array of the shape its header gives."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         raw = f.read()
@@ -28,6 +29,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read(data_dir: Path | None):
+    """(train, test) ``Source`` from the four gzipped idx files in ``data_dir``; without ``data_dir``, from
+    those in :data:`DEBIAN_FASHION_MNIST`, else from torchvision's download into the data root. A
+    ``data_dir`` without them is a :class:`DatasetError`."""
     for folder in [data_dir] if data_dir is not None else [DEBIAN_FASHION_MNIST]:
         files = {k: folder / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
                  for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}

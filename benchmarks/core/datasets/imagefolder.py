@@ -13,6 +13,8 @@ PREFIX = "imagefolder:"
 
 
 def read_folder(path: Path):
+    """(train, test) ``Source`` of ``path``: its ``train/`` and ``test/`` folders when it has both, else its
+    one class-folder tree split 80/20 per class."""
     if (path / "train").is_dir() and (path / "test").is_dir():
         return train_test_folders(path, "")
     return split_folder(path)
@@ -32,6 +34,7 @@ class ImageFolder(Dataset):
         return max(n_classes, 1), total, 0
 
     def root(self) -> Path:
+        """The folder the name holds (``imagefolder:PATH``, ``~`` expanded)."""
         return Path(self.name[len(PREFIX):]).expanduser()
 
 

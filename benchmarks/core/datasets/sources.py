@@ -75,8 +75,8 @@ def _walk(root: Path):
 
 
 # ----------------------------------------------------------------------------
-# Raw sources: each returns (classes, train_items, test_items) where items are
-# a list of labels plus a way to fetch image i as an HxWxC uint8 array.
+# Raw sources: a dataset's read returns (train, test) Sources, each its classes,
+# labels and a way to fetch image i as a PIL image.
 # ----------------------------------------------------------------------------
 
 
@@ -103,6 +103,9 @@ class Dataset:
 
 @dataclass
 class Source:
+    """One split as read: class names, ``labels`` (n,) int64, ``get(i)`` giving image i as a PIL image,
+    ``origin`` (where it was read from) and optionally ``where(i)``, naming image i in messages."""
+
     classes: list[str]
     labels: np.ndarray  # (n,) int64
     get: object  # callable(i) -> PIL.Image
@@ -111,6 +114,8 @@ class Source:
 
 
 def array_source(classes, data: np.ndarray, labels, origin: str) -> Source:
+    """A :class:`Source` of images held in an array, ``data`` (n, H, W) or (n, H, W, C) uint8, with
+    ``labels`` (n,) class indices."""
     from PIL import Image
 
     data = np.asarray(data)
@@ -165,6 +170,8 @@ def to_rgb(img):
 
 
 def file_source(classes, paths: list[Path], labels, origin: str) -> Source:
+    """A :class:`Source` of image files, each read when fetched; a file PIL cannot decode, or one too large
+    to, is a :class:`DatasetError` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     def get(i):
@@ -232,6 +239,9 @@ def split_folder(root: Path, train_fraction: float = 0.8):
 
 
 def train_test_folders(root: Path, hint: str):
+    """(train, test) :class:`Source` of ``root/train/<class>/*`` and ``root/test/<class>/*``. A
+    :class:`DatasetError` when either folder is missing (its message ends with ``hint``) or their class
+    folders differ."""
     train, test = root / "train", root / "test"
     if not train.is_dir() or not test.is_dir():
         raise DatasetError(
@@ -246,10 +256,13 @@ def train_test_folders(root: Path, hint: str):
 
 
 def default_data_root() -> Path:
+    """Where torchvision's downloads go: ``$GRADFREE_DATA``, else ``~/.cache/gradfree/data``."""
     return Path(os.environ.get("GRADFREE_DATA", Path.home() / ".cache" / "gradfree" / "data"))
 
 
 def torchvision_download(make, root: Path, what: str):
+    """``make(download=True)``: a torchvision dataset, downloaded into ``root`` unless it is there. Any
+    failure is a :class:`DatasetError` saying that ``what`` is missing and how to get it."""
     try:
         return make(download=True)
     except Exception as err:  # network errors come in many classes

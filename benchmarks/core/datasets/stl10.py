@@ -10,6 +10,9 @@ from benchmarks.core.datasets.sources import (Dataset, array_source, default_dat
 
 
 def read(data_dir: Path | None):
+    """(train, test) ``Source``: ``data_dir``'s ``train/`` and ``test/`` image folders when it has
+    ``train/``, else torchvision's STL-10 labelled splits in ``data_dir`` (default: the data root),
+    downloaded there when missing."""
     from torchvision.datasets import STL10
 
     root = data_dir or default_data_root()
