@@ -226,3 +226,36 @@ def test_no_function_is_longer_than_60_lines_but_the_listed_exceptions():
 def test_no_file_is_longer_than_400_lines():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_FILE_LINES}
     assert long == {}
+
+
+#: Members documented once, elsewhere: a method class's protocol members (on benchmarks.core.protocol.Method)
+#: and a torch module's ``forward`` (its class says what it computes).
+DOCUMENTED_ELSEWHERE = {"run", "flops", "memory_bytes", "label", "forward"}
+
+
+def _undocumented(tree: ast.AST, module: str) -> list[str]:
+    out = []
+
+    def walk(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) \
+                    and not child.name.startswith("_"):
+                in_class = bool(prefix)
+                if ast.get_docstring(child) is None and not (in_class and child.name in DOCUMENTED_ELSEWHERE):
+                    out.append(f"{module}.{prefix}{child.name}")
+                if isinstance(child, ast.ClassDef):
+                    walk(child, f"{prefix}{child.name}.")
+    walk(tree, "")
+    return out
+
+
+def test_every_public_definition_has_a_docstring():
+    missing = [name for module, path in _modules().items() for name in _undocumented(ast.parse(path.read_text()),
+                                                                                      module)]
+    assert missing == []
+
+
+def test_the_docstring_checker_finds_one_missing():
+    tree = ast.parse("def f():\n    pass\nclass C:\n    '''doc'''\n    def run(self):\n        pass\n"
+                     "    def g(self):\n        pass\n")
+    assert _undocumented(tree, "m") == ["m.f", "m.C.g"]

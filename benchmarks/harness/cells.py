@@ -1,28 +1,24 @@
 """Cells: one configuration to run, built one way for the command line and for suites.
 
-A :class:`Cell` holds the axes of a result (method, dataset, backbone, cut, precision,
-seed, sizes) and the method's own options. :func:`make_cell` is the only builder: it
-takes a flat dict of cell fields and method options (from ``gradfree run`` flags or a
-suite's grid), checks the type of every value, and normalises it so that what a method
-does not use cannot make two cells out of one:
+A :class:`Cell` holds the axes of a result (method, dataset, backbone, cut, precision, seed, sizes)
+and the method's own options. :func:`make_cell` is the only builder: it takes a flat dict of cell
+fields and method options (``gradfree run`` flags or a suite's grid), checks the type of every value,
+and normalises it so that what a method does not use cannot make two cells out of one:
 
 * methods that do not use a backbone lose backbone, cut, weights and precision;
 * the cut is resolved to its name (``None`` -> the backbone's last cut), and the weights to the
   weights that will be loaded (``DEFAULT``, ``MobileNet_V2_Weights.IMAGENET1K_V1`` and
   ``imagenet1k_v1`` are one network: ``IMAGENET1K_V1`` where that file is the one at hand);
-* ``--data-dir`` and an image folder's path are made absolute (``~``, ``..``, a trailing slash and
-  symbolic links resolved);
+* ``--data-dir`` and an image folder's path are made absolute (``~``, ``..``, links resolved);
 * ``0`` images per class means all of them (``None``); options absent from the method's Config
   are dropped, as are options equal to their default, and ``n_components`` when there is no projection.
 
-So ``gradfree run``, ``gradfree run --n-components 10000`` (the default spelled out) and
-the same cell in a suite have one :meth:`Cell.key`. The key names the data by what it is, not
-where it lies: a named dataset by its name, an image folder by the list of its files and their
-sizes (:func:`benchmarks.core.datasets.folder_identity`), never by ``--data-dir``. That two copies
-of a named dataset hold the same images is checked when a cell loads them, against the
-``data_fingerprint`` of the rows already in the results folder (:mod:`benchmarks.harness.runner`).
-:func:`validate` then rejects a bad cell before any data is loaded, and :func:`plan_memory`
-refuses a cell that cannot fit.
+So ``gradfree run``, ``gradfree run --n-components 10000`` (the default spelled out) and the same
+cell in a suite have one :meth:`Cell.key`. The key names the data by what it is, not where it lies: a
+named dataset by its name, an image folder by its files and their sizes (:func:`benchmarks.core.datasets.
+folder_identity`), never by ``--data-dir`` (that two copies hold the same images is checked when a cell
+loads them, :mod:`benchmarks.harness.runner`). :func:`validate` rejects a bad cell before any data is
+loaded, and :func:`plan_memory` refuses a cell that cannot fit.
 """
 
 from __future__ import annotations
@@ -87,6 +83,7 @@ class Cell:
     options: tuple[tuple[str, Any], ...] = ()
 
     def option_dict(self) -> dict[str, Any]:
+        """The method's options as a dict (held as sorted pairs, so that a cell is hashable)."""
         return dict(self.options)
 
     def key(self) -> str:
@@ -112,6 +109,7 @@ class Cell:
 
     @property
     def uses_backbone(self) -> bool:
+        """Whether the cell's method uses the backbone, cut, weights and precision axes."""
         return get_method(self.method).uses_backbone
 
 
@@ -251,6 +249,7 @@ def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; a CellError otherwise."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -393,6 +392,7 @@ def _fewer_images(need, shape: CellShape, cell: Cell, free: int) -> str:
 
 
 def describe(cell: Cell) -> str:
+    """One line naming the cell: method, dataset, backbone, cut, precision, options and seed."""
     parts = [cell.method, cell.dataset]
     if cell.uses_backbone:
         parts += [cell.backbone, cell.cut or "(last cut)", cell.precision]
