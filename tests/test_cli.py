@@ -196,37 +196,55 @@ def _other_value(field, default):
         if "float" in typ:
             return round((default or 0.25) * 0.5, 6) if isinstance(default, (int, float)) and default else 0.5
         return (default or 1) + 1
+    if typ.startswith("str"):  # another of the field's choices
+        return next((v for v in _STRING_CHOICES.get(field.name, ()) if v != default), None)
     return None
 
 
+#: Valid values of the Configs' string fields (each field takes a few; any other than the default will do).
+_STRING_CHOICES = {"encoder": ("sign", "threshold"), "projection": ("gaussian", "structured"),
+                   "classifier": ("ridge", "logistic"), "mode": ("linear-probe", "unfreeze"), "head": ("pool", "flatten"),
+                   "optimizer": ("sgd", "adam"), "schedule": ("onecycle", "none"), "preset": ("seed-paper",)}
+
+
 @pytest.mark.parametrize("method", sorted(__import__("benchmarks.harness.registry", fromlist=["REGISTRY"]).REGISTRY))
-def test_every_numeric_and_boolean_config_field_can_be_set_for_one_run(method):
-    # --set NAME=VALUE reaches every field of every method's Config on a single run (issue 24, item 3)
+def test_every_config_field_can_be_set_for_one_run_and_makes_its_own_cell(method):
+    # --set NAME=VALUE reaches every field of every method's Config on a single run (issue 24, item 3): the
+    # Config holds the value, and the cell's key differs from the default cell's
     import argparse
     import dataclasses
 
-    from benchmarks.cli.run import _add_run_args, _method_options, _single_run_settings
+    from benchmarks.cli.run import _CELL_ARGS, _add_run_args, _single_run_settings
+    from benchmarks.harness.cells import make_cell
     from benchmarks.harness.registry import get_method, make_config
 
     cls = get_method(method)
     defaults = cls.Config()
-    tried = 0
+    parser = argparse.ArgumentParser()
+    _add_run_args(parser)
+    base = parser.parse_args(["--method", method, "--weights", "none"])
+    default_key = make_cell({k: getattr(base, k) for k in _CELL_ARGS}).key()
+    tried, skipped = 0, []
     for field in dataclasses.fields(cls.Config):
         value = _other_value(field, getattr(defaults, field.name))
-        if value is None or field.name in ("preset", "batch_size", "tune_epochs", "epochs"):
-            continue  # strings (checked against their choices), and fields that need a partner
+        if value is None or field.name in ("batch_size", "tune_epochs", "epochs"):
+            skipped.append(field.name)  # no value the test can make, or a field that needs a partner
+            continue
         text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
-        parser = argparse.ArgumentParser()
-        _add_run_args(parser)
-        args = parser.parse_args(["--method", method, "--set", f"{field.name}={text}"])
+        args = parser.parse_args(["--method", method, "--weights", "none", "--set", f"{field.name}={text}"])
         settings = _single_run_settings(args)
         try:
             config = make_config(cls, settings)
+            cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **settings})
         except ValueError:
-            continue  # a value outside the field's range: refused, as it should be
-        assert getattr(config, field.name) == value, (method, field.name)
+            skipped.append(field.name)  # a value outside the field's range, or one needing a partner: refused
+            continue
+        if field.name != "preset":  # a preset rewrites other fields as it is applied
+            assert getattr(config, field.name) == value, (method, field.name)
+        if field.name not in ("n_components", "block_size") or settings.get("projection") not in ("none", "kernel"):
+            assert cell.key() != default_key and field.name in cell.option_dict(), (method, field.name)
         tried += 1
-    assert tried >= 3
+    assert tried >= 3 and len(skipped) <= max(3, len(dataclasses.fields(cls.Config)) // 3), (method, skipped)
 
 
 def test_set_refuses_a_grid_a_foreign_field_and_a_doubled_flag(capsys):
@@ -236,3 +254,24 @@ def test_set_refuses_a_grid_a_foreign_field_and_a_doubled_flag(capsys):
     assert "not a setting of random-features" in capsys.readouterr().err
     assert main(["run", "--set", "seed=3", "--seed", "2", "--dry-run"]) == 2
     assert "both given" in capsys.readouterr().err
+
+
+def test_set_none_is_the_string_none_for_a_setting_that_does_not_take_none():
+    # --set weights=none asked for random weights and ran the pretrained ones; --set projection=none ran the
+    # Gaussian projection: "none" read as None, and None as "the default". Now "none" is None only for a
+    # setting typed "... | None" (cut: the last one; patience: no early stopping).
+    import argparse
+
+    from benchmarks.cli.run import _CELL_ARGS, _add_run_args, _single_run_settings
+    from benchmarks.harness.cells import make_cell
+    from benchmarks.harness.suites import parse_overrides
+
+    parser = argparse.ArgumentParser()
+    _add_run_args(parser)
+    args = parser.parse_args(["--set", "weights=none", "--set", "projection=none", "--set", "encoder=none"])
+    settings = _single_run_settings(args)
+    cell = make_cell({**{k: getattr(args, k) for k in _CELL_ARGS}, **settings})
+    assert cell.weights == "none" and cell.option_dict() == {"projection": "none", "encoder": "none"}
+    assert parse_overrides(["cut=none", "patience=none", "alphas=none"], methods=("finetune", "random-features")) \
+        == {"cut": None, "patience": None, "alphas": None}
+    assert parse_overrides(["schedule=none"], methods=("finetune",)) == {"schedule": "none"}

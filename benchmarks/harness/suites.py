@@ -141,11 +141,15 @@ def _methods_named(tables) -> set[str]:
 # ----------------------------------------------------------------------------
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: int, float, true/false, none, else the string itself."""
+def parse_value(text: str, optional: bool = True) -> Any:
+    """A --set value: int, float, true/false, none, else the string itself. ``none`` (and ``null``)
+    is None only for a setting that takes None (``optional``); for one that does not, it is the string
+    ``"none"``, a value many settings name (``--set weights=none``: random weights; ``projection=none``)."""
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
+    if low in ("none", "null") and not optional:
+        return low
     if low in ("none", "null", ""):
         return None
     for typ in (int, float):
@@ -164,10 +168,13 @@ def parse_overrides(items: list[str], methods=()) -> dict[str, Any]:
             raise SuiteError(f"--set {item!r}: expected AXIS=VALUE or AXIS=V1,V2,... (e.g. --set seed=0,1,2).")
         key, text = item.split("=", 1)
         key = ALIASES.get(key.strip(), key.strip())
-        if key in _tuple_options():
-            values = tuple(parse_value(v) for v in text.split(",") if v.strip())  # one tuple-valued setting
+        optional = _takes_none(key, methods)
+        if key in _tuple_options() and parse_value(text, optional) is None:
+            values = None  # alphas=none: the setting unset (its default grid)
+        elif key in _tuple_options():
+            values = tuple(parse_value(v, optional) for v in text.split(",") if v.strip())  # one tuple-valued setting
         else:
-            values = [parse_value(v) for v in text.split(",")]
+            values = [parse_value(v, optional) for v in text.split(",")]
             values = values[0] if len(values) == 1 else values
         out[key] = values
     _canonical(out, "--set", methods)  # (the settings of plugin ``methods`` are known too)
@@ -184,6 +191,20 @@ def apply_overrides(suite: Suite, overrides: dict[str, Any]) -> Suite:
         for table in holders or [settings]:
             table[key] = value
     return dataclasses.replace(suite, settings=settings, grids=tuple(grids))
+
+
+def _takes_none(key: str, methods=()) -> bool:
+    """Whether None is a value of setting ``key``: a cell field or a Config field (of ``methods``, else of
+    every registered method) typed ``... | None``. An unknown key: True (it is refused further on)."""
+    types = [str(f.type) for f in dataclasses.fields(Cell) if f.name == key]
+    for method in methods or REGISTRY:
+        try:
+            field = config_fields(method).get(key)
+        except ValueError:  # a plugin that cannot be had: its settings are checked where it is loaded
+            continue
+        if field is not None:
+            types.append(str(field.type))
+    return not types or any("None" in t for t in types)
 
 
 def _tuple_options() -> set[str]:
