@@ -1,0 +1,60 @@
+"""One record per registered thing (issue 24, item 2): every dataset and projection declares what the
+harness needs in its own file, and the harness reads it from there -- checked over the registries, so
+that a new one is held to it by one registry line."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from benchmarks.core.datasets import DATASETS, dataset_names, get_dataset
+from benchmarks.core.datasets.sources import Dataset, DatasetError
+from benchmarks.harness.cells import cell_shape, make_cell
+from benchmarks.methods.projections import KERNEL, projection_class, projection_names, takes_n_components
+from benchmarks.methods.random_features import RandomFeatures
+from projector.projections import PROJECTIONS, RECORD, make_projection
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_each_dataset_declares_its_record_in_its_own_file(name):
+    record = DATASETS[name]
+    assert isinstance(record, Dataset) and record.name == name and callable(record.read)
+    module = importlib.import_module(record.read.__module__)
+    assert module.DATASET is record  # declared where it is read
+    n_classes, n_train, n_test = record.sizes()
+    assert n_classes >= 2 and n_train > 0 and n_test > 0 and record.about
+    assert get_dataset(name) is record and name in dataset_names()
+    # the plan of a cell of it comes from the record alone: nothing is read
+    cell = make_cell({"method": "random-features", "dataset": name, "weights": "none", "train_per_class": 0,
+                      "test_per_class": 0, "val_fraction": 0.1, "device": "cpu"})
+    shape = cell_shape(cell)
+    assert (shape.n_classes, shape.n_train + shape.n_val, shape.n_test) == (n_classes, n_train, n_test)
+
+
+def test_an_unknown_dataset_names_the_registered_ones():
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar11'; choose one of: " + ", ".join(DATASETS)):
+        get_dataset("cifar11")
+
+
+@pytest.mark.parametrize("name", sorted(PROJECTIONS))
+def test_each_projection_declares_its_record_and_the_estimate_reads_it(name):
+    cls = projection_class(name)
+    assert all(hasattr(cls, field) for field in RECORD) and cls.name == name
+    assert name in projection_names() and takes_n_components(name) == cls.takes_n_components
+    config = {"projection": name, "n_components": 1000, "encoder": "sign"}
+    shape = cell_shape(make_cell({"method": "random-features", "dataset": "cifar10", "weights": "none",
+                                  "image_size": 32, "train_per_class": 10, "test_per_class": 5, "device": "cpu",
+                                  **({"projection": name} if name != "gaussian" else {})}))
+    flops, info = RandomFeatures.flops(config, shape)
+    k = info["k"]
+    assert flops["project"] == cls.flops_per_mac * (shape.n_train + shape.n_val) * info["feature_dim"] * k
+    if cls.takes_n_components and name != "opu":  # (opu needs the device's library to be built)
+        built = make_projection(name, n_components=16, seed=0, **({"block_size": 8} if cls.takes_block_size else {}))
+        assert built.n_components == 16
+
+
+def test_the_kernel_is_no_projection_but_a_choice_of_the_method():
+    assert KERNEL not in PROJECTIONS and KERNEL in projection_names() and not takes_n_components(KERNEL)
+    with pytest.raises(ValueError, match="unknown projection 'gausian'; choose one of: gaussian"):
+        projection_class("gausian")
