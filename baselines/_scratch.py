@@ -16,22 +16,21 @@ class FromScratch:
     is_backprop = True
 
     @classmethod
-    def label(cls, config: dict) -> str:
+    def label(cls, config) -> str:
         return cls.name
 
     @classmethod
-    def network(cls, config: dict, shape) -> nn.Module:
+    def network(cls, config, shape) -> nn.Module:
         """The network a cell of ``shape`` trains (weights irrelevant: costs only)."""
         raise NotImplementedError
 
     @classmethod
-    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
-        epochs = budget_epochs(config.get("epochs", cls.Config.epochs), config.get("lr_grid"),
-                               config.get("tune_epochs"))
+    def flops(cls, config, shape) -> tuple[dict[str, float], dict]:
+        epochs = budget_epochs(config.epochs, getattr(config, "lr_grid", None), getattr(config, "tune_epochs", None))
         fwd, params = network_shape(cls.network(config, shape), shape.image_size)
         return {"train": 3.0 * fwd * shape.n_train * epochs}, {"feature_dim": 0, "k": 0, "params": params}
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape) -> int:
+    def memory_bytes(cls, config, shape) -> int:
         _, info = cls.flops(config, shape)
         return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)

@@ -197,20 +197,20 @@ class Airbench(FromScratch):
     Config = AirbenchConfig
 
     @classmethod
-    def label(cls, config: dict) -> str:
-        epochs = config.get("epochs", AirbenchConfig.epochs)
+    def label(cls, config: AirbenchConfig) -> str:
+        epochs = config.epochs
         if epochs == AirbenchConfig.epochs:
             return "airbench94"
         return f"airbench94 {epochs:g} epoch{'' if epochs == 1 else 's'}"
 
     @classmethod
-    def network(cls, config: dict, shape) -> nn.Module:
+    def network(cls, config: AirbenchConfig, shape) -> nn.Module:
         """The network a cell of ``shape`` trains (:meth:`build`)."""
-        return cls(AirbenchConfig(**config)).build(shape.n_classes, shape.image_size)
+        return cls(config).build(shape.n_classes, shape.image_size)
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape) -> int:
-        cfg = AirbenchConfig(**config)
+    def memory_bytes(cls, config: AirbenchConfig, shape) -> int:
+        cfg = config
         _, info = cls.flops(config, shape)
         batch = min(cfg.batch_size or 1024, max(shape.n_train, 2))
         return (shape.n_images * 3 * shape.image_size**2 + info["params"] * 4 * 4

@@ -162,17 +162,16 @@ class FineTune:
     is_backprop = True
 
     @classmethod
-    def label(cls, config: dict) -> str:
-        mode = config.get("mode", FineTuneConfig.mode)
-        if config.get("preset"):  # what the preset runs, whatever the recorded options say
-            return f"{PRESETS.get(config['preset'], {}).get('mode', mode)} ({config['preset']})"
-        return mode
+    def label(cls, config: FineTuneConfig) -> str:
+        if config.preset:  # what the preset runs, whatever the recorded options say
+            return f"{PRESETS.get(config.preset, {}).get('mode', config.mode)} ({config.preset})"
+        return config.mode
 
     @classmethod
-    def flops(cls, config: dict, shape) -> tuple[dict[str, float], dict]:
+    def flops(cls, config: FineTuneConfig, shape) -> tuple[dict[str, float], dict]:
         with warnings.catch_warnings():  # an estimate: the run itself warns about a preset's overrides
             warnings.simplefilter("ignore")
-            cfg = apply_preset(FineTuneConfig(**config))
+            cfg = apply_preset(config)
         dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size)
         factor = 1.0 if cfg.mode == "linear-probe" else 3.0  # forward only / forward + backward
         epochs = _tuning.budget_epochs(cfg.epochs, cfg.lr_grid, cfg.tune_epochs)
@@ -180,7 +179,7 @@ class FineTune:
                 {"feature_dim": dim, "k": 0, "params": params})
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape) -> int:
+    def memory_bytes(cls, config: FineTuneConfig, shape) -> int:
         _, info = cls.flops(config, shape)
         return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)
 

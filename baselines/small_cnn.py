@@ -99,9 +99,9 @@ class SmallCNN(FromScratch):
     Config = SmallCNNConfig
 
     @classmethod
-    def network(cls, config: dict, shape) -> nn.Module:
+    def network(cls, config: SmallCNNConfig, shape) -> nn.Module:
         """The network a cell of ``shape`` trains (:meth:`build`)."""
-        return cls(SmallCNNConfig(**config)).build(shape.n_classes, shape.image_size)
+        return cls(config).build(shape.n_classes, shape.image_size)
 
     def __init__(self, config: SmallCNNConfig | None = None):
         self.config = config or SmallCNNConfig()

@@ -308,9 +308,9 @@ class WRN22OneCycle(FromScratch):
     Config = WRN22Config
 
     @classmethod
-    def network(cls, config: dict, shape) -> nn.Module:
+    def network(cls, config: WRN22Config, shape) -> nn.Module:
         """The network a cell of ``shape`` trains (:meth:`build`)."""
-        return cls(WRN22Config(**config)).build(shape.n_classes)
+        return cls(config).build(shape.n_classes)
 
     def __init__(self, config: WRN22Config | None = None):
         self.config = config or WRN22Config()

@@ -12,7 +12,6 @@ from baselines import airbench
 from baselines.airbench import Airbench, AirbenchConfig, AirbenchNet, Lookahead, whitening_filters
 from benchmarks.cli import main
 from benchmarks.core.data import ImageSplit, synthetic_bundle
-from benchmarks.harness.registry import full_config
 from benchmarks.core.protocol import CellShape, RunContext
 from benchmarks.harness.results import read_rows
 from benchmarks.core.timing import Clock
@@ -92,7 +91,7 @@ def test_architecture_is_airbench94():
 def test_training_flops_match_the_paper():
     # The paper: 3.6e14 FLOPs for airbench94 (9.9 epochs of 50,000 images, forward + backward).
     shape = CellShape(image_size=32, n_classes=10, n_train=50000)
-    flops, info = Airbench.flops(full_config("airbench", {}), shape)
+    flops, info = Airbench.flops(Airbench.Config(), shape)
     assert flops["train"] == pytest.approx(3.6e14, rel=0.05) and info["params"] == 1972792
 
 

@@ -9,7 +9,7 @@ import pytest
 from benchmarks.harness.cells import CellError, cell_shape, make_cell, plan_memory, validate
 from benchmarks.cli import build_parser, main
 from benchmarks.cli.run import _CELL_ARGS
-from benchmarks.harness.registry import REGISTRY, backbone_methods, backprop_methods, full_config
+from benchmarks.harness.registry import REGISTRY, backbone_methods, backprop_methods
 from benchmarks.core.protocol import CellShape
 from benchmarks.harness.suites import SuiteError, apply_overrides, expand, load_suite, parse_overrides
 
@@ -53,7 +53,7 @@ def test_every_registered_method_declares_the_protocol(name):
     cls = REGISTRY[name]
     assert cls.name == name
     assert isinstance(cls.uses_backbone, bool) and isinstance(cls.is_backprop, bool)
-    config = full_config(name, {})
+    config = cls.Config()  # a method's cost model and label take its Config (issue 24, item 4)
     shape = CellShape(backbone="mobilenet_v2", cut="features.18", image_size=32, n_classes=10,
                       n_train=80, n_val=20, n_test=50)
     flops, info = cls.flops(config, shape)

@@ -42,7 +42,7 @@ def test_each_projection_declares_its_record_and_the_estimate_reads_it(name):
     cls = projection_class(name)
     assert all(hasattr(cls, field) for field in RECORD) and cls.name == name
     assert name in projection_names() and takes_n_components(name) == cls.takes_n_components
-    config = {"projection": name, "n_components": 1000, "encoder": "sign"}
+    config = RandomFeatures.Config(projection=name, n_components=1000)
     shape = cell_shape(make_cell({"method": "random-features", "dataset": "cifar10", "weights": "none",
                                   "image_size": 32, "train_per_class": 10, "test_per_class": 5, "device": "cpu",
                                   **({"projection": name} if name != "gaussian" else {})}))

@@ -104,8 +104,8 @@ def test_a_preset_is_labelled_by_what_it_runs_not_by_the_options_it_overrode():
     from benchmarks.harness.registry import REGISTRY
 
     finetune = REGISTRY["finetune"]
-    assert finetune.label({"preset": "seed-paper", "mode": "linear-probe"}) == "unfreeze (seed-paper)"
-    assert finetune.label({"mode": "linear-probe"}) == "linear-probe"
+    assert finetune.label(finetune.Config(preset="seed-paper", mode="linear-probe")) == "unfreeze (seed-paper)"
+    assert finetune.label(finetune.Config(mode="linear-probe")) == "linear-probe"
 
 
 @pytest.mark.parametrize("weights", ["none", "IMAGENET1K_V1"])

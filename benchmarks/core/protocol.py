@@ -12,6 +12,9 @@ A method is a class with
 * ``memory_bytes(config, shape)``: the largest live memory it will need, planned before
   anything is allocated;
 * ``label(config)``: a short name for a configuration (``sign+gaussian k=1000``, ``linear-probe``);
+
+  each given the method's own ``Config`` (built once from the cell's options; JSON only at the
+  results boundary), never a dict;
 * ``__init__(self, config)`` and ``run(self, ctx: RunContext) -> dict``: trains or fits on
   ``ctx.data.train``, selects what it selects on ``ctx.data.val`` (never on test), scores
   test once, and returns the final metrics (``train_acc``, ``val_acc``, ``test_acc`` and
@@ -102,17 +105,17 @@ class Method(Protocol):
         metrics (``train_acc``, ``val_acc``, ``test_acc``, size columns) and ``test_pred``."""
 
     @classmethod
-    def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]:
+    def flops(cls, config: Any, shape: CellShape) -> tuple[dict[str, float], dict]:
         """The floating-point operations of the counted phases for a cell of ``shape``
         (``{"extract": ..., "train": ...}``), and the sizes they came from."""
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape: CellShape) -> int:
+    def memory_bytes(cls, config: Any, shape: CellShape) -> int:
         """The largest live memory in bytes a cell of ``shape`` will need, planned before anything is
         allocated."""
 
     @classmethod
-    def label(cls, config: dict) -> str:
+    def label(cls, config: Any) -> str:
         """A short name for ``config`` (``sign+gaussian k=1000``, ``linear-probe``)."""
 
 

@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import torch
 from benchmarks.core.backbones import PRECISIONS, BackboneError, check_quantizable, resolve_cut, resolve_weights
 from benchmarks.core.datasets import IMAGEFOLDER, folder_identity, get_dataset
 from benchmarks.methods.projections import takes_n_components
-from benchmarks.harness.registry import REGISTRY, config_fields, full_config, get_method, make_config
+from benchmarks.harness.registry import REGISTRY, config_fields, get_method, make_config
 from benchmarks.core.plugins import normalise
 from benchmarks.core.protocol import CellShape
 from projector._validation import format_bytes, largest_fitting  # noqa: F401 (format_bytes: re-exported)
@@ -302,10 +302,10 @@ def validate(cell: Cell) -> None:
     if not 0 <= cell.seed <= MAX_SEED:
         raise CellError(f"seed = {cell.seed}: expected 0 to {MAX_SEED:,} (seeds are 32-bit numbers; a larger "
                         "one would silently run as its low 32 bits).")
-    config = full_config(cell.method, cell.option_dict())
-    if "n_components" in config and takes_n_components(config.get("projection", "gaussian")):
-        if config["n_components"] < 1:
-            raise CellError(f"n_components = {config['n_components']}: expected at least 1 random feature.")
+    config = make_config(get_method(cell.method), cell.option_dict())
+    if hasattr(config, "n_components") and takes_n_components(config.projection):
+        if config.n_components < 1:
+            raise CellError(f"n_components = {config.n_components}: expected at least 1 random feature.")
     device = resolve_device(cell.device)
     plan_memory(cell, device)
 
@@ -350,7 +350,7 @@ def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> in
     from projector.projections import available_memory_bytes
 
     method_cls = get_method(cell.method)
-    config = full_config(cell.method, cell.option_dict())
+    config = make_config(method_cls, cell.option_dict())
     shape = cell_shape(cell, device)
     need = method_cls.memory_bytes(config, shape)
     free = available_memory_bytes(device) if free is None else free
@@ -358,8 +358,8 @@ def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> in
         return need
     msg = (f"{describe(cell)} needs about {format_bytes(need)} of memory ({shape.n_images} images), "
            f"but {device.type} has {format_bytes(free)} free.")
-    if "n_components" in config and takes_n_components(config.get("projection", "gaussian")):
-        k = largest_fitting(lambda k: method_cls.memory_bytes({**config, "n_components": k}, shape), free)
+    if hasattr(config, "n_components") and takes_n_components(config.projection):
+        k = largest_fitting(lambda k: method_cls.memory_bytes(replace(config, n_components=k), shape), free)
         msg += (f" The largest number of random features that fits is about k = {k:,}; use --n-components "
                 f"{k} or fewer" if k else " Even k = 1 does not fit")
         msg += ", or fewer images (--train-per-class, --test-per-class)."

@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.harness.cells import Cell, cell_shape, describe, format_bytes
-from benchmarks.harness.registry import REGISTRY, full_config, get_method
+from benchmarks.harness.registry import REGISTRY, get_method, make_config
 from benchmarks.core.protocol import CellShape
 from benchmarks.harness.results import RESULTS_FILE, read_rows
 
@@ -48,7 +48,7 @@ def measured_rates(results_csv: str | Path) -> dict[tuple[str, str], float]:
         if row.get("row_type") != "final" or row.get("status") != "ok" or row.get("method") not in REGISTRY:
             continue
         try:
-            config = full_config(row["method"], json.loads(row.get("method_config") or "{}"))
+            config = make_config(get_method(row["method"]), json.loads(row.get("method_config") or "{}"))
             shape = CellShape(backbone=row["backbone"], cut=row["cut"] or None, image_size=int(row["image_size"]),
                               n_classes=int(row["n_classes"]), n_train=int(row["n_train"]),
                               n_val=int(row["n_val"]), n_test=int(row["n_test"]))
@@ -67,7 +67,7 @@ def estimate(cell: Cell, rates: dict[tuple[str, str], float] | None = None) -> d
     """Images, feature dim, k, peak memory (bytes) and counted time (s) of ``cell``."""
     rates = rates or {}
     method_cls = get_method(cell.method)
-    config = full_config(cell.method, cell.option_dict())
+    config = make_config(method_cls, cell.option_dict())
     shape = cell_shape(cell)
     flops, info = method_cls.flops(config, shape)
     seconds, sources = 0.0, set()

@@ -9,6 +9,7 @@ one file and one line in :data:`REGISTRY`.
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 from baselines.airbench import Airbench
@@ -66,14 +67,17 @@ def make_config(method_cls: type, options: dict[str, Any]) -> Any:
     return method_cls.Config(**kwargs)
 
 
-def full_config(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Every field of the method's Config, defaults filled in, as a plain dict."""
-    return dataclasses.asdict(make_config(get_method(method), options))
+def lenient_config(method_cls: type, options: dict[str, Any]) -> Any:
+    """The Config's defaults with ``options`` over them, unchecked (no ``__post_init__``): to label the rows
+    of another version, whose options this Config may refuse. Never to run."""
+    values = {f.name: getattr(method_cls.Config(), f.name) for f in dataclasses.fields(method_cls.Config)}
+    return types.SimpleNamespace(**{**values, **{k: v for k, v in options.items() if k in values}})
 
 
-def label(method: str, config: dict[str, Any]) -> str:
-    """The method's short name for a configuration; the bare name for a method that cannot be had."""
+def label(method: str, options: dict[str, Any]) -> str:
+    """The method's short name for the configuration ``options`` make (a row's ``method_config``); the bare
+    name for a method that cannot be had, and for options this version's Config refuses."""
     try:
-        return get_method(method).label(full_config(method, config))
+        return get_method(method).label(make_config(get_method(method), options))
     except Exception:  # (a plugin not installed here, or rows of another version)
         return method

@@ -26,7 +26,6 @@ import torch
 
 from benchmarks.harness import results as res
 from benchmarks.harness.metadata import cpu_flags, device_name, load_average
-from benchmarks.core.backbones import resolve_cut, resolve_weights
 from benchmarks.core.checkpoint import CellCheckpoint, config_hash
 from benchmarks.harness.cells import Cell, cell_shape, describe, resolve_device
 from benchmarks.core.data import DataBundle, load_dataset
@@ -137,8 +136,7 @@ class Runner:
             common.update(data.describe())
             self.check_data(cell, common)
             if method_cls.uses_backbone:
-                common.update(cut=resolve_cut(cell.backbone, cell.cut),
-                              weights=resolve_weights(cell.backbone, cell.weights))
+                common.update(cut=cell.cut, weights=cell.weights)  # resolved once, by make_cell
             else:
                 common.update(backbone="", cut="", weights="", precision="")
             torch.manual_seed(cell.seed)
@@ -215,10 +213,10 @@ def _estimate(method_cls, config, cell: Cell, device) -> dict:
     """The method's own cost model for the cell (FLOPs per phase, planned peak memory): what a dry run
     plans, kept in the row so that plans can be checked against what was measured."""
     try:
-        options, shape = dataclasses.asdict(config), cell_shape(cell, device)
-        flops, _ = method_cls.flops(options, shape)
+        shape = cell_shape(cell, device)
+        flops, _ = method_cls.flops(config, shape)
         return {"flops": {k: float(v) for k, v in flops.items()},
-                "memory_bytes": int(method_cls.memory_bytes(options, shape))}
+                "memory_bytes": int(method_cls.memory_bytes(config, shape))}
     except Exception as err:  # a cost model that fails must not fail the cell; the row says why
         return {"error": f"{type(err).__name__}: {err}"[:300]}
 

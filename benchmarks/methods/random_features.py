@@ -173,34 +173,33 @@ class RandomFeatures:
     is_backprop = False
 
     @classmethod
-    def label(cls, config: dict) -> str:
-        enc, proj = config.get("encoder", "sign"), config.get("projection", "gaussian")
+    def label(cls, config: RandomFeaturesConfig) -> str:
+        enc, proj = config.encoder, config.projection
         if proj == "none":
-            what = "logistic" if config.get("classifier") == "logistic" else "ridge"
+            what = "logistic" if config.classifier == "logistic" else "ridge"
             return f"{what} on {'raw' if enc == 'none' else enc} features"
         if proj == KERNEL:
             return f"{enc}+kernel k=inf"
-        suffix = " + logistic" if config.get("classifier") == "logistic" else ""
-        return f"{enc}+{proj} k={config.get('n_components', RandomFeaturesConfig.n_components)}{suffix}"
+        suffix = " + logistic" if config.classifier == "logistic" else ""
+        return f"{enc}+{proj} k={config.n_components}{suffix}"
 
     @classmethod
-    def flops(cls, config: dict, shape: CellShape) -> tuple[dict[str, float], dict]:
-        dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size,
-                                          int(config.get("pool_size") or 0))
-        proj = config.get("projection", "gaussian")
+    def flops(cls, config: RandomFeaturesConfig, shape: CellShape) -> tuple[dict[str, float], dict]:
+        dim, fwd, params = backbone_shape(shape.backbone, shape.cut, shape.image_size, int(config.pool_size or 0))
+        proj = config.projection
         n_fit = shape.n_train + shape.n_val
         if proj == KERNEL:  # one Gram of the train + validation rows, then the solves
             k, fit = KERNEL_N_COMPONENTS, 2.0 * n_fit**2 * dim + _kernel_solve_flops(n_fit, shape.n_train,
                                                                                      shape.n_classes)
         else:
-            k = dim if proj == "none" else int(config.get("n_components", RandomFeaturesConfig.n_components))
+            k = dim if proj == "none" else int(config.n_components)
             fit = _ridge_flops(shape.n_train, k)
         per_mac = 0 if proj == KERNEL else projection_class(proj).flops_per_mac
         flops = {"extract": float(fwd * n_fit), "fit": fit, "project": float(per_mac * n_fit * dim * max(k, 0))}
         return flops, {"feature_dim": dim, "k": k, "params": params}
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape: CellShape) -> int:
+    def memory_bytes(cls, config: RandomFeaturesConfig, shape: CellShape) -> int:
         """The largest set of live arrays: images, features, then the projected features and the
         ridge's Grams (or the streamed Gram with its (k,) mean and (k, classes) weights, or the exact
         kernel's (N, N) Gram in float32 and float64 -- past ``CG_FROM_ROWS`` train + validation rows
@@ -210,20 +209,20 @@ class RandomFeatures:
         n_fit, n, n_all = shape.n_train + shape.n_val, shape.n_train, shape.n_images
         base = n_all * 3 * shape.image_size**2 + params * 4
         features = n_all * dim * PRECISION_BYTES.get(shape.precision, 4) + n_fit * dim * 4
-        proj = config.get("projection", "gaussian")
+        proj = config.projection
         if proj == KERNEL:  # the path KernelRidgeClassifier takes by size (grid_solver "auto")
             solve = n_fit * dim + (iterative_bytes(n_fit, n, 13 * shape.n_classes) if n_fit >= CG_FROM_ROWS
                                    else direct_bytes(n_fit, n))
         else:
-            k = dim if proj == "none" else int(config.get("n_components", RandomFeaturesConfig.n_components))
+            k = dim if proj == "none" else int(config.n_components)
             m = min(n, k)
             solve = n_all * k * 4 + 2 * m**2 * 8
-            if _streamable(proj) and config.get("streaming") is not False:
+            if _streamable(proj) and config.streaming is not False:
                 # The Gram, the grid's solve, a chunk of rows, and what grows with k alone: the
                 # training mean (k,) and the primal weights (k, classes), both float64.
                 streamed = (min(n_fit, k) ** 2 * 4 + 2 * m**2 * 8 + (256 << 20)
                             + k * (shape.n_classes + 1) * 8)
-                solve = streamed if config.get("streaming") else min(solve, streamed)
+                solve = streamed if config.streaming else min(solve, streamed)
         return int(base + max(features, solve))
 
     def __init__(self, config: RandomFeaturesConfig | None = None):

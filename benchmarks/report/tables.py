@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.core.backbones import BackboneError, list_cuts
-from benchmarks.harness.registry import REGISTRY, config_fields, get_method, label
+from benchmarks.harness.registry import REGISTRY, config_fields, get_method, label, lenient_config, make_config
 from benchmarks.harness.results import RESULTS_FILE, SCHEMA, ResultsError, ResultsWarning, read_rows
 
 NUMERIC = ("n_components", "seed", "image_size", "n_classes", "n_train", "n_val", "n_test", "threads", "epoch",
@@ -170,12 +170,12 @@ def config_label(row: dict) -> str:
     if not options:  # an older file: the row's own columns (encoder, projection, n_components...)
         options = {k: _number_or_text(v) for k, v in row.items() if v not in ("", None) and k in config_fields(method)}
     try:
-        return label(method, options)
-    except (TypeError, ValueError):  # options this version's Config rejects (another gradfree)
+        return cls.label(make_config(cls, options))
+    except (TypeError, ValueError):  # options this version's Config rejects (another gradfree): read as given
         try:
-            return cls.label(options)
-        except (TypeError, ValueError, KeyError):
-            return method
+            return cls.label(lenient_config(cls, options))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return label(method, options)
 
 
 def _number_or_text(text: str) -> int | float | str:

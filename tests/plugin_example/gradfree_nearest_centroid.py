@@ -22,16 +22,16 @@ class NearestCentroid:
         self.config = config
 
     @classmethod
-    def flops(cls, config: dict, shape) -> tuple[dict, dict]:
+    def flops(cls, config, shape) -> tuple[dict, dict]:
         return {}, {"feature_dim": None, "k": None}  # no cost model: a dry run estimates ~0 s
 
     @classmethod
-    def memory_bytes(cls, config: dict, shape) -> int:
+    def memory_bytes(cls, config, shape) -> int:
         return shape.n_images * 3 * shape.image_size**2 * 5  # the images, and features of that order
 
     @classmethod
-    def label(cls, config: dict) -> str:
-        return f"nearest centroid shrink={config.get('shrink', 0.0):g}"
+    def label(cls, config) -> str:
+        return f"nearest centroid shrink={config.shrink:g}"
 
     def run(self, ctx) -> dict:
         net, d = build_backbone(ctx.backbone, ctx.cut, ctx.weights, ctx.precision, ctx.device), ctx.data
