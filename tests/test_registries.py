@@ -58,3 +58,20 @@ def test_the_kernel_is_no_projection_but_a_choice_of_the_method():
     assert KERNEL not in PROJECTIONS and KERNEL in projection_names() and not takes_n_components(KERNEL)
     with pytest.raises(ValueError, match="unknown projection 'gausian'; choose one of: gaussian"):
         projection_class("gausian")
+
+
+def test_a_dataset_or_projection_named_by_file_that_is_not_one_is_refused_with_what_it_lacks(tmp_path, capsys):
+    from benchmarks.cli import main
+
+    plugin = tmp_path / "parts.py"
+    plugin.write_text("NOT_A_DATASET = 3\nclass HalfProjection:\n    name = 'half'\n    def fit(self, X):\n"
+                      "        return self\n    def transform(self, X):\n        return X\n")
+    assert main(["run", "--dataset", f"{plugin}:NOT_A_DATASET", "--weights", "none", "--out", str(tmp_path / "o"),
+                 "--dry-run"]) == 2
+    said = capsys.readouterr()
+    assert "is not a gradfree dataset: give a benchmarks.core.datasets.Dataset record" in said.out + said.err
+    assert main(["run", "--projector", f"{plugin}:HalfProjection", "--weights", "none", "--out",
+                 str(tmp_path / "o"), "--dry-run"]) == 2
+    said = capsys.readouterr()
+    assert "is not a projection gradfree can plan: it lacks streamable, takes_block_size" in said.out + said.err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
