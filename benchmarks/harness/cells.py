@@ -24,6 +24,7 @@ loaded, and :func:`plan_memory` refuses a cell that cannot fit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -36,6 +37,7 @@ import torch
 
 from benchmarks.core.backbones import PRECISIONS, BackboneError, check_quantizable, resolve_cut, resolve_weights
 from benchmarks.core.datasets import IMAGEFOLDER, folder_identity, get_dataset
+from benchmarks.core.devices import resolve_device  # noqa: F401 (re-exported: the harness's)
 from benchmarks.methods.projections import takes_n_components
 from benchmarks.harness.registry import REGISTRY, config_fields, get_method, make_config
 from benchmarks.core.plugins import normalise
@@ -81,6 +83,11 @@ class Cell:
     data_id: str = ""
     # The method's own options (see each method's Config), as sorted (name, value) pairs.
     options: tuple[tuple[str, Any], ...] = ()
+
+    @functools.cached_property
+    def config(self) -> Any:
+        """The method's Config of this cell's options, built once (the options stay the key's)."""
+        return make_config(get_method(self.method), self.option_dict())
 
     def option_dict(self) -> dict[str, Any]:
         """The method's options as a dict (held as sorted pairs, so that a cell is hashable)."""
@@ -248,19 +255,6 @@ def coerce(key: str, value: Any, field: dataclasses.Field) -> Any:
 # ----------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; a CellError otherwise."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise CellError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CellError(f"--device {device}: no CUDA device is available here; use --device cpu.")
-    return dev
-
-
 def validate(cell: Cell) -> None:
     """Reject a bad cell before any data is loaded: unknown names, out-of-range sizes, no room."""
     method_cls = get_method(cell.method)
@@ -302,7 +296,7 @@ def validate(cell: Cell) -> None:
     if not 0 <= cell.seed <= MAX_SEED:
         raise CellError(f"seed = {cell.seed}: expected 0 to {MAX_SEED:,} (seeds are 32-bit numbers; a larger "
                         "one would silently run as its low 32 bits).")
-    config = make_config(get_method(cell.method), cell.option_dict())
+    config = cell.config
     if hasattr(config, "n_components") and takes_n_components(config.projection):
         if config.n_components < 1:
             raise CellError(f"n_components = {config.n_components}: expected at least 1 random feature.")
@@ -350,7 +344,7 @@ def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> in
     from projector.projections import available_memory_bytes
 
     method_cls = get_method(cell.method)
-    config = make_config(method_cls, cell.option_dict())
+    config = cell.config
     shape = cell_shape(cell, device)
     need = method_cls.memory_bytes(config, shape)
     free = available_memory_bytes(device) if free is None else free

@@ -67,7 +67,7 @@ def estimate(cell: Cell, rates: dict[tuple[str, str], float] | None = None) -> d
     """Images, feature dim, k, peak memory (bytes) and counted time (s) of ``cell``."""
     rates = rates or {}
     method_cls = get_method(cell.method)
-    config = make_config(method_cls, cell.option_dict())
+    config = cell.config
     shape = cell_shape(cell)
     flops, info = method_cls.flops(config, shape)
     seconds, sources = 0.0, set()

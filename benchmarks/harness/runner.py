@@ -30,7 +30,7 @@ from benchmarks.core.checkpoint import CellCheckpoint, config_hash
 from benchmarks.harness.cells import Cell, cell_shape, describe, resolve_device
 from benchmarks.core.data import DataBundle, load_dataset
 from benchmarks.core.features import FeatureCache
-from benchmarks.harness.registry import REGISTRY, get_method, make_config
+from benchmarks.harness.registry import REGISTRY, get_method
 from benchmarks.core.plugins import source as plugin_source
 from benchmarks.harness.predictions import ROW_KEY, Predictions
 from benchmarks.core.protocol import RunContext
@@ -128,7 +128,7 @@ class Runner:
         try:
             device = _set_up(cell, common)
             method_cls = get_method(cell.method)
-            config = make_config(method_cls, cell.option_dict())
+            config = cell.config
             if cell.method not in REGISTRY:  # (extra) a plugin: the code its rows came from
                 common["method_source"] = plugin_source(method_cls)
             common["estimate"] = _estimate(method_cls, config, cell, device)  # (extra) what a dry run plans
