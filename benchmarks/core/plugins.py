@@ -80,6 +80,19 @@ class Group:
         """Whether ``name`` is an entry point's name or a reference (loading may still fail)."""
         return name in self.entry_points() or is_reference(name)
 
+    def find(self, name: str, builtins, error: type[Exception] = PluginError) -> object | None:
+        """The built-in ``builtins[name]``, else the plugin ``name`` names; None for a bare name that is
+        neither (the caller names the choices). A plugin that exists but cannot be loaded, or is not one:
+        ``error`` (the caller's kind of error) with the reason."""
+        if name in builtins:
+            return builtins[name]
+        try:
+            return self.load(name)
+        except PluginError as err:
+            if str(err) != name:
+                raise (err if error is PluginError else error(str(err))) from None
+        return None
+
     def load(self, name: str) -> object:
         """The object an entry-point name or a reference names, checked. A bare name that is
         neither: ``PluginError(name)`` (the registry then says what the built-ins are)."""

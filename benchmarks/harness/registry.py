@@ -16,7 +16,7 @@ from baselines.airbench import Airbench
 from baselines.finetune import FineTune
 from baselines.small_cnn import SmallCNN
 from baselines.wrn22 import WRN22OneCycle
-from benchmarks.core.plugins import Group, PluginError
+from benchmarks.core.plugins import Group
 from benchmarks.core.protocol import check_method
 from benchmarks.methods.random_features import RandomFeatures
 
@@ -33,13 +33,8 @@ PLUGINS = Group("gradfree.methods", "--method", check_method)
 def get_method(name: str) -> type:
     """The method class registered under ``name``, or a plugin's (:mod:`benchmarks.core.plugins`: an installed
     ``gradfree.methods`` entry point, ``module:Class`` or ``path/to/file.py:Class``)."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    try:
-        return PLUGINS.load(name)
-    except PluginError as err:
-        if str(err) != name:  # a plugin that exists but cannot be loaded: say why
-            raise
+    if (found := PLUGINS.find(name, REGISTRY)) is not None:
+        return found
     raise ValueError(f"unknown method {name!r}; choose one of: {', '.join([*REGISTRY, *PLUGINS.names()])}, or "
                      "name a class: module:Class or path/to/file.py:Class.")
 

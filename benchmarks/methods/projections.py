@@ -49,12 +49,7 @@ def takes_n_components(name: str) -> bool:
 def projection_class(name: str) -> type:
     """The class of projection ``name`` (a ValueError naming the choices for an unknown one; ``kernel``
     has none)."""
-    if name in PROJECTIONS:
-        return PROJECTIONS[name]
-    try:
-        return PLUGINS.load(name)
-    except PluginError as err:
-        if str(err) != name:
-            raise ValueError(str(err)) from None
+    if (found := PLUGINS.find(name, PROJECTIONS, ValueError)) is not None:
+        return found
     raise ValueError(f"unknown projection {name!r}; choose one of: {', '.join(projection_names())}, or name a "
                      "class: module:Class or path/to/file.py:Class.")

@@ -42,15 +42,10 @@ def dataset_names() -> list[str]:
 
 def get_dataset(name: str) -> Dataset:
     """The record of dataset ``name`` (a :class:`DatasetError` naming the choices for an unknown one)."""
-    if name in DATASETS:
-        return DATASETS[name]
-    if name.startswith(IMAGEFOLDER):
+    if name.startswith(IMAGEFOLDER) and name not in DATASETS:
         return imagefolder.record(name)
-    try:
-        return PLUGINS.load(name)
-    except PluginError as err:
-        if str(err) != name:
-            raise DatasetError(str(err)) from None
+    if (found := PLUGINS.find(name, DATASETS, DatasetError)) is not None:
+        return found
     raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}, or name a "
                        "record: module:NAME or path/to/file.py:NAME.")
 
