@@ -75,3 +75,30 @@ def test_a_dataset_or_projection_named_by_file_that_is_not_one_is_refused_with_w
     said = capsys.readouterr()
     assert "is not a projection gradfree can plan: it lacks streamable, takes_block_size" in said.out + said.err
     assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_a_plan_takes_the_rate_measured_for_its_own_configuration(tmp_path):
+    # One median over a frozen linear probe and a whole network in one cycle planned the second 6x too fast
+    # (EfficientNet-Lite0, 1,500 images: ~70 s planned, 425 s measured): rates are kept per configuration.
+    import json
+
+    from benchmarks.harness import results as res
+    from benchmarks.harness.estimate import estimate, measured_rates
+
+    base = {"method": "finetune", "dataset": "cifar10", "weights": "none", "cut": "features.18", "image_size": 32,
+            "train_per_class": 10, "test_per_class": 5, "device": "cpu"}
+    probe, whole = (make_cell({**base, **options}) for options in
+                    ({"mode": "linear-probe"}, {"mode": "unfreeze", "unfreeze_blocks": 100}))
+    shape = cell_shape(probe)
+    rows = []
+    for cell, train_s, tune_s in ((probe, 1.0, 0.0), (whole, 6.0, 4.0)):
+        rows.append({"run_id": "r", "cell_key": cell.key(), "row_type": "final", "status": "ok", "method": "finetune",
+                     "dataset": "cifar10", "backbone": "mobilenet_v2", "cut": "features.18", "image_size": 32,
+                     "n_classes": 10, "n_train": shape.n_train, "n_val": shape.n_val, "n_test": shape.n_test,
+                     "device": "cpu", "train_s": train_s, "method_config": json.dumps(cell.option_dict()),
+                     "extra": {"tune_s": tune_s}})
+    res.append_rows(tmp_path / "results.csv", rows)
+    rates = measured_rates(tmp_path / "results.csv")
+    assert rates[("cpu", "train", "finetune", "unfreeze")] < rates[("cpu", "train", "finetune", "linear-probe")]
+    assert estimate(whole, rates)["time_s"] == pytest.approx(10.0)  # its own train_s + tune_s, not a median
+    assert estimate(probe, rates)["time_s"] == pytest.approx(1.0)

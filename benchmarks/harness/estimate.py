@@ -13,9 +13,9 @@ no weights loaded):
 * training: 3 x forward FLOPs per image x images x epochs (1 x for a frozen backbone).
 
 FLOPs become seconds at a rate per phase and device type: the median rate
-*measured* in earlier results of the same folder when there are some (the same
-estimates divided by the recorded ``extract_s``, ``project_s``, ``fit_s``,
-``train_s``), else the rough defaults of :data:`DEFAULT_GFLOPS`. A cell that
+*measured* in earlier results (of the same folder, and of ``--rates-from``) for the same method and
+configuration label, else for the phase (the same estimates divided by the recorded ``extract_s``,
+``project_s``, ``fit_s``, ``train_s`` + ``tune_s``), else the rough defaults of :data:`DEFAULT_GFLOPS`. A cell that
 already has a result shows its measured time. Memory is the largest of the
 live arrays (uint8 images, features, projected features, Gram matrices,
 model). These are orders of magnitude to plan a sweep, not predictions; the same
@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.harness.cells import Cell, cell_shape, describe, format_bytes
-from benchmarks.harness.registry import REGISTRY, get_method, make_config
+from benchmarks.harness.registry import REGISTRY, get_method, label, make_config
 from benchmarks.core.protocol import CellShape
 from benchmarks.harness.results import RESULTS_FILE, read_rows
 
@@ -41,38 +41,46 @@ DEFAULT_GFLOPS = {
 }
 
 
-def measured_rates(results_csv: str | Path) -> dict[tuple[str, str], float]:
-    """Median GFLOP/s per (device type, phase) measured by earlier final rows."""
-    samples: dict[tuple[str, str], list[float]] = {}
+def measured_rates(results_csv: str | Path) -> dict[tuple, float]:
+    """Median GFLOP/s measured by earlier final rows, per (device type, phase) and, more precisely, per
+    (device type, phase, method, label): a frozen linear probe and a whole network in one cycle run at
+    rates far apart, and one median of both planned the second 6x too fast. A trainer's tuning runs
+    (``tune_s``) count with its ``train_s``: its FLOPs include the grid's epochs."""
+    samples: dict[tuple, list[float]] = {}
     for row in read_rows(results_csv):
         if row.get("row_type") != "final" or row.get("status") != "ok" or row.get("method") not in REGISTRY:
             continue
         try:
-            config = make_config(get_method(row["method"]), json.loads(row.get("method_config") or "{}"))
+            options = json.loads(row.get("method_config") or "{}")
+            config = make_config(get_method(row["method"]), options)
             shape = CellShape(backbone=row["backbone"], cut=row["cut"] or None, image_size=int(row["image_size"]),
                               n_classes=int(row["n_classes"]), n_train=int(row["n_train"]),
                               n_val=int(row["n_val"]), n_test=int(row["n_test"]))
             flops, _ = get_method(row["method"]).flops(config, shape)
+            extra = json.loads(row.get("extra") or "{}")
         except Exception:  # a row of another version: no rate from it
             continue
         device = "cuda" if row.get("device", "").startswith("cuda") else "cpu"
         for phase, f in flops.items():
-            seconds = float(row.get(f"{phase}_s") or 0)
-            if f > 0 and seconds > 0.05 and "cached_phases" not in (row.get("extra") or ""):
-                samples.setdefault((device, phase), []).append(f / seconds / 1e9)
+            seconds = float(row.get(f"{phase}_s") or 0) + (float(extra.get("tune_s") or 0) if phase == "train" else 0)
+            if f > 0 and seconds > 0.05 and "cached_phases" not in extra:
+                for key in ((device, phase), (device, phase, row["method"], label(row["method"], options))):
+                    samples.setdefault(key, []).append(f / seconds / 1e9)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def estimate(cell: Cell, rates: dict[tuple[str, str], float] | None = None) -> dict:
-    """Images, feature dim, k, peak memory (bytes) and counted time (s) of ``cell``."""
+def estimate(cell: Cell, rates: dict[tuple, float] | None = None) -> dict:
+    """Images, feature dim, k, peak memory (bytes) and counted time (s) of ``cell``: each phase's FLOPs at
+    the rate measured for that method and configuration, else for that phase, else the default rate."""
     rates = rates or {}
     method_cls = get_method(cell.method)
     config = cell.config
     shape = cell_shape(cell)
     flops, info = method_cls.flops(config, shape)
     seconds, sources = 0.0, set()
+    name = method_cls.label(config)
     for phase, f in flops.items():
-        rate = rates.get((shape.device, phase))
+        rate = rates.get((shape.device, phase, cell.method, name)) or rates.get((shape.device, phase))
         sources.add("measured" if rate else "default")
         seconds += f / 1e9 / (rate or DEFAULT_GFLOPS[shape.device][phase])
     return {"images": shape.n_images, "feature_dim": info["feature_dim"], "k": info["k"],
@@ -94,7 +102,7 @@ def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | 
     none yet (a new suite planned from an earlier one on the same machine)."""
     errors = errors or [None] * len(cells)
     path = Path(out_dir) / RESULTS_FILE
-    rates: dict[tuple[str, str], float] = {}
+    rates: dict[tuple, float] = {}
     for other in rates_from:
         other = Path(other)
         rates.update(measured_rates(other / RESULTS_FILE if other.is_dir() else other))
