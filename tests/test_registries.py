@@ -102,3 +102,13 @@ def test_a_plan_takes_the_rate_measured_for_its_own_configuration(tmp_path):
     assert rates[("cpu", "train", "finetune", "unfreeze")] < rates[("cpu", "train", "finetune", "linear-probe")]
     assert estimate(whole, rates)["time_s"] == pytest.approx(10.0)  # its own train_s + tune_s, not a median
     assert estimate(probe, rates)["time_s"] == pytest.approx(1.0)
+
+
+def test_a_dataset_whose_reader_gives_something_else_is_refused_naming_it(tmp_path):
+    from benchmarks.core.data import load_dataset
+
+    plugin = tmp_path / "bad_data.py"
+    plugin.write_text("from benchmarks.core.datasets import Dataset\n"
+                      "BAD = Dataset('bad', lambda data_dir: [1, 2], n_classes=2, full_sizes=(10, 10))\n")
+    with pytest.raises(DatasetError, match="its reader returned list, not a \\(train, test\\) pair"):
+        load_dataset(f"{plugin}:BAD", image_size=32)

@@ -51,5 +51,15 @@ def get_dataset(name: str) -> Dataset:
 
 
 def read_dataset(name: str, data_dir: Path | None):
-    """(train, test) :class:`Source` of dataset ``name``."""
-    return get_dataset(name).read(data_dir)
+    """(train, test) :class:`Source` of dataset ``name``; a :class:`DatasetError` when its reader (a
+    plugin's, say) gives anything else, or sources whose classes differ."""
+    got = get_dataset(name).read(data_dir)
+    if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(s, Source) for s in got)):
+        raise DatasetError(f"dataset {name!r}: its reader returned {type(got).__name__}, not a (train, test) pair of "
+                           "benchmarks.core.datasets.Source; fix the dataset's read().")
+    train, test = got
+    if list(train.classes) != list(test.classes) or len(train.labels) == 0:
+        raise DatasetError(f"dataset {name!r}: its training and test sources must hold images of the same classes "
+                           f"(got {len(train.classes)} and {len(test.classes)} classes, {len(train.labels)} "
+                           "training images).")
+    return got
