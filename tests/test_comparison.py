@@ -98,3 +98,18 @@ def test_tuning_time_is_read_and_the_report_draws_three_fronts(results):
         png, = (results / "report").glob(f"{name}.*.png")  # named by its content
         assert f"]({png.name})" in md
     assert "## Time to accuracy" in md and "not reached in 90.0 s" in md and "1 curve(s) that never reached" in md
+
+
+def test_no_speed_up_is_named_between_cells_timed_on_two_cpu_models(tmp_path):
+    # Issue 23, item 9: sessions run on AMD EPYC or on Intel Xeon; a ratio of their times measures the CPUs.
+    rows = [{**_rf(0, 1000, 0.70, 0.69, 10.0), "device_name": "AMD EPYC (2 logical cores)"}]
+    rows += [{**r, "device_name": "Intel Xeon (2 logical cores)"} for r in _ft(0, [(5.0, 0.71), (50.0, 0.80)], 0.79)]
+    append_rows(tmp_path / "results.csv", rows)
+    finals, epochs, _ = split_rows(load_results(tmp_path))
+    row = time_to_accuracy_table(finals, epochs).iloc[0]
+    assert row["speed-up at equal accuracy"] == row["the same, tuning included"] == \
+        "none (the data group ran on 2 machines: AMD EPYC (2 logical cores); Intel Xeon (2 logical cores))"
+    same = tmp_path / "same"
+    append_rows(same / "results.csv", [{**r, "device_name": "AMD EPYC (2 logical cores)"} for r in rows])
+    finals, epochs, _ = split_rows(load_results(same))
+    assert time_to_accuracy_table(finals, epochs).iloc[0]["speed-up at equal accuracy"] == "0.5x"

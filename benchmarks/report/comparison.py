@@ -23,7 +23,8 @@ at 96 px on the same images), shown in the tables. In a group:
   seed, as mean ± std over seeds; beside it the same ratio with each side's tuning time
   (``tune_s``) added. A configuration with a censored seed gets no speed-up (it never reached equal
   accuracy), and neither does a data group whose test split cannot separate its configurations
-  (:mod:`benchmarks.report.answer`).
+  (:mod:`benchmarks.report.answer`), nor one whose cells ran on more than one machine (``device_name``:
+  the CPU model; a ratio of times from two CPUs measures the CPUs).
 
 Training time is ``train_total_s`` (the counted phases); ``tune_s`` is what choosing a
 hyperparameter grid on validation cost (the learning-rate grid of the trainers), shown beside it.
@@ -102,6 +103,9 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
         target, target_s = float(best["val_acc"]), float(best["train_total_s"])
         target_tuned_s = float(best["train_plus_tune_s"])
         no_claim = group in (unseparable or [])
+        machines = sorted({str(m) for m in cells.get("device_name", pd.Series(dtype=object)).dropna() if str(m)})
+        if len(machines) > 1:  # times from two CPU models are no ratio
+            no_claim = f"none (the data group ran on {len(machines)} machines: {'; '.join(machines)})"
         gf_agg = aggregate(gf, ["val_acc", "train_total_s"])
         gf_agg = gf_agg.dropna(subset=["val_acc", "train_total_s"])
         keys = set(zip(bp["cell_key"], bp["run_id"]))
@@ -143,8 +147,11 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
     return pd.DataFrame(rows)
 
 
-def _speedup(times: np.ndarray, target_s: float, censored: list[bool], no_claim: bool) -> str:
-    """Mean ± std over seeds of ``times / target_s``: only where every seed reached the target."""
+def _speedup(times: np.ndarray, target_s: float, censored: list[bool], no_claim: bool | str) -> str:
+    """Mean ± std over seeds of ``times / target_s``: only where every seed reached the target, and
+    ``no_claim`` is false (a text: why none is named)."""
+    if isinstance(no_claim, str):
+        return no_claim
     if no_claim:
         return "none named (the test split cannot separate the configurations)"
     if any(censored):
