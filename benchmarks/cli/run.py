@@ -160,11 +160,18 @@ def _add_execution_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (the line per finished cell, with the rate and ETA, stays)")
 
 
+#: A flag's other Config names, the one place they are kept: ``--lr`` is WRN-22's ``lr_max`` (its one
+#: cycle's peak learning rate). A method takes whichever of the names its Config has.
+FLAG_ALIASES = {"lr": ("lr_max",)}
+
+
 def _method_options(args: argparse.Namespace) -> dict:
+    """The method flags given, by Config field (each under its aliases too: the method keeps what it has)."""
     options = {dest: getattr(args, dest) for dest, _, _ in METHOD_OPTIONS.values()
                if getattr(args, dest, None) is not None}
-    if "lr" in options:  # wrn22's one-cycle calls its peak learning rate lr_max
-        options["lr_max"] = options["lr"]
+    for dest, aliases in FLAG_ALIASES.items():
+        if dest in options:
+            options.update({alias: options[dest] for alias in aliases})
     return options
 
 
@@ -208,9 +215,9 @@ def _warn_unused(method: str, options: dict) -> None:
     from benchmarks.harness.registry import get_method
 
     fields = {f.name for f in dataclasses.fields(get_method(method).Config)}
-    unused = set(options) - fields - {"lr", "lr_max"}
-    if "lr" in options and not fields & {"lr", "lr_max"}:
-        unused.add("lr")
+    names = {dest: {dest, *aliases} for dest, aliases in FLAG_ALIASES.items()}
+    unused = set(options) - fields - {n for group in names.values() for n in group}
+    unused |= {dest for dest, group in names.items() if dest in options and not fields & group}
     if unused:
         flags = [f for f, (d, _, _) in METHOD_OPTIONS.items() if d in unused]
         print(f"note: {method} does not use {', '.join(flags)}; ignored.", file=sys.stderr)
