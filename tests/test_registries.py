@@ -112,3 +112,23 @@ def test_a_dataset_whose_reader_gives_something_else_is_refused_naming_it(tmp_pa
                       "BAD = Dataset('bad', lambda data_dir: [1, 2], n_classes=2, full_sizes=(10, 10))\n")
     with pytest.raises(DatasetError, match="its reader returned list, not a \\(train, test\\) pair"):
         load_dataset(f"{plugin}:BAD", image_size=32)
+
+
+def test_the_progress_eta_weighs_cells_by_their_estimates(monkeypatch, capsys):
+    # A suite of one-minute ridges and hour-long trainings: after a ridge, the ETA is the trainings' time,
+    # not one ridge per cell left.
+    from benchmarks.harness import executors
+    from benchmarks.harness.estimate import estimate
+
+    base = {"dataset": "cifar10", "weights": "none", "image_size": 32, "train_per_class": 500, "device": "cpu"}
+    ridge = make_cell({**base, "method": "random-features", "projection": "none", "encoder": "none"})
+    train = make_cell({**base, "method": "finetune", "mode": "unfreeze", "epochs": 30})
+    clock = iter([0.0, 60.0])
+    monkeypatch.setattr(executors.time, "perf_counter", lambda: next(clock))
+    progress = executors._Progress([ridge, train])
+    progress.finished(1, "ridge: ok", ridge)
+    line = capsys.readouterr().out
+    ratio = estimate(train)["time_s"] / estimate(ridge)["time_s"]
+    assert ratio > 10
+    expected = executors._fmt_s(60.0 * ratio)
+    assert line.rstrip().endswith(f"ETA {expected})"), line

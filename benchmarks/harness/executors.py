@@ -47,18 +47,53 @@ RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
 
 class _Progress:
     """One line per finished cell: its place, what it is, and the run's rate and ETA so far. Printed
-    with or without ``--no-progress`` (which turns off the bars only): a log keeps its ETA."""
+    with or without ``--no-progress`` (which turns off the bars only): a log keeps its ETA.
 
-    def __init__(self, total: int):
-        self.total, self.start, self.done = total, time.perf_counter(), 0
+    The ETA weighs each cell by its dry-run estimate (:func:`benchmarks.harness.estimate.estimate`, the
+    rates measured in the folder): a suite of one-minute ridges and hour-long trainings is not a count of
+    cells. The seconds still to go are the estimate of the cells left, scaled by how the finished cells'
+    elapsed time compares with their estimate."""
 
-    def finished(self, n_done: int, line: str) -> None:
+    def __init__(self, cells: list[Cell], rates: dict | None = None):
+        self.total, self.start, self.done = len(cells), time.perf_counter(), 0
+        self.weights = {c.key(): _planned_s(c, rates) for c in cells}
+        self.planned_left, self.planned_done = sum(self.weights.values()), 0.0
+
+    def finished(self, n_done: int, line: str, cell: Cell | None = None) -> None:
         self.done += 1
         elapsed = time.perf_counter() - self.start
+        weight = self.weights.get(cell.key(), 0.0) if cell is not None else 0.0
+        self.planned_done, self.planned_left = self.planned_done + weight, max(self.planned_left - weight, 0.0)
         left = self.total - n_done
-        eta = f", ETA {_fmt_s(elapsed / self.done * left)}" if left else ""
+        if not left:
+            eta = ""
+        elif self.planned_done > 0:
+            eta = f", ETA {_fmt_s(elapsed / self.planned_done * self.planned_left)}"
+        else:
+            eta = f", ETA {_fmt_s(elapsed / self.done * left)}"
         print(f"[{n_done}/{self.total}] {line} ({_fmt_s(elapsed)} elapsed, "
               f"{self.done / elapsed * 60:.2g} cells/min{eta})")
+
+
+def _planned_s(cell: Cell, rates: dict | None) -> float:
+    """The cell's estimated counted seconds (at least 1: evaluation and loading come on top); 0 when it
+    cannot be estimated (the ETA then counts cells)."""
+    from benchmarks.harness.estimate import estimate
+
+    try:
+        return max(float(estimate(cell, rates)["time_s"]), 1.0)
+    except Exception:  # an estimate is a help, never a reason to stop
+        return 0.0
+
+
+def _rates(results) -> dict:
+    """The rates measured by the rows already in the results file (empty where it has none, or on error)."""
+    from benchmarks.harness.estimate import measured_rates
+
+    try:
+        return measured_rates(results.path)
+    except Exception:  # (a help for the ETA only)
+        return {}
 
 
 def _fmt_s(s: float) -> str:
@@ -77,7 +112,7 @@ class LocalExecutor:
         todo = [c for c in cells if c.key() not in done]
         if len(todo) < len(cells):
             print(f"{len(cells) - len(todo)} cell(s) done before, skipped")
-        progress = _Progress(len(todo))
+        progress = _Progress(todo, _rates(results))
         rows = []
         for i, cell in enumerate(todo, 1):
             if runner.progress:
@@ -85,7 +120,7 @@ class LocalExecutor:
             row = runner.run_cell(cell, results.append)
             rows.append(row)
             status = row["status"] if row["status"] == "ok" else f"FAILED: {row.get('error')}"
-            progress.finished(i, f"{describe(cell)}: {status}")
+            progress.finished(i, f"{describe(cell)}: {status}", cell)
         return rows
 
 
@@ -181,7 +216,7 @@ class RayExecutor:
                     "max_retries": self.max_retries, "retry_exceptions": False}
             pending[task.options(**opts).remote(cell, runner.run_id, cache_dir, runner.fingerprints,
                                                   checkpoints)] = cell
-        progress = _Progress(len(todo))
+        progress = _Progress(todo, _rates(results))
         finals = []
         try:
             while pending:
@@ -198,7 +233,7 @@ class RayExecutor:
                     final = next((r for r in rows if r["row_type"] in ("final", "failed")), rows[-1])
                     finals.append(final)
                     status = final["status"] if final["status"] == "ok" else f"FAILED: {final.get('error')}"
-                    progress.finished(len(todo) - len(pending), f"{describe(cell)}: {status}")
+                    progress.finished(len(todo) - len(pending), f"{describe(cell)}: {status}", cell)
         except (KeyboardInterrupt, DataChanged):
             for ref in pending:
                 ray.cancel(ref, force=True)
