@@ -9,10 +9,12 @@ backprop baseline follows the same way:
    allocator growth outside the training time;
 2. each epoch trains in ``train_s`` (counted; batching, augmentation and the
    host-to-device copy included), then scores the validation split in
-   ``eval_s`` (not counted) and emits one ``row_type="epoch"`` row;
+   ``eval_s`` (not counted) and emits one ``row_type="epoch"`` row (every
+   ``eval_every`` epochs and after the last, when a Config sets it);
 3. the epoch with the best validation accuracy is kept (a copy of its state
-   dict; the earliest on ties), and the train and test splits are scored once
-   for that epoch, in ``eval_s``; with a ``patience``, training stops once the
+   dict; the earliest on ties), and the train split is scored once for that
+   epoch in ``eval_s``, the test split in ``predict_s`` (not counted: the
+   inference time of the model kept); with a ``patience``, training stops once the
    validation accuracy has not improved for that many epochs (early stopping);
 4. a training whose mean loss or weights stop being finite (NaN or infinite)
    after an epoch has diverged: it stops there and raises :class:`TrainingDiverged`
@@ -25,9 +27,8 @@ from a small grid, one training per value, and reports the grid's cost as ``tune
 a value whose training diverged is excluded from the choice and recorded
 (``grid_diverged``); if every value diverged the cell fails.
 
-Images stay ``uint8`` until a batch is on the device, where it is augmented
-(random crop with reflect padding, horizontal flip) and normalised. Mixed
-precision (autocast + GradScaler) is used on CUDA only.
+Images stay ``uint8`` until a batch is on the device, where it is augmented (random crop with reflect
+padding, horizontal flip) and normalised. Mixed precision (autocast + GradScaler) on CUDA only.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def augment_batch(images: torch.Tensor, pad_px: int, flip: bool, generator: torc
 
 
 # ----------------------------------------------------------------------------
-# Model bookkeeping
+# Model bookkeeping, optimisers, steps, epochs and evaluation
 # ----------------------------------------------------------------------------
 
 
@@ -215,11 +216,6 @@ def _grad_scaler(feed: Feed):
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-# ----------------------------------------------------------------------------
-# Steps, epochs, evaluation
-# ----------------------------------------------------------------------------
 
 
 def _train_step(model, x, y, optimizer, loss_fn, feed: Feed, scaler) -> torch.Tensor:
@@ -315,12 +311,15 @@ _score_test = score_test  # ``fit`` has an argument of that name
 
 
 def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs: int,
-        scheduler=None, desc: str = "train", patience: int | None = None, score_test: bool = True) -> dict:
+        scheduler=None, desc: str = "train", patience: int | None = None, score_test: bool = True,
+        eval_every: int = 1) -> dict:
     """Train ``model`` for up to ``epochs`` under the runner's contract (module docstring); the final metrics.
 
     ``model`` must already be on ``feed.device``; ``scheduler`` is stepped once per batch.
     ``patience``: stop once the validation accuracy has not improved for that many epochs
-    (``epochs`` is then the budget, ``epochs_run`` what was used). ``score_test=False`` leaves the
+    (``epochs`` is then the budget, ``epochs_run`` what was used). ``eval_every``: the validation accuracy
+    (and an epoch row) every this many epochs and after the last; the best epoch and early stopping are
+    decided at those epochs only. ``score_test=False`` leaves the
     test split alone (a candidate of :func:`tune`, scored only if it is chosen). On return the
     model holds its best epoch's weights. A non-finite loss or weight after an epoch stops the
     training there: :class:`TrainingDiverged` (that epoch emits no row). With ``ctx.checkpoint``, each
@@ -356,15 +355,16 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
         if diverged is not None:  # stop now: the remaining epochs would only train NaNs
             bar.close()
             raise TrainingDiverged(epoch, diverged)
-        with clock.phase("eval_s", counted=False):
-            val_acc = evaluate(model, ctx.data.val, feed)
-            if val_acc > best_acc:
-                best_acc, best_epoch, best_state = val_acc, epoch, _state_copy(model)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best=best_epoch)
-        rows.append({"row_type": "epoch", "epoch": epoch, "train_time_s": clock.counted_s,
-                     "train_loss": train_loss, "val_acc": val_acc})
-        ctx.emit(rows[-1])
-        stopped = patience is not None and epoch - best_epoch >= patience
+        if epoch % eval_every == 0 or epoch == epochs:
+            with clock.phase("eval_s", counted=False):
+                val_acc = evaluate(model, ctx.data.val, feed)
+                if val_acc > best_acc:
+                    best_acc, best_epoch, best_state = val_acc, epoch, _state_copy(model)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", best=best_epoch)
+            rows.append({"row_type": "epoch", "epoch": epoch, "train_time_s": clock.counted_s,
+                         "train_loss": train_loss, "val_acc": val_acc})
+            ctx.emit(rows[-1])
+            stopped = patience is not None and epoch - best_epoch >= patience
         if ctx.checkpoint is not None:
             ckpt.save_training(ctx.checkpoint, clock, generator, modules, epoch=epoch, epochs=epochs,
                                patience=patience, best_acc=best_acc, best_epoch=best_epoch, best_state=best_state,
@@ -376,6 +376,7 @@ def fit(model: nn.Module, ctx, optimizer, loss_fn: Callable, feed: Feed, epochs:
     with clock.phase("eval_s", counted=False):
         model.load_state_dict(best_state)
         train_acc = evaluate(model, ctx.data.train, feed)
+    with clock.phase("predict_s", counted=False):
         test = _score_test(model, ctx.data.test, feed) if score_test else {"test_acc": None}
     return {"train_acc": train_acc, "val_acc": best_acc, **test,
             "best_epoch": best_epoch, "epochs": epochs, "epochs_run": epoch, **model_size(model),
@@ -386,13 +387,13 @@ def fit_recipe(model: nn.Module, ctx, cfg, feed: Feed, lr: float, epochs: int, d
                score_test: bool = False) -> dict:
     """:func:`fit` with a Config's recipe: its optimizer (``optimizer``, ``weight_decay``,
     ``momentum``) at ``lr``, its ``schedule`` over the run's steps, cross-entropy with its
-    ``label_smoothing``, early stopping after its ``patience``. A :class:`TrainingDiverged` names ``lr``."""
+    ``label_smoothing``, early stopping after its ``patience``, validation every ``eval_every`` epochs. A :class:`TrainingDiverged` names ``lr``."""
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), lr, cfg.weight_decay, cfg.momentum)
     steps = epochs * n_train_batches(len(ctx.data.train), feed.batch_size)
     scheduler = make_scheduler(cfg.schedule, optimizer, lr, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     try:
         return fit(model, ctx, optimizer, loss_fn, feed, epochs, scheduler, desc=desc, patience=cfg.patience,
-                   score_test=score_test)
+                   score_test=score_test, eval_every=cfg.eval_every)
     except TrainingDiverged as err:
         raise err.at_lr(lr) from None

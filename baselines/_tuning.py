@@ -22,7 +22,10 @@ def check_epochs(epochs) -> None:
 
 
 def check_budget(cfg) -> None:
-    """A trainer Config's ``patience``, ``lr_grid`` and ``tune_epochs``, checked when it is built."""
+    """A trainer Config's ``patience``, ``lr_grid``, ``tune_epochs`` and ``eval_every``, checked when it is
+    built."""
+    if cfg.eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1 epoch, got {cfg.eval_every}")
     if cfg.patience is not None and cfg.patience < 1:
         raise ValueError(f"patience must be >= 1 epoch, got {cfg.patience}")
     if cfg.tune_epochs is not None and (cfg.tune_epochs < 1 or not cfg.lr_grid):
@@ -115,7 +118,7 @@ def tune(ctx, grid, train_one: Callable, retrain: Callable | None = None) -> dic
         ctx.emit(row)
     if not keep:
         model, out, feed = retrain(ctx, value)
-    with ctx.clock.phase("eval_s", counted=False):
+    with ctx.clock.phase("predict_s", counted=False):
         out.update(score_test(model, ctx.data.test, feed))
     return {**out, "tuned_value": value, "tune_s": tune_s, **noted, "model": model}
 

@@ -77,6 +77,7 @@ class SmallCNNConfig:
     patience: int | None = None  # early stopping: stop after this many epochs without a better val_acc
     lr_grid: tuple[float, ...] | None = None  # learning rates tried, the best on validation kept (cost: tune_s)
     tune_epochs: int | None = None  # with lr_grid: try each rate for this many epochs, then train the best in full
+    eval_every: int = 1  # validation accuracy every this many epochs and after the last (best epoch, patience)
 
     def __post_init__(self):
         _tuning.check_epochs(self.epochs)

@@ -365,6 +365,7 @@ class WRN22OneCycle(FromScratch):
         # One-cycle ends at its last epoch: that model is the one scored.
         with ctx.clock.phase("eval_s", counted=False):
             train_acc = _training.evaluate(learn.model, data.train, feed)
+        with ctx.clock.phase("predict_s", counted=False):
             test = _training.score_test(learn.model, data.test, feed)
         return {"train_acc": train_acc, "val_acc": clock_cb.val_accs[-1], **test,
                 "best_epoch": cfg.epochs, "epochs": cfg.epochs, **_training.model_size(learn.model),

@@ -233,6 +233,15 @@ def test_fractional_epochs_cut_the_last_one_short_and_runs_repeat():
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b] and out == out_b
 
 
+def test_validation_every_few_epochs_and_after_the_last():
+    data = synthetic_bundle(n_per_class=8, image_size=16, n_classes=2)
+    rows: list[dict] = []
+    _, _, out = run_small(data, rows, epochs=5, batch_size=8, eval_every=2)
+    assert [r["epoch"] for r in rows] == [2, 4, 5] and out["train_steps"] == 10
+    with pytest.raises(ValueError, match="eval_every"):
+        AirbenchConfig(eval_every=0)
+
+
 def test_clock_excludes_evaluation(monkeypatch):
     """Every evaluation "takes" 1,000 s on a timer the test advances: none of it reaches the training time."""
     offset = [0.0]
@@ -247,6 +256,7 @@ def test_clock_excludes_evaluation(monkeypatch):
     rows: list[dict] = []
     clock = Clock("cpu", timer=lambda: time.perf_counter() + offset[0])
     _, ctx, _ = run_small(data, rows, clock=clock, epochs=2, batch_size=4)
-    assert ctx.clock.totals["eval_s"] >= 5 * 1000.0  # 2 epochs of validation, then val, train, test
+    assert ctx.clock.totals["eval_s"] >= 4 * 1000.0  # 2 epochs of validation, then val and train
+    assert 1000.0 <= ctx.clock.totals["predict_s"] < 2000.0  # the test split, once: the inference time
     assert ctx.clock.counted_s < 1000.0 and all(r["train_time_s"] < 1000.0 for r in rows)
-    assert ctx.clock.uncounted == {"warmup_s", "eval_s"}
+    assert ctx.clock.uncounted == {"warmup_s", "eval_s", "predict_s"}

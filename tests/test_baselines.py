@@ -74,8 +74,8 @@ def test_one_epoch_end_to_end(name):
     assert rows[0]["val_acc"] == out["val_acc"]
 
     clock = ctx.clock
-    assert {"warmup_s", "train_s", "eval_s"} <= set(clock.totals)
-    assert clock.uncounted == {"warmup_s", "eval_s"}
+    assert {"warmup_s", "train_s", "eval_s", "predict_s"} <= set(clock.totals)
+    assert clock.uncounted == {"warmup_s", "eval_s", "predict_s"}
     assert clock.counted_s == pytest.approx(clock.totals["train_s"])
     assert rows[0]["train_time_s"] == pytest.approx(clock.counted_s)
 
@@ -91,6 +91,19 @@ def test_learns_easy_task(name):
     if name != "wrn22":  # one-cycle: the final epoch; the others: the best epoch on validation
         assert out["val_acc"] == max(r["val_acc"] for r in rows)
         assert rows[out["best_epoch"] - 1]["val_acc"] == out["val_acc"]
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "finetune"])
+def test_validation_every_few_epochs_decides_the_best_epoch_and_patience_there(name):
+    _, _, rows, out = run_tiny(name, epochs=7, eval_every=3)
+    assert [r["epoch"] for r in rows] == [3, 6, 7]
+    assert out["best_epoch"] in (3, 6, 7) and out["val_acc"] == max(r["val_acc"] for r in rows)
+    _, _, rows, out = run_tiny(name, epochs=40, eval_every=5, patience=1, lr=1e-9)  # (almost) no learning
+    epochs = [r["epoch"] for r in rows]
+    assert epochs == list(range(5, epochs[-1] + 1, 5)) and out["epochs_run"] == epochs[-1] < 40
+    assert out["epochs_run"] - out["best_epoch"] >= 1  # stopped at an evaluation with no gain
+    with pytest.raises(ValueError, match="eval_every"):
+        TINY[name][0].Config(eval_every=0)
 
 
 def test_same_seed_same_run():
@@ -125,7 +138,8 @@ def test_clock_excludes_evaluation(name, monkeypatch):
     _, ctx, rows, _ = run_tiny(name, epochs=1, n_per_class=4, clock=Clock("cpu", timer=timer))
     assert len(calls) >= 2  # train and test at the end (and validation in the shared loop)
     clock = ctx.clock
-    assert clock.totals["eval_s"] >= slow_s * len(calls)
+    assert clock.totals["eval_s"] + clock.totals["predict_s"] >= slow_s * len(calls)
+    assert slow_s <= clock.totals["predict_s"] < 2 * slow_s  # the test split, scored once
     # Not one slow evaluation reached the training time, nor the epoch rows.
     assert clock.counted_s < slow_s
     assert clock.columns()["train_total_s"] == pytest.approx(clock.counted_s, abs=1e-5)

@@ -88,6 +88,11 @@ def test_unknown_weights_are_refused_before_any_work(tmp_path, capsys):
 # ----------------------------------------------------------------------------
 
 
+#: Committed suites whose cells are not all run yet: cells added to them (the budget to converge at the
+#: small sizes, docs/learning-curve-plan.md) run with the learning curves.
+STILL_RUNNING = {"curve-effnet-cifar10"}
+
+
 @pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_committed_results_are_current_and_resume(folder, mobilenet_weights):
     # Every key a run recorded maps onto itself: the folder holds today's keys...
@@ -103,7 +108,9 @@ def test_committed_results_are_current_and_resume(folder, mobilenet_weights):
     suite = suites.load_suite(folder.name)
     cells = suites.expand(suites.apply_overrides(suite, {}))
     done = finished_keys(folder / RESULTS_FILE)
-    assert [c for c in cells if c.key() not in done] == []
+    assert done <= {c.key() for c in cells}  # no finished row orphaned by its own suite
+    if folder.name not in STILL_RUNNING:
+        assert [c for c in cells if c.key() not in done] == []
 
 
 @pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])

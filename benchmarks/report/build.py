@@ -9,7 +9,8 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
   side's configuration chosen on validation, its test accuracy and time, the
   interval of the difference (paired on the kept test predictions, else unpaired
   and said so) and the verdict after Holm's correction, or that the test split
-  cannot separate the configurations;
+  cannot separate the configurations; where a dataset has two training-set sizes or
+  more, the learning curve and its crossover (:mod:`benchmarks.report.curve`);
 * then the plots of :mod:`benchmarks.report.plots` (accuracy and training time against
   model size across cut layers, accuracy against training time with the Pareto
   front, the stacked time per phase, per-epoch time-to-accuracy);
@@ -45,6 +46,8 @@ from benchmarks.report import plots
 from benchmarks.report.answer import NOTE as ANSWER_NOTE
 from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
+from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table
+from benchmarks.report.curve import figure as curve_figure
 from benchmarks.harness.metadata import read_metadata
 from benchmarks.report.reportdir import ReportFolder
 from benchmarks.harness.results import ResultsError
@@ -174,7 +177,11 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
                            "(`gradfree run ... --out FOLDER`), or give another results folder.")
     with ReportFolder(out) as folder:
         walls = cell_walls(csv.parent)
-        figures = plots.make_all(finals, epochs)
+        found = answer(finals, csv.parent)
+        curve = curve_table(found, finals)
+        crossers = crossovers(found)  # the datasets with two sizes or more
+        crossings = [c.line() for c in crossers]
+        figures = [curve_figure(curve, c.dataset) for c in crossers] + plots.make_all(finals, epochs)
         files = {fig.name: folder.figure_name(fig.name, fig.png) for fig in figures if fig.png is not None}
         suites = ", ".join(sorted(s for s in df["suite"].unique() if s)) or "(single runs)"
         datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d))
@@ -183,7 +190,6 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
             return (f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {value(suites)}; dataset(s): "
                     f"{value(datasets)}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}")
 
-        found = answer(finals, csv.parent)
         lines = found.lines() or ["No data group has both sides."]
 
         def answer_text(value: Callable[[str], str]) -> str:  # names from the data, shown literally
@@ -193,6 +199,8 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
             ("The answer", answer_text, found.table()),
             ("How it was decided", ANSWER_NOTE, None),
             ("The answer per cut", "The same, within each cut both sides ran at.", found.table(per_cut=True)),
+            *([("Learning curve", lambda value: "\n\n".join([*map(value, crossings), CURVE_NOTE]), curve)]
+              if crossings else []),
         ]
         after: list[Section] = [
             ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs, found.unseparable())),

@@ -39,6 +39,7 @@ import sys
 import pandas as pd
 
 from benchmarks.report.answer import answer
+from benchmarks.report.curve import crossovers
 from benchmarks.report.tables import load_results, results_csv, split_rows
 
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
@@ -194,7 +195,8 @@ def _say_answers(sets, say) -> None:
     """Each side's answer, shown for reference (the gate judges cells, not answers)."""
     for name, path, finals in sets:
         try:
-            lines = answer(finals, results_csv(path).parent).lines()
+            found = answer(finals, results_csv(path).parent)
+            lines = found.lines() + [c.line() for c in crossovers(found)]
         except (ValueError, KeyError, TypeError) as err:
             lines = []
             say(f"warning: {name}'s answer could not be worked out ({err}).")

@@ -50,7 +50,8 @@ def safe_name(value: str, limit: int = 40) -> str:
     return "-".join(filter(None, [slug, hashlib.sha256(value.encode()).hexdigest()[:8]]))
 
 
-def _plt():
+def pyplot():
+    """(matplotlib.pyplot, seaborn), imported on first use, off-screen, with the report's theme."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,7 +71,7 @@ def _series(df: pd.DataFrame) -> pd.Series:
     return parts + np.where(multi_precision & (df["precision"] != ""), " " + df["precision"], "")
 
 
-def _plain_decades(axis) -> None:
+def plain_decades(axis) -> None:
     """Label a log axis at its decades only, as plain numbers (0.1, 10, 1000): matplotlib's default
     labels are formulas, and formulas are off here (a "$" in a folder or class name is text)."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -79,10 +80,10 @@ def _plain_decades(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _log_x(ax) -> None:
+def log_x(ax) -> None:
     """A log x axis labelled at its decades only (minor labels overlap on short ranges)."""
     ax.set_xscale("log")
-    _plain_decades(ax.xaxis)
+    plain_decades(ax.xaxis)
 
 
 def _side_palette(series: pd.Series, methods: pd.Series, sns) -> dict[str, tuple]:
@@ -99,12 +100,13 @@ def _side_palette(series: pd.Series, methods: pd.Series, sns) -> dict[str, tuple
     return palette
 
 
-def _legend_outside(ax, **kwargs) -> None:
+def legend_outside(ax, **kwargs) -> None:
     """The legend beside the axes, never over the data."""
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
 
 
-def _png(fig) -> bytes:
+def to_png(fig) -> bytes:
+    """The PNG bytes of ``fig``, which is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -119,7 +121,7 @@ def versus_size(finals: pd.DataFrame, y: str, name: str, title: str, ylabel: str
     if finals.empty or finals["model_bytes"].notna().sum() == 0 or finals[y].notna().sum() == 0:
         fig_info.note = f"no finished cell has both model_bytes and {y}."
         return fig_info
-    plt, sns = _plt()
+    plt, sns = pyplot()
     agg = aggregate(finals, [y, "model_bytes"]).dropna(subset=[y, "model_bytes"])
     agg["series"] = _series(agg)
     agg["cut_index"] = [cut_index(b, c) for b, c in zip(agg["backbone"], agg["cut"])]
@@ -135,15 +137,15 @@ def versus_size(finals: pd.DataFrame, y: str, name: str, title: str, ylabel: str
         for _, r in agg[agg["cut"] != ""].iterrows():
             ax.annotate(_short_cut(r["cut"]), (r["model_bytes"] / 1e6, r[y]),
                         fontsize=6, alpha=0.7, xytext=(3, 3), textcoords="offset points")
-    _log_x(ax)
+    log_x(ax)
     ax.set_xlabel("model size kept after training (MB, log scale)")
     ax.set_ylabel(ylabel)
     if y == "train_total_s":
         ax.set_yscale("log")
-        _plain_decades(ax.yaxis)
+        plain_decades(ax.yaxis)
     ax.set_title(title)
-    _legend_outside(ax)
-    fig_info.png = _png(fig)
+    legend_outside(ax)
+    fig_info.png = to_png(fig)
     fig_info.caption = (f"{ylabel} against the size of the model kept, mean ± std over seeds; "
                         + ("each line joins the cut layers of one configuration." if n_cuts > 1
                            else "one cut layer in these results, so one point per configuration."))
@@ -171,7 +173,7 @@ def versus_cut(finals: pd.DataFrame, name: str = "by_cut", where: str = "") -> F
     panels = [("train_total_s", "training time (s, log scale)", 1.0), ("model_bytes", "model kept (MB)", 1e-6)]
     if not random_weights:
         panels.append(("test_acc", "test accuracy", 1.0))
-    plt, _ = _plt()
+    plt, _ = pyplot()
     agg["series"] = _series(agg)
     order = agg.drop_duplicates("cut").sort_values("cut_index")["cut"].tolist()
     x_of = {c: i for i, c in enumerate(order)}
@@ -185,7 +187,7 @@ def versus_cut(finals: pd.DataFrame, name: str = "by_cut", where: str = "") -> F
                         marker="o", markersize=5, capsize=3, label=series)
         if col == "train_total_s":
             ax.set_yscale("log")
-            _plain_decades(ax.yaxis)
+            plain_decades(ax.yaxis)
         ax.set_ylabel(label)
     bottom = axes[-1, 0]
     bottom.set_xticks(range(len(order)))
@@ -194,7 +196,7 @@ def versus_cut(finals: pd.DataFrame, name: str = "by_cut", where: str = "") -> F
     axes[0, 0].set_title(fig_info.title + (" (random weights: time and size only)" if random_weights else ""))
     handles, labels = axes[0, 0].get_legend_handles_labels()
     bottom.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6), ncol=1)
-    fig_info.png = _png(fig)
+    fig_info.png = to_png(fig)
     fig_info.caption = ("Counted training time and the size of the model kept at each cut layer, mean ± std over "
                         "seeds" + ("; every cell ran on random weights, so no accuracy is shown." if random_weights
                                    else ", and test accuracy."))
@@ -222,7 +224,7 @@ def pareto(finals: pd.DataFrame, x: str = "train_total_s", name: str = "pareto_a
     if agg.empty:
         fig_info.note = f"no finished cell with both test_acc and {x}."
         return fig_info
-    plt, sns = _plt()
+    plt, sns = pyplot()
     agg["series"] = _series(agg)
     agg["side"] = [side(m) for m in agg["method"]]
     front = pareto_front(agg, x)
@@ -235,12 +237,12 @@ def pareto(finals: pd.DataFrame, x: str = "train_total_s", name: str = "pareto_a
                 fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
     ax.step(front[x], front["test_acc"], where="post", color="black", lw=1.2, ls="--", label="Pareto front")
     ax.scatter(front[x], front["test_acc"], s=160, facecolors="none", edgecolors="black", lw=1.2)
-    _log_x(ax)
+    log_x(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(fig_info.title)
-    _legend_outside(ax)
-    fig_info.png = _png(fig)
+    legend_outside(ax)
+    fig_info.png = to_png(fig)
     fig_info.caption = ("Each point is a configuration (mean ± std over seeds; colour: blue-green gradient-free, "
                         "orange-red backprop" + ("; marker: the cut layer" if cuts > 1 else "") + "); "
                         f"the dashed line and circled points are the Pareto front: {len(front)} configuration(s) "
@@ -256,7 +258,7 @@ def time_breakdown(finals: pd.DataFrame, name: str = "time_breakdown",
     if not phases:
         fig_info.note = "no counted phase was recorded."
         return fig_info
-    plt, _ = _plt()
+    plt, _ = pyplot()
     agg = aggregate(finals, phases)
     multi_cut = agg["cut"].replace("", np.nan).nunique() > 1
     labels = _series(agg) + np.where(multi_cut & (agg["cut"] != ""), " @ " + agg["cut"], "")
@@ -268,7 +270,7 @@ def time_breakdown(finals: pd.DataFrame, name: str = "time_breakdown",
     ax.set_ylabel("")
     ax.set_title(fig_info.title)
     ax.legend(title="phase", fontsize=8)
-    fig_info.png = _png(fig)
+    fig_info.png = to_png(fig)
     fig_info.caption = "Counted phases only (warm-up, evaluation and test prediction are not counted)."
     return fig_info
 
@@ -292,7 +294,7 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
     if curves.empty:
         fig_info.note = "no per-epoch rows (no backprop method in these results)."
         return fig_info
-    plt, sns = _plt()
+    plt, sns = pyplot()
     curves = curves.copy()
     curves["series"] = _series(curves)
     # One line per run of a cell (one cut, one seed): epochs of different cuts or seeds are never joined.
@@ -320,12 +322,12 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
                 ax.scatter([last["train_time_s"]], [last["val_acc"]], marker="X", s=120, color="crimson",
                            zorder=5, label="censored (target not reached)" if not n_censored else None)
                 n_censored += 1
-    _log_x(ax)
+    log_x(ax)
     ax.set_xlabel("cumulative training time (s, log scale)")
     ax.set_ylabel("validation accuracy")
     ax.set_title(fig_info.title)
-    _legend_outside(ax)
-    fig_info.png = _png(fig)
+    legend_outside(ax)
+    fig_info.png = to_png(fig)
     fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
                         "Stars: random features, at their whole training time, with their validation accuracy "
                         "at the selected alpha. Dotted: the mean validation accuracy of the gradient-free "

@@ -34,7 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmarks.harness.predictions import read_predictions
-from benchmarks.report.tables import BACKPROP, GRADIENT_FREE, GROUP, aggregate, split_sides
+from benchmarks.report.tables import GROUP, aggregate
 
 #: Family-wise error rate of the verdicts, and the interval's coverage.
 ALPHA = 0.05
@@ -97,18 +97,21 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int =
     return diff, float(low), float(high)
 
 
+def accuracy_variance(acc, n: int) -> tuple[float, float]:
+    """(mean, variance of the mean) of per-seed accuracies ``acc`` on ``n`` test images: the binomial
+    variance on the images plus the variance over seeds divided by their number."""
+    acc = np.asarray(acc, dtype=float)
+    p = acc.mean()
+    spread = acc.var(ddof=1) / len(acc) if len(acc) > 1 else 0.0
+    return float(p), float(p * (1 - p) / max(n, 1) + spread)
+
+
 def unpaired_interval(acc_a, acc_b, n_a: int, n_b: int, level: float = LEVEL) -> tuple[float, float, float, float]:
     """(difference, low, high, p): mean of ``acc_a`` minus mean of ``acc_b`` (per-seed accuracies on
-    ``n_a`` and ``n_b`` test images), with a normal interval whose variance is each side's binomial
-    variance on its images plus its variance over seeds divided by their number, and a z-test's p."""
-    def var(acc, n):
-        acc = np.asarray(acc, dtype=float)
-        p = acc.mean()
-        spread = acc.var(ddof=1) / len(acc) if len(acc) > 1 else 0.0
-        return p, p * (1 - p) / max(n, 1) + spread
-
-    pa, va = var(acc_a, n_a)
-    pb, vb = var(acc_b, n_b)
+    ``n_a`` and ``n_b`` test images), with a normal interval whose variance is each side's
+    :func:`accuracy_variance`, and a z-test's p."""
+    pa, va = accuracy_variance(acc_a, n_a)
+    pb, vb = accuracy_variance(acc_b, n_b)
     diff, se = float(pa - pb), float(np.sqrt(va + vb))
     if se == 0:
         return diff, diff, diff, (1.0 if diff == 0 else 0.0)

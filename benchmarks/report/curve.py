@@ -1,0 +1,159 @@
+"""The answer as a learning curve: per dataset, each side's validation-chosen configuration at every
+training-set size the results hold, and the crossover between the sides.
+
+Built on :func:`benchmarks.report.answer.answer` (its entries are already chosen on validation and
+compared with Holm's correction over the whole family), so the curve adds no selection and no test of
+its own:
+
+* :func:`curve_table`: one row per dataset x training-set size x side: the chosen configuration, its
+  test accuracy with a 95 % band (binomial on the test images plus the spread over seeds, as
+  :func:`benchmarks.report.verdict.accuracy_variance`), counted training time, the model kept and the
+  measured inference time per test image (``predict_s``: the whole pipeline, a kernel scoring against
+  its kept training rows, which is what a user deploys; blank for trainers' rows written before they
+  timed their test scoring apart from evaluation).
+* :func:`crossovers`: per dataset with two sizes or more, where the lead changes hands: the interval
+  between the last size where the side ahead at the small sizes is significantly ahead and the first
+  where the other side is; else "none detected in the range", with the sizes of each kind named.
+* :func:`figure`: accuracy, training time, model size and inference time against the training-set
+  size, both sides' chosen configurations, with bands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from benchmarks.report.answer import Answer, Entry
+from benchmarks.report.plots import Figure, legend_outside, log_x, plain_decades, pyplot, to_png, safe_name
+from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, LEVEL, accuracy_variance, name, rows_of
+
+SIDES = {"gradient-free": "gf", "backprop": "bp"}
+CURVE_NOTE = (f"Each side's configuration chosen on validation at each training-set size (the answer above), "
+              f"its test accuracy with a {LEVEL:.0%} band (the binomial error on the test images plus the spread "
+              "over seeds), its counted training time, the model it keeps and its inference time per test image "
+              "(the whole pipeline, measured on this machine: a kernel scores against its kept training rows). "
+              "Crossover: between the last size where the side ahead at the small sizes is significantly ahead "
+              "and the first where the other side is (after Holm's correction over every comparison of the "
+              "report); a tie is no lead.")
+
+
+def _curve_entries(found: Answer) -> dict[str, list[Entry]]:
+    """The whole-group entries with a positive training-set size, per dataset, by size."""
+    out: dict[str, list[Entry]] = {}
+    for e in found.entries:
+        n = e.group["n_train"]
+        if e.cut is None and pd.notna(n) and n > 0:
+            out.setdefault(str(e.group["dataset"]), []).append(e)
+    return {d: sorted(es, key=lambda e: e.group["n_train"]) for d, es in out.items()}
+
+
+def curve_table(found: Answer, finals: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset x training-set size x side with a chosen configuration (columns in the module's
+    docstring); empty when no dataset has a training-set size."""
+    z = stats.norm.ppf((1 + LEVEL) / 2)
+    rows = []
+    for dataset, entries in _curve_entries(found).items():
+        for e in entries:
+            for side, attr in SIDES.items():
+                config = getattr(e, attr)
+                if config is None:
+                    continue
+                mine = rows_of(finals, config)
+                acc = mine["test_acc"].dropna()
+                n_test = int(mine["n_test"].max()) if mine["n_test"].notna().any() else 0
+                half = z * np.sqrt(accuracy_variance(acc, n_test)[1]) if len(acc) and n_test > 0 else np.nan
+                per_image = mine["predict_s"].mean() / n_test if n_test > 0 else np.nan
+                rows.append({"dataset": dataset, "n_train": int(e.group["n_train"]), "side": side,
+                             "configuration": name(config), "seeds": int(config["seeds"]),
+                             "val_acc": float(config["val_acc"]), "test_acc": float(config["test_acc"]),
+                             "band_low": float(config["test_acc"] - half), "band_high": float(config["test_acc"] + half),
+                             "train_s": float(mine["train_total_s"].mean()), "model_mb": float(mine["model_bytes"].mean()) / 1e6,
+                             "inference_ms_per_image": 1e3 * float(per_image), "verdict": e.verdict()})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Crossover:
+    """Where the lead changes hands along one dataset's sizes (``low``, ``high``: the sizes bracketing it,
+    None when none was detected)."""
+
+    dataset: str
+    sizes: list[int]
+    verdicts: list[str]
+    low: int | None = None
+    high: int | None = None
+    first: str = ""  # the side ahead at the smallest size where either side is ahead
+    then: str = ""  # the side ahead after the crossover
+
+    def line(self) -> str:
+        """One sentence: where the lead changed hands, or that it did not, with the sizes each side led at."""
+        span = f"{self.sizes[0]:,}–{self.sizes[-1]:,} training images"
+        ahead = {v: [f"{n:,}" for n, w in zip(self.sizes, self.verdicts) if w == v] for v in (GF_AHEAD, BP_AHEAD)}
+        where = "; ".join(f"{v} at {', '.join(ns)}" for v, ns in ahead.items() if ns) or "a tie or no comparison at every size"
+        if self.low is None:
+            return f"{self.dataset}: crossover: none detected in the range ({span}; {where})."
+        again = [n for n, v in zip(self.sizes, self.verdicts) if n > self.high and v == self.first]
+        tail = f"; but {self.first} again at {', '.join(f'{n:,}' for n in again)}" if again else ""
+        return (f"{self.dataset}: crossover between {self.low:,} and {self.high:,} training images: {self.first} "
+                f"up to {self.low:,}, {self.then} from {self.high:,} ({where}{tail}).")
+
+
+def crossovers(found: Answer) -> list[Crossover]:
+    """Per dataset with two training-set sizes or more, where the significant lead passes from one side
+    to the other (:class:`Crossover`)."""
+    out = []
+    for dataset, entries in _curve_entries(found).items():
+        if len(entries) < 2:
+            continue
+        sizes = [int(e.group["n_train"]) for e in entries]
+        verdicts = [e.verdict() for e in entries]
+        c = Crossover(dataset, sizes, verdicts)
+        wins = [(n, v) for n, v in zip(sizes, verdicts) if v in (GF_AHEAD, BP_AHEAD)]
+        if wins:
+            c.first = wins[0][1]
+            c.then = BP_AHEAD if c.first == GF_AHEAD else GF_AHEAD
+            later = [n for n, v in wins if v == c.then]
+            if later:
+                c.high = later[0]
+                c.low = max(n for n, v in wins if v == c.first and n < c.high)
+        out.append(c)
+    return out
+
+
+#: The panels of :func:`figure`: (column, axis label, log scale).
+PANELS = [("test_acc", "test accuracy", False), ("train_s", "counted training time (s, log)", True),
+          ("model_mb", "model kept (MB, log)", True), ("inference_ms_per_image", "inference (ms per image, log)", True)]
+
+
+def figure(table: pd.DataFrame, dataset: str) -> Figure:
+    """Four panels against the training-set size (log) for ``dataset``: each side's validation-chosen
+    configuration, the accuracy with its band; a note instead when fewer than two sizes."""
+    fig_info = Figure("learning_curve__" + safe_name(dataset), f"Learning curve ({dataset})")
+    rows = table[table["dataset"] == dataset] if not table.empty else table
+    if rows.empty or rows["n_train"].nunique() < 2:
+        fig_info.note = "fewer than two training-set sizes: no curve."
+        return fig_info
+    plt, sns = pyplot()
+    colours = {"gradient-free": sns.color_palette("crest", 3)[1], "backprop": sns.color_palette("flare", 3)[1]}
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for ax, (column, label, log) in zip(axes.flat, PANELS):
+        for side, mine in rows.sort_values("n_train").groupby("side", sort=False):
+            ax.plot(mine["n_train"], mine[column], marker="o", color=colours[side], label=side)
+            if column == "test_acc":
+                ax.fill_between(mine["n_train"], mine["band_low"], mine["band_high"], color=colours[side], alpha=0.2)
+        log_x(ax)
+        if log:
+            ax.set_yscale("log")
+            plain_decades(ax.yaxis)
+        ax.set_ylabel(label)
+        ax.set_xlabel("training images (log)")
+    legend_outside(axes.flat[1])
+    fig.suptitle(fig_info.title)
+    fig_info.png = to_png(fig)
+    fig_info.caption = (f"Each side's configuration chosen on validation at each size; accuracy with its {LEVEL:.0%} "
+                        "band (test images and seeds). The configuration may change from one size to the next: "
+                        "the table below names it.")
+    return fig_info
