@@ -104,6 +104,41 @@ def test_a_plan_takes_the_rate_measured_for_its_own_configuration(tmp_path):
     assert estimate(probe, rates)["time_s"] == pytest.approx(1.0)
 
 
+def test_a_plan_takes_the_rate_measured_at_the_size_nearest_its_own(tmp_path):
+    # Small cells' times are mostly fixed costs: their rate, scaled to a whole dataset, planned the exact
+    # kernel on 45,000 images at 103 minutes, which took 12. A cell is planned at the rate of its nearest size.
+    import json
+
+    from benchmarks.harness import results as res
+    from benchmarks.harness.estimate import DEFAULT_GFLOPS, Rates, estimate, measured_rates
+
+    base = {"method": "random-features", "projection": "none", "encoder": "none", "dataset": "cifar10",
+            "weights": "none", "cut": "features.18", "image_size": 32, "test_per_class": 5, "device": "cpu"}
+    small, large = (make_cell({**base, "train_per_class": n}) for n in (10, 2000))
+    rows = []
+    for cell, fit_s in ((small, 1.0), (large, 4.0)):  # 200x the FLOPs in 4x the time
+        shape = cell_shape(cell)
+        rows.append({"run_id": "r", "cell_key": cell.key(), "row_type": "final", "status": "ok",
+                     "method": "random-features", "dataset": "cifar10", "backbone": "mobilenet_v2",
+                     "cut": "features.18", "image_size": 32, "n_classes": 10, "n_train": shape.n_train,
+                     "n_val": shape.n_val, "n_test": shape.n_test, "device": "cpu", "fit_s": fit_s,
+                     "method_config": json.dumps(cell.option_dict()), "extra": {}})
+    res.append_rows(tmp_path / "results.csv", rows)
+    rates = measured_rates(tmp_path / "results.csv")
+    key = ("cpu", "fit", "random-features", "ridge on raw features")
+    (f_small, r_small), (f_large, r_large) = sorted(rates.samples[key])
+    assert r_large > 10 * r_small
+    assert rates.at(key, f_large * 3) == r_large and rates.at(key, f_small / 3) == r_small
+    # Each cell is planned at its own fit_s in place of the default rate's seconds.
+    default = DEFAULT_GFLOPS["cpu"]["fit"]
+    for cell, f, fit_s in ((small, f_small, 1.0), (large, f_large, 4.0)):
+        assert estimate(cell, rates)["time_s"] - estimate(cell, Rates())["time_s"] == pytest.approx(
+            fit_s - f / 1e9 / default, rel=1e-6)
+    # Pooled with another folder's samples: the nearest size still decides.
+    pooled = Rates({key: [(f_small, 1.0)]}).merged(rates)
+    assert pooled.at(key, f_large) == r_large and len(pooled.samples[key]) == 3
+
+
 def test_a_dataset_whose_reader_gives_something_else_is_refused_naming_it(tmp_path):
     from benchmarks.core.data import load_dataset
 

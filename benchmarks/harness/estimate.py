@@ -14,7 +14,7 @@ no weights loaded):
 
 FLOPs become seconds at a rate per phase and device type: the median rate
 *measured* in earlier results (of the same folder, and of ``--rates-from``) for the same method and
-configuration label, else for the phase (the same estimates divided by the recorded ``extract_s``,
+configuration label at the size nearest the cell's (:class:`Rates`), else for the phase (the same estimates divided by the recorded ``extract_s``,
 ``project_s``, ``fit_s``, ``train_s`` + ``tune_s``), else the rough defaults of :data:`DEFAULT_GFLOPS`. A cell that
 already has a result shows its measured time. Memory is the largest of the
 live arrays (uint8 images, features, projected features, Gram matrices,
@@ -25,6 +25,7 @@ memory figure is what :func:`benchmarks.harness.cells.plan_memory` refuses a cel
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -41,12 +42,38 @@ DEFAULT_GFLOPS = {
 }
 
 
-def measured_rates(results_csv: str | Path) -> dict[tuple, float]:
-    """Median GFLOP/s measured by earlier final rows, per (device type, phase) and, more precisely, per
-    (device type, phase, method, label): a frozen linear probe and a whole network in one cycle run at
+class Rates(dict):
+    """GFLOP/s measured per key (the median over its samples, as a dict), and the samples behind them,
+    ``(FLOPs, GFLOP/s)`` per key: :meth:`at` plans a phase at the rate measured at the size nearest its
+    own. Small cells' times are mostly fixed costs: scaled to a whole dataset, their rate planned the exact
+    kernel on 45,000 images at 103 minutes, which took 12."""
+
+    def __init__(self, samples: dict[tuple, list[tuple[float, float]]] | None = None):
+        self.samples = samples or {}
+        super().__init__({k: statistics.median(r for _, r in v) for k, v in self.samples.items() if v})
+
+    def merged(self, other: "Rates") -> "Rates":
+        """Both sets of samples."""
+        keys = set(self.samples) | set(other.samples)
+        return Rates({k: self.samples.get(k, []) + other.samples.get(k, []) for k in keys})
+
+    def at(self, key: tuple, flops: float) -> float | None:
+        """The median rate of ``key``'s samples within a factor 2 of the size nearest ``flops`` (None
+        without samples)."""
+        samples = self.samples.get(key)
+        if not samples:
+            return None
+        distance = [abs(math.log(f / flops)) if flops > 0 else 0.0 for f, _ in samples]
+        nearest = min(distance)
+        return statistics.median(r for (_, r), d in zip(samples, distance) if d <= nearest + math.log(2))
+
+
+def measured_rates(results_csv: str | Path) -> Rates:
+    """GFLOP/s measured by earlier final rows (:class:`Rates`), per (device type, phase) and, more precisely,
+    per (device type, phase, method, label): a frozen linear probe and a whole network in one cycle run at
     rates far apart, and one median of both planned the second 6x too fast. A trainer's tuning runs
     (``tune_s``) count with its ``train_s``: its FLOPs include the grid's epochs."""
-    samples: dict[tuple, list[float]] = {}
+    samples: dict[tuple, list[tuple[float, float]]] = {}
     for row in read_rows(results_csv):
         if row.get("row_type") != "final" or row.get("status") != "ok" or row.get("method") not in REGISTRY:
             continue
@@ -65,13 +92,14 @@ def measured_rates(results_csv: str | Path) -> dict[tuple, float]:
             seconds = float(row.get(f"{phase}_s") or 0) + (float(extra.get("tune_s") or 0) if phase == "train" else 0)
             if f > 0 and seconds > 0.05 and "cached_phases" not in extra:
                 for key in ((device, phase), (device, phase, row["method"], label(row["method"], options))):
-                    samples.setdefault(key, []).append(f / seconds / 1e9)
-    return {k: statistics.median(v) for k, v in samples.items()}
+                    samples.setdefault(key, []).append((f, f / seconds / 1e9))
+    return Rates(samples)
 
 
 def estimate(cell: Cell, rates: dict[tuple, float] | None = None) -> dict:
     """Images, feature dim, k, peak memory (bytes) and counted time (s) of ``cell``: each phase's FLOPs at
-    the rate measured for that method and configuration, else for that phase, else the default rate."""
+    the rate measured for that method and configuration (at the size nearest the cell's, :meth:`Rates.at`),
+    else for that phase, else the default rate."""
     rates = rates or {}
     method_cls = get_method(cell.method)
     config = cell.config
@@ -79,8 +107,9 @@ def estimate(cell: Cell, rates: dict[tuple, float] | None = None) -> dict:
     flops, info = method_cls.flops(config, shape)
     seconds, sources = 0.0, set()
     name = method_cls.label(config)
+    at = rates.at if isinstance(rates, Rates) else (lambda key, _: rates.get(key))
     for phase, f in flops.items():
-        rate = rates.get((shape.device, phase, cell.method, name)) or rates.get((shape.device, phase))
+        rate = at((shape.device, phase, cell.method, name), f) or at((shape.device, phase), f)
         sources.add("measured" if rate else "default")
         seconds += f / 1e9 / (rate or DEFAULT_GFLOPS[shape.device][phase])
     return {"images": shape.n_images, "feature_dim": info["feature_dim"], "k": info["k"],
@@ -102,11 +131,9 @@ def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | 
     none yet (a new suite planned from an earlier one on the same machine)."""
     errors = errors or [None] * len(cells)
     path = Path(out_dir) / RESULTS_FILE
-    rates: dict[tuple, float] = {}
-    for other in rates_from:
-        other = Path(other)
-        rates.update(measured_rates(other / RESULTS_FILE if other.is_dir() else other))
-    rates.update(measured_rates(path))
+    rates = Rates()
+    for other in [*map(Path, rates_from), path]:
+        rates = rates.merged(measured_rates(other / RESULTS_FILE if other.is_dir() else other))
     measured = {r["cell_key"]: float(r["train_total_s"] or 0) for r in read_rows(path)
                 if r["row_type"] == "final" and r["status"] == "ok"}
     print(f"{'#':>3s}  {'cell_key':16s}  {'images':>7s}  {'feat dim':>8s}  {'k':>6s}  {'memory':>9s}  "
