@@ -85,8 +85,11 @@ def test_the_committed_curve_has_both_sides_at_each_size_chosen_on_validation(ef
         assert row.configuration.endswith(best.idxmax()) or best.idxmax() in row.configuration
         assert row.band_low < row.test_acc < row.band_high
         assert row.train_s > 0 and row.model_mb > 0
-        # Random features time their test scoring; these fine-tuning rows predate the trainers doing so.
-        assert row.inference_ms_per_image > 0 if row.side == "gradient-free" else pd.isna(row.inference_ms_per_image)
+        # The test scoring's time per image; blank only for trainers' rows from before they timed it apart.
+        chosen = side[side["config"] == best.idxmax()]
+        per_image = 1e3 * chosen["predict_s"].mean() / chosen["n_test"].max()
+        assert row.inference_ms_per_image == pytest.approx(per_image, nan_ok=True)
+        assert row.inference_ms_per_image > 0 or (row.side == "backprop" and chosen["predict_s"].isna().all())
     (c,) = crossovers(found)
     assert c.sizes == [500, 1500, 5000] and c.verdicts == [e.verdict() for e in found.entries if e.cut is None]
 
@@ -96,3 +99,12 @@ def test_the_report_draws_the_curve_and_says_the_crossover(effnet, tmp_path):
     assert "## Learning curve" in md and "cifar10: crossover" in md
     (png,) = (tmp_path / "report").glob("learning_curve__cifar10.*.png")
     assert png.stat().st_size > 10_000 and f"]({png.name})" in md
+
+
+def test_compare_says_each_side_s_crossover_for_reference(effnet, capsys):
+    from benchmarks.cli import main
+
+    assert main(["compare", str(EFFNET), str(EFFNET)]) == 0
+    out = capsys.readouterr().out
+    (c,) = crossovers(effnet[1])
+    assert out.count(c.line()) == 2  # A's and B's, each after its answer
