@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmarks.report.answer import Answer, Entry
-from benchmarks.report.plots import Figure, legend_outside, log_x, plain_decades, pyplot, to_png, safe_name
+from benchmarks.report.plots import Figure, legend_outside, pyplot, safe_name, to_png
 from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, LEVEL, accuracy_variance, name, rows_of
 
 SIDES = {"gradient-free": "gf", "backprop": "bp"}
@@ -91,14 +91,13 @@ class Crossover:
     def line(self) -> str:
         """One sentence: where the lead changed hands, or that it did not, with the sizes each side led at."""
         span = f"{self.sizes[0]:,}–{self.sizes[-1]:,} training images"
-        ahead = {v: [f"{n:,}" for n, w in zip(self.sizes, self.verdicts) if w == v] for v in (GF_AHEAD, BP_AHEAD)}
-        where = "; ".join(f"{v} at {', '.join(ns)}" for v, ns in ahead.items() if ns) or "a tie or no comparison at every size"
+        where = "; ".join(f"{n:,}: {v or 'no comparison'}" for n, v in zip(self.sizes, self.verdicts))
         if self.low is None:
             return f"{self.dataset}: crossover: none detected in the range ({span}; {where})."
         again = [n for n, v in zip(self.sizes, self.verdicts) if n > self.high and v == self.first]
         tail = f"; but {self.first} again at {', '.join(f'{n:,}' for n in again)}" if again else ""
         return (f"{self.dataset}: crossover between {self.low:,} and {self.high:,} training images: {self.first} "
-                f"up to {self.low:,}, {self.then} from {self.high:,} ({where}{tail}).")
+                f"up to {self.low:,}, {self.then} from {self.high:,} ({where}){tail}.")
 
 
 def crossovers(found: Answer) -> list[Crossover]:
@@ -128,32 +127,50 @@ PANELS = [("test_acc", "test accuracy", False), ("train_s", "counted training ti
           ("model_mb", "model kept (MB, log)", True), ("inference_ms_per_image", "inference (ms per image, log)", True)]
 
 
-def figure(table: pd.DataFrame, dataset: str) -> Figure:
+def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None) -> Figure:
     """Four panels against the training-set size (log) for ``dataset``: each side's validation-chosen
-    configuration, the accuracy with its band; a note instead when fewer than two sizes."""
+    configuration, the accuracy with its band and the ``crossover``'s interval shaded; a note instead when
+    fewer than two sizes."""
     fig_info = Figure("learning_curve__" + safe_name(dataset), f"Learning curve ({dataset})")
     rows = table[table["dataset"] == dataset] if not table.empty else table
     if rows.empty or rows["n_train"].nunique() < 2:
         fig_info.note = "fewer than two training-set sizes: no curve."
         return fig_info
     plt, sns = pyplot()
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
     colours = {"gradient-free": sns.color_palette("crest", 3)[1], "backprop": sns.color_palette("flare", 3)[1]}
+    sizes = sorted(rows["n_train"].unique())
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for ax, (column, label, log) in zip(axes.flat, PANELS):
         for side, mine in rows.sort_values("n_train").groupby("side", sort=False):
             ax.plot(mine["n_train"], mine[column], marker="o", color=colours[side], label=side)
             if column == "test_acc":
                 ax.fill_between(mine["n_train"], mine["band_low"], mine["band_high"], color=colours[side], alpha=0.2)
-        log_x(ax)
-        if log:
-            ax.set_yscale("log")
-            plain_decades(ax.yaxis)
+        if column == "test_acc" and crossover is not None and crossover.low is not None:
+            ax.axvspan(crossover.low, crossover.high, color="0.92", zorder=0, label="crossover")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sizes))  # the sizes measured, as plain numbers
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if log and rows[column].gt(0).any():
+            values = rows[column][rows[column] > 0]
+            ax.set_yscale("log")  # at least a factor 4 shown, so that a flat line looks flat
+            middle = np.sqrt(values.min() * values.max())
+            span = max(np.sqrt(values.max() / values.min()) * 1.3, 2.0)
+            ax.set_ylim(middle / span, middle * span)
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel(label)
         ax.set_xlabel("training images (log)")
     legend_outside(axes.flat[1])
+    if crossover is not None and crossover.low is not None:
+        axes.flat[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(fig_info.title)
     fig_info.png = to_png(fig)
     fig_info.caption = (f"Each side's configuration chosen on validation at each size; accuracy with its {LEVEL:.0%} "
-                        "band (test images and seeds). The configuration may change from one size to the next: "
-                        "the table below names it.")
+                        "band (test images and seeds)"
+                        + (", the crossover's interval shaded" if crossover is not None and crossover.low else "")
+                        + ". The configuration may change from one size to the next: the table below names it.")
     return fig_info
