@@ -102,10 +102,12 @@ def test_the_report_draws_the_curve_and_says_the_crossover(effnet, tmp_path):
     assert png.stat().st_size > 10_000 and f"]({png.name})" in md
 
 
-def test_compare_says_each_side_s_crossover_for_reference(effnet, capsys):
-    from benchmarks.cli import main
+def test_compare_says_the_crossover_after_the_answer_for_reference(effnet):
+    from benchmarks.report.gate import _say_answers
 
-    assert main(["compare", str(EFFNET), str(EFFNET)]) == 0
-    out = capsys.readouterr().out
+    said: list[str] = []
+    _say_answers([("A", EFFNET, effnet[0])], said.append)
     (c,) = crossovers(effnet[1])
-    assert out.count(c.line()) == 2  # A's and B's, each after its answer
+    lines = "\n".join(said).splitlines()
+    assert f"  {c.line()}" in lines and lines.index(f"  {c.line()}") > max(
+        i for i, line in enumerate(lines) if "each chosen on validation" in line)
