@@ -25,6 +25,7 @@ regression check (:mod:`benchmarks.report.gate`) read results through it only.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import warnings
 from collections.abc import Callable
@@ -204,16 +205,28 @@ def _disambiguate(df: pd.DataFrame, labels: list[str]) -> list[str]:
         if cfg:
             where = tuple(str(df[a].iat[i]) for a in axes)
             variants.setdefault((method, lab), {}).setdefault(where, set()).add(cfg)
-    named = {key: _named_options([[json_dict(c) for c in sorted(cfgs)] for cfgs in groups.values()])
+    named = {key: _named_options([[_with_defaults(key[0], json_dict(c)) for c in sorted(cfgs)]
+                                  for cfgs in groups.values()])
              for key, groups in variants.items()}
     out = []
     for method, lab, cfg in zip(df["method"], labels, df["method_config"]):
         keys = named.get((method, lab), [])
         if keys and cfg:
-            options = json_dict(cfg)
+            options = _with_defaults(method, json_dict(cfg))
             lab = f"{lab} ({', '.join(f'{k}={options.get(k)}' for k in keys)})"
         out.append(lab)
     return out
+
+
+def _with_defaults(method: str, options: dict) -> dict:
+    """``options`` with the Config's defaults for the fields it lacks (a row written before a field
+    existed ran with its default), for a method this gradfree knows."""
+    try:
+        fields = config_fields(method)
+    except ValueError:
+        return options
+    defaults = {k: f.default for k, f in fields.items() if f.default is not dataclasses.MISSING}
+    return {**defaults, **options}
 
 
 def _named_options(groups: list[list[dict]]) -> list[str]:
