@@ -108,9 +108,11 @@ def test_a_cache_entry_that_is_not_its_keys_features_is_dropped_and_extracted_ag
 # Runs `gradfree run` through benchmarks.cli.main; torch.save writes through a file that delivers the
 # signal to this very process on its second write, i.e. in the middle of writing a feature cache file.
 _SIGNAL_WHILE_SAVING = """
-import io, os, sys, torch
+import io, os, signal, sys, torch
 from benchmarks.cli import main
 
+# As in a terminal: a process started in the background by a script inherits SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 signum, real_save = int(sys.argv[1]), torch.save
 
 class SignalledFile(io.RawIOBase):

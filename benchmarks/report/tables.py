@@ -18,8 +18,7 @@ regression check (:mod:`benchmarks.report.gate`) read results through it only.
   ``is_backprop``. A method this gradfree does not know (a file from an older or newer
   version) is on neither side: it keeps its name as label, is ordered last, appears in
   every table and in the plots that draw all methods, but not as a gradient-free point.
-* :func:`aggregate` and the summary, accuracy, time, size and failed-cell tables,
-  mean ± std over seeds.
+* :func:`aggregate` and the summary, accuracy, time, size and failed-cell tables, mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -118,11 +117,9 @@ def _read_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
 def load_results(path: str | Path, warn: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every row of a results folder or csv: numeric columns as numbers, plus ``config`` (a label),
     ``cached`` and ``unparsed`` (a dict per row: the non-blank texts of its numeric columns that
-    are not numbers, ``{"test_acc": "abc"}``).
-
-    ``df.attrs["columns"]`` holds the file's own header, ``df.attrs["problems"]`` the skipped
-    rows and unreadable values, each also passed to ``warn`` (default: :func:`warnings.warn`).
-    """
+    are not numbers, ``{"test_acc": "abc"}``). ``df.attrs["columns"]`` holds the file's own header,
+    ``df.attrs["problems"]`` the skipped rows and unreadable values, each also passed to ``warn``
+    (default: :func:`warnings.warn`)."""
     csv_path = results_csv(path)
     warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
     header = _header(csv_path)
@@ -219,14 +216,12 @@ def _disambiguate(df: pd.DataFrame, labels: list[str]) -> list[str]:
 
 
 def _with_defaults(method: str, options: dict) -> dict:
-    """``options`` with the Config's defaults for the fields it lacks (a row written before a field
-    existed ran with its default), for a method this gradfree knows."""
+    """``options`` and the Config's defaults for the fields a row predates (it ran with them)."""
     try:
         fields = config_fields(method)
-    except ValueError:
+    except Exception:  # a method this gradfree cannot load (a plugin not installed here)
         return options
-    defaults = {k: f.default for k, f in fields.items() if f.default is not dataclasses.MISSING}
-    return {**defaults, **options}
+    return {**{k: f.default for k, f in fields.items() if f.default is not dataclasses.MISSING}, **options}
 
 
 def _named_options(groups: list[list[dict]]) -> list[str]:
