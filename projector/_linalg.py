@@ -224,16 +224,6 @@ def check_finite_gram(K: torch.Tensor, parts, what: str = "X") -> torch.Tensor:
         "or sklearn.preprocessing.StandardScaler) and fit again.")
 
 
-def _gram_primal(parts, mu) -> torch.Tensor:
-    """Xc^T Xc: (d, d) float32."""
-    return gram(parts, mu, rows=False)
-
-
-def _gram_dual(parts, mu) -> torch.Tensor:
-    """Xc Xc^T over the stacked rows: (N, N) float32."""
-    return gram(parts, mu, rows=True)
-
-
 def _xt_dot(parts, mu, M) -> torch.Tensor:
     """Xc^T M: (d, c) float64, M: (N, c)."""
     M = M.to(torch.float64)

@@ -182,11 +182,13 @@ def test_logistic_control_on_the_same_features(tmp_path, cifar10_dir, mobilenet_
     assert 0.0 <= float(logistic["test_acc"]) <= 1.0
     assert ridge["data_fingerprint"] == logistic["data_fingerprint"] and ridge["feature_dim"] == logistic["feature_dim"]
     assert "cached_phases" in logistic["extra"] or float(logistic["extract_s"]) > 0
+    iterations = json.loads(logistic["extra"])["lbfgs_iterations"]  # per C of the grid: did L-BFGS converge?
+    assert len(iterations) >= 2 and all(1 <= n <= json.loads(logistic["extra"])["lbfgs_max_iter"]
+                                        for n in iterations.values())
 
 
 def _other_value(field, default):
     """A valid value of a Config field other than its default (None where the test cannot make one)."""
-    import dataclasses
     typ = str(field.type)
     if "bool" in typ:
         return not default if isinstance(default, bool) else True

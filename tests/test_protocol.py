@@ -77,11 +77,14 @@ def test_logistic_control_without_refit_keeps_the_model_fitted_on_the_training_r
     np.testing.assert_allclose(kept.model_.coef_, reference.coef_, rtol=1e-6)
     refitted = LogisticControl(Cs=(0.01, 1.0)).fit(X, y, Xv, yv)
     assert not np.allclose(refitted.model_.coef_, reference.coef_, rtol=1e-3)
+    # Without the refit the grid's own fit at that C is kept (not fitted twice); each fit's iterations are recorded.
+    assert set(kept.n_iter_) == {0.01, 1.0} and set(refitted.n_iter_) == {0.01, 1.0, "final"}
+    assert kept.n_iter_[kept.alpha_] == reference.n_iter_.max() and all(n >= 1 for n in refitted.n_iter_.values())
 
 
 def test_two_seeds_of_the_protocol_run_in_one_folder_on_their_own_subsets(pool, tmp_path):
     suite = tmp_path / "curve.toml"
-    suite.write_text(f"""
+    suite.write_text("""
 description = "two seeds of one size, fixed validation split, no refit"
 [settings]
 dataset = "cifar10"

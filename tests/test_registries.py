@@ -139,6 +139,57 @@ def test_a_plan_takes_the_rate_measured_at_the_size_nearest_its_own(tmp_path):
     assert pooled.at(key, f_large) == r_large and len(pooled.samples[key]) == 3
 
 
+def test_a_row_whose_features_came_from_the_cache_still_gives_its_fit_rate(tmp_path):
+    # The study's rows mostly reused cached features: leaving the whole row out left the planner no fit rate
+    # of the logistic control, which then planned the full-size cell at the ridge's GEMM rate, 5x too fast.
+    import json
+
+    from benchmarks.harness import results as res
+    from benchmarks.harness.estimate import measured_rates
+
+    cell = make_cell({"method": "random-features", "projection": "none", "encoder": "none", "classifier": "logistic",
+                      "dataset": "cifar10", "weights": "none", "image_size": 32, "train_per_class": 10,
+                      "test_per_class": 5, "device": "cpu"})
+    shape = cell_shape(cell)
+    res.append_rows(tmp_path / "results.csv", [{
+        "run_id": "r", "cell_key": cell.key(), "row_type": "final", "status": "ok", "method": "random-features",
+        "dataset": "cifar10", "backbone": "mobilenet_v2", "cut": "features.18", "image_size": 32, "n_classes": 10,
+        "n_train": shape.n_train, "n_val": shape.n_val, "n_test": shape.n_test, "device": "cpu", "fit_s": 2.0,
+        "extract_s": 3.0, "method_config": json.dumps(cell.option_dict()),
+        "extra": {"cached_phases": ["extract_s", "predict_s"]}}])
+    rates = measured_rates(tmp_path / "results.csv")
+    assert ("cpu", "fit", "random-features", "logistic on raw features") in rates.samples
+    assert not any(key[1] == "extract" for key in rates.samples)
+
+
+def test_the_logistic_controls_planned_flops_follow_its_grid_and_rows_not_the_ridges():
+    from benchmarks.methods.random_features import _logistic_flops, _ridge_flops
+
+    base = {"method": "random-features", "projection": "none", "encoder": "none", "dataset": "cifar10",
+            "weights": "none", "image_size": 32, "test_per_class": 5, "device": "cpu", "refit": False}
+
+    def fit(**options):
+        cell = make_cell({**base, **options})
+        return RandomFeatures.flops(cell.config, cell_shape(cell))[0]["fit"]
+
+    assert fit(classifier="logistic", train_per_class=200) == pytest.approx(2 * fit(classifier="logistic",
+                                                                                    train_per_class=100))
+    five = fit(classifier="logistic", train_per_class=100, alphas=[1e-3, 1e-2, 0.1, 1.0, 10.0])
+    assert five == pytest.approx(5 / 2 * fit(classifier="logistic", train_per_class=100, alphas=[0.1, 1.0]))
+    assert fit(classifier="ridge", train_per_class=100) != fit(classifier="logistic", train_per_class=100)
+    # The ridge's solves as the ridge picks them: a Cholesky per alpha past ~n = 500 on CPU, eigh below.
+    assert _ridge_flops(5000, 10000, 13) == pytest.approx(2 * 5000 * 10000 * 5000 + 13 * 5000**3 / 3)
+    assert _ridge_flops(100, 10000, 13) == pytest.approx(2 * 100 * 10000 * 100 + 9 * 100**3)
+    assert _logistic_flops(10, 0, 3, 2, 4) * 2 == _logistic_flops(20, 0, 3, 2, 4)
+    # Its memory: scikit-learn's float64 features and their standardised copy (13.9 GB measured at full
+    # size, where the ridge's plan of 6.3 GiB had been taken for it).
+    logistic, ridge = (make_cell({**base, "classifier": c, "train_per_class": 100}) for c in ("logistic", "ridge"))
+    shape = cell_shape(logistic)
+    n_fit, m = shape.n_train + shape.n_val, min(shape.n_train, 1280)  # 1,280 features at 32 px
+    assert (RandomFeatures.memory_bytes(logistic.config, shape) - RandomFeatures.memory_bytes(ridge.config, shape)
+            == 2 * n_fit * 1280 * 8 - 2 * m**2 * 8)
+
+
 def test_a_dataset_whose_reader_gives_something_else_is_refused_naming_it(tmp_path):
     from benchmarks.core.data import load_dataset
 

@@ -8,15 +8,17 @@ no weights loaded):
 
 * extraction: forward FLOPs per image x images;
 * projection ``|XR|^2`` (complex R): ``4 n d k``; ``linear``: ``2 n d k``;
-* ridge: the smaller Gram (``2 n d^2`` or ``2 n^2 d``) and its eigendecomposition (~``9 m^3``);
+* ridge: the smaller Gram (``2 n d^2`` or ``2 n^2 d``), then one eigendecomposition (~``9 m^3``) or a
+  Cholesky per alpha (``m^3 / 3``), as the ridge picks; the logistic control: L-BFGS iterations of
+  ``4 n d c`` per C of its grid;
   the exact kernel: the (N, N) Gram and one factorisation per alpha;
 * training: 3 x forward FLOPs per image x images x epochs (1 x for a frozen backbone).
 
-FLOPs become seconds at a rate per phase and device type: the median rate
-*measured* in earlier results (of the same folder, and of ``--rates-from``) for the same method and
-configuration label at the size nearest the cell's (:class:`Rates`), else for the phase (the same estimates divided by the recorded ``extract_s``,
-``project_s``, ``fit_s``, ``train_s`` + ``tune_s``), else the rough defaults of :data:`DEFAULT_GFLOPS`. A cell that
-already has a result shows its measured time. Memory is the largest of the
+FLOPs become seconds at a rate per phase and device type: the median rate *measured* in earlier
+results (of the same folder, and of ``--rates-from``; the same estimates divided by the recorded
+``extract_s``, ``project_s``, ``fit_s``, ``train_s`` + ``tune_s``) for the same method and configuration
+label at the size nearest the cell's (:meth:`Rates.at`), else for the phase, else the rough defaults of
+:data:`DEFAULT_GFLOPS`. A cell that already has a result shows its measured time. Memory is the largest of the
 live arrays (uint8 images, features, projected features, Gram matrices,
 model). These are orders of magnitude to plan a sweep, not predictions; the same
 memory figure is what :func:`benchmarks.harness.cells.plan_memory` refuses a cell on.
@@ -72,7 +74,9 @@ def measured_rates(results_csv: str | Path) -> Rates:
     """GFLOP/s measured by earlier final rows (:class:`Rates`), per (device type, phase) and, more precisely,
     per (device type, phase, method, label): a frozen linear probe and a whole network in one cycle run at
     rates far apart, and one median of both planned the second 6x too fast. A trainer's tuning runs
-    (``tune_s``) count with its ``train_s``: its FLOPs include the grid's epochs."""
+    (``tune_s``) count with its ``train_s``: its FLOPs include the grid's epochs. A phase the feature cache
+    served (``cached_phases``: charged what it cost once, in every cell that reuses it) gives no sample; the
+    row's other phases do (study rows mostly reuse their features: their fit rates were all left out)."""
     samples: dict[tuple, list[tuple[float, float]]] = {}
     for row in read_rows(results_csv):
         if row.get("row_type") != "final" or row.get("status") != "ok" or row.get("method") not in REGISTRY:
@@ -90,7 +94,7 @@ def measured_rates(results_csv: str | Path) -> Rates:
         device = "cuda" if row.get("device", "").startswith("cuda") else "cpu"
         for phase, f in flops.items():
             seconds = float(row.get(f"{phase}_s") or 0) + (float(extra.get("tune_s") or 0) if phase == "train" else 0)
-            if f > 0 and seconds > 0.05 and "cached_phases" not in extra:
+            if f > 0 and seconds > 0.05 and f"{phase}_s" not in extra.get("cached_phases", ()):
                 for key in ((device, phase), (device, phase, row["method"], label(row["method"], options))):
                     samples.setdefault(key, []).append((f, f / seconds / 1e9))
     return Rates(samples)

@@ -42,7 +42,8 @@ def _non_finite(model: LogisticRegression, X: np.ndarray | None = None) -> str |
 
 class LogisticControl:
     """``C`` chosen on validation from ``Cs`` (default :data:`DEFAULT_CS`), refitted on train + validation
-    (``refit=False``: on the training rows alone, as they were when C was chosen)."""
+    (``refit=False``: the grid's fit at that C, on the training rows alone). ``n_iter_``: L-BFGS iterations
+    per C of the grid (and ``"final"`` for the refit); ``max_iter`` means it stopped before converging."""
 
     def __init__(self, Cs: tuple[float, ...] | None = None, max_iter: int = 1000, refit: bool = True):
         self.Cs = tuple(Cs) if Cs else DEFAULT_CS
@@ -55,21 +56,23 @@ class LogisticControl:
     def fit(self, X, y, X_val=None, y_val=None) -> "LogisticControl":
         """Fit on ``(X, y)``. With ``X_val``, ``y_val`` and more than one ``C``: each ``C`` scored on validation
         (features standardised on the training rows; on a tie, the strongest penalty wins), then a fit at the
-        chosen ``C`` on train + validation (``refit=False``: on the training rows); else at the first ``C``.
+        chosen ``C`` on train + validation (``refit=False``: the grid's fit at that C); else at the first ``C``.
         :class:`NonFiniteFit` when every ``C``, or the final fit, blows up. Returns ``self``."""
         X, y = _numpy(X).astype(np.float64), _numpy(y)
-        self.val_scores_, self.diverged_ = {}, {}
+        self.val_scores_, self.diverged_, self.n_iter_, grid = {}, {}, {}, {}
         if X_val is not None and len(self.Cs) > 1:
             Xv, yv = _numpy(X_val).astype(np.float64), _numpy(y_val)
             scaler = StandardScaler().fit(X)
             Xs, Xvs = scaler.transform(X), scaler.transform(Xv)
             for C in self.Cs:
                 model = self._model(C).fit(Xs, y)
+                self.n_iter_[C] = int(model.n_iter_.max())
                 why = _non_finite(model, Xvs)
                 if why is not None:  # left out of the choice, noted
                     self.diverged_[C] = why
                     continue
                 self.val_scores_[C] = float(model.score(Xvs, yv))
+                grid[C] = (scaler, model)
             if not self.val_scores_:
                 raise NonFiniteFit("logistic regression blew up at every C of the grid ("
                                    + "; ".join(f"C {C:g}: {why}" for C, why in self.diverged_.items())
@@ -80,8 +83,12 @@ class LogisticControl:
                 X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
         else:
             self.alpha_ = self.Cs[0]
-        self.scaler_ = StandardScaler().fit(X)
-        self.model_ = self._model(self.alpha_).fit(self.scaler_.transform(X), y)
+        if self.alpha_ in grid and not self.refit:  # the grid's fit at that C is the model: not fitted twice
+            self.scaler_, self.model_ = grid[self.alpha_]
+        else:
+            self.scaler_ = StandardScaler().fit(X)
+            self.model_ = self._model(self.alpha_).fit(self.scaler_.transform(X), y)
+            self.n_iter_["final"] = int(self.model_.n_iter_.max())
         why = _non_finite(self.model_)  # (its decision values are checked where they are scored)
         if why is not None:
             raise NonFiniteFit(f"logistic regression blew up at C {self.alpha_:g}: {why}; use another C "

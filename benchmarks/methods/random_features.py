@@ -1,13 +1,11 @@
 """The method under test: cut backbone -> encoder -> random projection -> ridge.
 
-No gradients and one pass over the data: the pretrained backbone, truncated at
-the cut, extracts the features of every image once; an encoder binarises them
-(``sign`` by default); a random projection ``Y = |X R|^2`` maps them to
-``n_components`` features; a ridge classifier is fitted, its alpha chosen on
-the validation split, then refitted on train + validation (``refit=False``: kept as fitted on the
-training images alone, the images a backprop trainer fits). ``projection="none"``
-is the control: the ridge sees the encoded (or, with ``encoder="none"``, the
-raw float) features directly.
+No gradients and one pass over the data: the pretrained backbone, truncated at the cut, extracts the
+features of every image once; an encoder binarises them (``sign`` by default); a random projection
+``Y = |X R|^2`` maps them to ``n_components`` features; a ridge classifier is fitted, its alpha chosen on
+the validation split, then refitted on train + validation (``refit=False``: kept as fitted on the training
+images alone, the images a backprop trainer fits). ``projection="none"`` is the control: the ridge sees
+the encoded (or, with ``encoder="none"``, the raw float) features directly.
 
 ``classifier="logistic"`` replaces the ridge by the control of :mod:`benchmarks.methods.logistic`
 (scikit-learn's L-BFGS logistic regression, its ``C`` chosen on validation and reported in the
@@ -42,10 +40,12 @@ import torch
 
 from benchmarks.core.backbones import build_backbone, extract_features, quantize_extractor
 from benchmarks.core.flops import PRECISION_BYTES, backbone_shape
-from benchmarks.methods.logistic import NonFiniteFit
+from benchmarks.methods.logistic import DEFAULT_CS, NonFiniteFit
 from benchmarks.methods.projections import KERNEL, projection_class, projection_names
 from benchmarks.core.protocol import CellShape, RunContext
+from projector._base import auto_alphas
 from projector._pcg import CG_FROM_ROWS, direct_bytes, iterative_bytes
+from projector._solvers import grid_solver_for
 
 
 def _require_finite(x: torch.Tensor, what: str, fix) -> None:
@@ -148,6 +148,7 @@ def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device) -> bool:
 
 
 _CG_ITERATIONS = 100  # planned products with the Gram per conjugate-gradient solve (grid, refit)
+_LBFGS_ITERATIONS = 100  # planned L-BFGS iterations per fit of the logistic control (the measured rate absorbs it)
 
 
 def _kernel_solve_flops(n_fit: int, n: int, n_classes: int) -> float:
@@ -158,9 +159,18 @@ def _kernel_solve_flops(n_fit: int, n: int, n_classes: int) -> float:
     return _CG_ITERATIONS * 2.0 * (n**2 * 13 * n_classes + n_fit**2 * n_classes)
 
 
-def _ridge_flops(n: int, d: int) -> float:
+def _ridge_flops(n: int, d: int, n_alphas: int) -> float:
+    """The smaller Gram, then the grid's solves as :func:`projector._solvers.grid_solver_for` picks them:
+    one eigendecomposition (~9 m^3) or a Cholesky per alpha (m^3 / 3 each)."""
     m = min(n, d)
-    return 2.0 * n * d * m + 9.0 * m**3
+    return 2.0 * n * d * m + (9.0 * m**3 if grid_solver_for(m, n_alphas, "cpu") == "eigh" else n_alphas * m**3 / 3)
+
+
+def _logistic_flops(n: int, n_final: int, d: int, n_classes: int, n_cs: int) -> float:
+    """The logistic control's fits: each C on the n training rows, then the chosen one on n_final rows (train +
+    validation with the refit; 0 without: the grid's fit is kept); an L-BFGS iteration is a product with X and
+    one with X^T."""
+    return _LBFGS_ITERATIONS * 4.0 * d * n_classes * (n_cs * n + n_final)
 
 
 class RandomFeatures:
@@ -193,17 +203,19 @@ class RandomFeatures:
                                                                                      shape.n_classes)
         else:
             k = dim if proj == "none" else int(config.n_components)
-            fit = _ridge_flops(shape.n_train, k)
+            n, grid = shape.n_train, len(config.alphas or ())
+            fit = (_logistic_flops(n, n_fit if config.refit else 0, k, shape.n_classes, grid or len(DEFAULT_CS))
+                   if config.classifier == "logistic" else _ridge_flops(n, k, grid or len(auto_alphas(1.0))))
         per_mac = 0 if proj == KERNEL else projection_class(proj).flops_per_mac
         flops = {"extract": float(fwd * n_fit), "fit": fit, "project": float(per_mac * n_fit * dim * max(k, 0))}
         return flops, {"feature_dim": dim, "k": k, "params": params}
 
     @classmethod
     def memory_bytes(cls, config: RandomFeaturesConfig, shape: CellShape) -> int:
-        """The largest set of live arrays: images, features, then the projected features and the
-        ridge's Grams (or the streamed Gram with its (k,) mean and (k, classes) weights, or the exact
-        kernel's (N, N) Gram in float32 and float64 -- past ``CG_FROM_ROWS`` train + validation rows
-        one float32 (N, N) Gram and the conjugate gradients' preconditioner and blocks)."""
+        """The largest set of live arrays: images, features, then the projected features and the ridge's
+        Grams or the logistic control's float64 features and their standardised copy (or the streamed Gram
+        with its (k,) mean and (k, classes) weights, or the exact kernel's (N, N) Gram in float32 and float64
+        -- past ``CG_FROM_ROWS`` rows one float32 (N, N) Gram and the conjugate gradients' preconditioner)."""
         _, info = cls.flops(config, shape)
         dim, params = info["feature_dim"], info["params"]
         n_fit, n, n_all = shape.n_train + shape.n_val, shape.n_train, shape.n_images
@@ -216,7 +228,7 @@ class RandomFeatures:
         else:
             k = dim if proj == "none" else int(config.n_components)
             m = min(n, k)
-            solve = n_all * k * 4 + 2 * m**2 * 8
+            solve = n_all * k * 4 + (2 * n_fit * k * 8 if config.classifier == "logistic" else 2 * m**2 * 8)
             if _streamable(proj) and config.streaming is not False:
                 # The Gram, the grid's solve, a chunk of rows, and what grows with k alone: the
                 # training mean (k,) and the primal weights (k, classes), both float64.
@@ -375,6 +387,8 @@ def _model_columns(cfg: RandomFeaturesConfig, model, projection, ext, n_out: int
         # validation accuracy at every penalty of the grid (the report's tuning table)
         "grid_val_acc": {f"{a:.6g}": float(v) for a, v in val_scores.items()} if len(val_scores) > 1 else None,
         **diverged,
+        **({"lbfgs_iterations": {str(a) if isinstance(a, str) else f"{a:g}": n for a, n in model.n_iter_.items()},
+            "lbfgs_max_iter": model.max_iter} if cfg.classifier == "logistic" else {}),  # max_iter: not converged
         "backbone_param_count": ext.param_count, "backbone_bytes": ext.param_bytes,
         # R is regenerated from the seed, never stored: 0 bytes kept; what it would weigh:
         "projection_bytes": 0,
