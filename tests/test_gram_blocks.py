@@ -14,7 +14,7 @@ import torch
 from projector import _factor as F
 from projector import _linalg as L
 from projector.kernel import KernelRidgeClassifier
-from projector.projections import GaussianProjection, NoProjection
+from projector.projections import GaussianProjection
 from projector.ridge import RidgeClassifier
 from projector.streaming import StreamingRidgeClassifier
 
@@ -163,8 +163,10 @@ N_PAST = 46_342  # the smallest N with N * N > 2**31: one ssyrk over the whole G
 @pytest.mark.skipif(not Path("/proc/meminfo").exists() or _mem_available_bytes() < 12 * 2**30,
                     reason="needs ~10 GB free memory: one (46342, 46342) float32 Gram is 8.6 GB")
 def test_gram_past_2_31_elements():
-    """The (N, N) Gram at N = 46,342 through ``gram`` and the streaming dual pass: no crash
-    (the old single ssyrk segfaulted with d = 64), entries equal to direct dot products."""
+    """The (N, N) Gram at N = 46,342 through ``gram``: no crash (the old single ssyrk segfaulted with
+    d = 64), entries equal to direct dot products. The streaming dual pass forms its Gram through the same
+    ``_syrk_`` and ``_symmetrize_`` (its centring in tiles: ``test_streaming_fit_in_tiles_is_the_same_fit``);
+    a second 8.6 GB Gram here cost CI ~40 s, mostly the machine mapping fresh memory."""
     d = 64
     g = torch.Generator().manual_seed(5)
     X = (torch.rand(N_PAST, d, generator=g) > 0.5).to(torch.uint8)
@@ -177,15 +179,3 @@ def test_gram_past_2_31_elements():
     torch.testing.assert_close(K[check], exact, rtol=0, atol=0)
     torch.testing.assert_close(K[:, check].T, exact, rtol=0, atol=0)
     torch.testing.assert_close(K.diagonal(), Xf.sum(1), rtol=0, atol=0)
-    del K
-
-    st = StreamingRidgeClassifier(NoProjection(n_components=d), solver="dual")
-    st.projection.fit(Xf)
-    Kz, mu = st._dual_gram([Xf[:40_000], Xf[40_000:]])  # train rows then "validation" rows
-    assert Kz.shape == (N_PAST, N_PAST)
-    mu_ref = Xf[:40_000].double().mean(0)
-    torch.testing.assert_close(mu, mu_ref, rtol=1e-12, atol=1e-12)
-    Z = Xf.double() - mu_ref
-    ref = Z[check] @ Z.T
-    torch.testing.assert_close(Kz[check].double(), ref, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(Kz[:, check].T.double(), ref, rtol=1e-5, atol=1e-4)

@@ -19,23 +19,30 @@ from benchmarks.core.cuts import skeleton
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 4}  # int8 features come out dequantized
 
 
-def forward_flops(model: torch.nn.Module, image_size: int) -> int:
-    """FLOPs of one (3, image_size, image_size) image through ``model``."""
+def _meta_forward(model: torch.nn.Module, image_size: int) -> tuple[tuple[int, ...], int]:
+    """(output shape without the batch, FLOPs) of one (3, image_size, image_size) image through ``model``,
+    one forward on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
     meta = copy.deepcopy(model).to("meta").eval()  # eval: BatchNorm takes a batch of one
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        meta(torch.zeros(1, 3, image_size, image_size, device="meta"))
-    return int(counter.get_total_flops())
+        y = meta(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    return tuple(int(s) for s in y.shape[1:]), int(counter.get_total_flops())
+
+
+def forward_flops(model: torch.nn.Module, image_size: int) -> int:
+    """FLOPs of one (3, image_size, image_size) image through ``model``."""
+    return _meta_forward(model, image_size)[1]
 
 
 @functools.lru_cache(maxsize=None)
 def backbone_shape(backbone: str, cut: str | None, image_size: int, pool_size: int = 0) -> tuple[int, int, int]:
-    """(feature_dim, forward FLOPs per image, parameter count) of the backbone cut at ``cut``."""
+    """(feature_dim, forward FLOPs per image, parameter count) of the backbone cut at ``cut``: its output
+    shape and FLOPs from one forward on the meta device (a suite of many cuts plans each once)."""
     ext = truncate(backbone, skeleton(backbone), cut)  # meta weights: eval mode, nothing allocated
-    c, h, w = ext.out_shape(image_size)
+    (c, h, w), fwd = _meta_forward(ext, image_size)
     dim = c * pool_size * pool_size if pool_size else c * h * w
-    return dim, forward_flops(ext, image_size), ext.param_count
+    return dim, fwd, ext.param_count
 
 
 def network_shape(net: torch.nn.Module, image_size: int) -> tuple[int, int]:
