@@ -159,11 +159,11 @@ def _kernel_solve_flops(n_fit: int, n: int, n_classes: int) -> float:
     return _CG_ITERATIONS * 2.0 * (n**2 * 13 * n_classes + n_fit**2 * n_classes)
 
 
-def _ridge_flops(n: int, d: int, n_alphas: int) -> float:
+def _ridge_flops(n: int, d: int, n_alphas: int, device: str = "cpu") -> float:
     """The smaller Gram, then the grid's solves as :func:`projector._solvers.grid_solver_for` picks them:
     one eigendecomposition (~9 m^3) or a Cholesky per alpha (m^3 / 3 each)."""
     m = min(n, d)
-    return 2.0 * n * d * m + (9.0 * m**3 if grid_solver_for(m, n_alphas, "cpu") == "eigh" else n_alphas * m**3 / 3)
+    return 2.0 * n * d * m + (9.0 * m**3 if grid_solver_for(m, n_alphas, device) == "eigh" else n_alphas * m**3 / 3)
 
 
 def _logistic_flops(n: int, n_final: int, d: int, n_classes: int, n_cs: int) -> float:
@@ -203,9 +203,9 @@ class RandomFeatures:
                                                                                      shape.n_classes)
         else:
             k = dim if proj == "none" else int(config.n_components)
-            n, grid = shape.n_train, len(config.alphas or ())
+            n, grid, dev = shape.n_train, len(config.alphas or ()), shape.device
             fit = (_logistic_flops(n, n_fit if config.refit else 0, k, shape.n_classes, grid or len(DEFAULT_CS))
-                   if config.classifier == "logistic" else _ridge_flops(n, k, grid or len(auto_alphas(1.0))))
+                   if config.classifier == "logistic" else _ridge_flops(n, k, grid or len(auto_alphas(1.0)), dev))
         per_mac = 0 if proj == KERNEL else projection_class(proj).flops_per_mac
         flops = {"extract": float(fwd * n_fit), "fit": fit, "project": float(per_mac * n_fit * dim * max(k, 0))}
         return flops, {"feature_dim": dim, "k": k, "params": params}
@@ -387,7 +387,7 @@ def _model_columns(cfg: RandomFeaturesConfig, model, projection, ext, n_out: int
         # validation accuracy at every penalty of the grid (the report's tuning table)
         "grid_val_acc": {f"{a:.6g}": float(v) for a, v in val_scores.items()} if len(val_scores) > 1 else None,
         **diverged,
-        **({"lbfgs_iterations": {str(a) if isinstance(a, str) else f"{a:g}": n for a, n in model.n_iter_.items()},
+        **({"lbfgs_iterations": {a if isinstance(a, str) else f"{a:g}": n for a, n in model.n_iter_.items()},
             "lbfgs_max_iter": model.max_iter} if cfg.classifier == "logistic" else {}),  # max_iter: not converged
         "backbone_param_count": ext.param_count, "backbone_bytes": ext.param_bytes,
         # R is regenerated from the seed, never stored: 0 bytes kept; what it would weigh:
