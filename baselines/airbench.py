@@ -214,8 +214,10 @@ class Airbench(FromScratch):
         cfg = config
         _, info = cls.flops(config, shape)
         batch = min(cfg.batch_size or 1024, max(shape.n_train, 2))
+        evaluated = min(_EVAL_BATCH, max(shape.n_val, shape.n_test, 1))  # inference runs in batches of 2,000
         return (shape.n_images * 3 * shape.image_size**2 + info["params"] * 4 * 4
-                + batch * _activation_bytes(cfg.widths, shape.image_size))
+                + max(batch * _activation_bytes(cfg.widths, shape.image_size),
+                      evaluated * _inference_bytes(cfg.widths, shape.image_size)))
 
     def __init__(self, config: AirbenchConfig | None = None):
         self.config = config or AirbenchConfig()
@@ -350,6 +352,17 @@ class Airbench(FromScratch):
         optimizer.zero_grad(set_to_none=True)
         optimizer.load_state_dict(opt_state)
         model.load_state_dict(model_state)
+
+
+def _inference_bytes(widths: tuple[int, ...], image_size: int) -> int:
+    """Bytes live per image in an inference forward (fp32, no gradients): the largest layer's input and
+    output together, a planning estimate."""
+    side = image_size - 1  # after the unpadded 2x2 whitening conv
+    largest = 24 * side**2
+    for width in widths:
+        largest = max(largest, width * side**2)  # conv1 output, before the pool
+        side //= 2
+    return 4 * 2 * largest
 
 
 def _activation_bytes(widths: tuple[int, ...], image_size: int) -> int:

@@ -11,6 +11,7 @@ index) for a frame from ``transform``.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -94,18 +95,26 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
-def largest_fitting(need, free: int) -> int:
-    """The largest k >= 0 with need(k) <= free (need increasing), to 3 significant digits, rounded down."""
-    lo, hi = 0, 1
-    while need(hi) <= free and hi < 10**15:
-        lo, hi = hi, hi * 2
+def largest_fitting(need, free: int, limit: int = 10**15) -> int:
+    """The largest k >= 0 (up to ``limit``) with need(k) <= free, to 3 significant digits, rounded down.
+
+    ``need`` may drop where a caller switches path (random features stream past a share of free memory), so
+    it is taken as increasing only between the points of a geometric grid 1 % apart, each of which is tried.
+    """
+    grid = sorted({int(1.01**i) for i in range(int(math.log(limit) / math.log(1.01)) + 1)})
+    fitting = [k for k in grid if need(k) <= free]
+    if not fitting:
+        return 0
+    lo = fitting[-1]
+    hi = next((k for k in grid if k > lo), lo)
     while hi - lo > max(1, lo // 1000):
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if need(mid) <= free else (lo, mid)
     if lo < 1000:
         return lo
     scale = 10 ** (len(str(lo)) - 3)
-    return lo // scale * scale
+    rounded = lo // scale * scale
+    return rounded if need(rounded) <= free else lo  # rounding down may cross back over a switch
 
 
 def check_memory(who: str, need, k: int, device, what: str, fix: str) -> None:

@@ -163,7 +163,7 @@ def test_a_row_whose_features_came_from_the_cache_still_gives_its_fit_rate(tmp_p
 
 
 def test_the_logistic_controls_planned_flops_follow_its_grid_and_rows_not_the_ridges():
-    from benchmarks.methods.random_features import _logistic_flops, _ridge_flops
+    from benchmarks.methods.costs import logistic_flops as _logistic_flops, ridge_flops as _ridge_flops
 
     base = {"method": "random-features", "projection": "none", "encoder": "none", "dataset": "cifar10",
             "weights": "none", "image_size": 32, "test_per_class": 5, "device": "cpu", "refit": False}

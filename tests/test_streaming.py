@@ -108,6 +108,24 @@ def test_use_streaming_auto_by_memory(monkeypatch):
         use_streaming(RandomFeaturesConfig(projection="opu", streaming=True), 10, "cpu")
 
 
+def test_the_memory_plan_shows_the_path_a_run_takes():
+    # The full-size Gaussian cell of curve-cifar10 (45,000 + 5,000 + 10,000 images, k = 16,000): with 22 GiB free
+    # a run holds its (N, k) features (3.8 GB, under a quarter of that), with 12 GiB it streams. The plan once
+    # showed the streamed path (6.6 GiB) for both, while the run held its features and peaked at 10.3 GB.
+    from dataclasses import replace
+
+    from benchmarks.core.protocol import CellShape
+
+    shape = CellShape(backbone="mobilenet_v2", cut="features.18", image_size=96, n_train=45_000, n_val=5_000,
+                      n_test=10_000)
+    cfg = RandomFeaturesConfig(n_components=16_000, refit=False)
+    assert not use_streaming(cfg, 60_000, "cpu", 22 << 30) and use_streaming(cfg, 60_000, "cpu", 12 << 30)
+    held, streamed = (RandomFeatures.memory_bytes(cfg, replace(shape, free_bytes=gib << 30)) for gib in (22, 12))
+    assert held == RandomFeatures.memory_bytes(replace(cfg, streaming=False), shape) > 9 * 10**9
+    assert streamed == RandomFeatures.memory_bytes(replace(cfg, streaming=True), shape) < 7 << 30
+    assert RandomFeatures.memory_bytes(cfg, shape) == streamed  # free memory unknown: the smaller path
+
+
 @pytest.fixture(scope="module")
 def _ctx_factory():
     from benchmarks.core.data import synthetic_bundle

@@ -162,6 +162,11 @@ def test_largest_n_components_named_does_fit():
     need = lambda k: 4 * 60 * k + 1000  # noqa: E731
     k = largest_fitting(need, 10**9)
     assert need(k) <= 10**9 < need(int(k * 1.01))
+    # A need that drops where a caller switches path (random features stream past a share of free memory):
+    # the held path fits up to k = 500 only, the streamed one from k = 1,001 to 3,000.
+    switched = lambda k: 10 * k if k <= 1000 else k + 2000  # noqa: E731
+    assert largest_fitting(switched, 5000) == 3000
+    assert largest_fitting(switched, 2900) == 290 and largest_fitting(lambda k: 10**20, 5) == 0
 
 
 def test_a_kernel_that_cannot_fit_is_refused_before_the_gram():

@@ -82,11 +82,26 @@ class CellShape:
     n_val: int = 0
     n_test: int = 0
     device: str = "cpu"  # device type: cpu | cuda
+    # the device's free memory when planned: a method whose path depends on it (random features stream past a
+    # share of it) plans the path a run would take; None (planned for another machine): the smallest path
+    free_bytes: int | None = None
 
     @property
     def n_images(self) -> int:
         """Images of all three splits together."""
         return self.n_train + self.n_val + self.n_test
+
+
+#: What a cell's process holds beyond the arrays its method's ``memory_bytes`` plans: library code and kernels
+#: loaded on first use (MKL, oneDNN, scikit-learn), the allocator's slack, buffers in flight. The harness adds it
+#: to every plan; sized on the full-size CIFAR-10 cells, whose peaks ran 0.31-0.66 GB over their arrays' plans
+#: (docs/performance.md, "The finite-k paths at full size").
+PROCESS_ALLOWANCE_BYTES = 768 << 20
+
+
+def planned_memory_bytes(method_cls, config: Any, shape: CellShape) -> int:
+    """A cell's planned peak memory: its method's arrays, plus :data:`PROCESS_ALLOWANCE_BYTES`."""
+    return int(method_cls.memory_bytes(config, shape)) + PROCESS_ALLOWANCE_BYTES
 
 
 class Method(Protocol):

@@ -41,7 +41,7 @@ from benchmarks.core.devices import resolve_device  # noqa: F401 (re-exported: t
 from benchmarks.methods.projections import takes_n_components
 from benchmarks.harness.registry import REGISTRY, config_fields, get_method, make_config
 from benchmarks.core.plugins import normalise
-from benchmarks.core.protocol import CellShape
+from benchmarks.core.protocol import CellShape, planned_memory_bytes
 from projector._validation import format_bytes, largest_fitting  # noqa: F401 (format_bytes: re-exported)
 
 #: Seeds are honoured as 32-bit numbers (numpy's and torch's generators, the projections' R).
@@ -330,9 +330,12 @@ def cell_shape(cell: Cell, device: torch.device | None = None) -> CellShape:
         n_fit = per_class_train * n_classes if per_class_train else full_train
         n_val = int(round(n_fit * cell.val_fraction))
     n_test = cell.test_per_class * n_classes if cell.test_per_class else full_test
-    dev = device.type if device is not None else resolve_device(cell.device).type
+    from projector.projections import available_memory_bytes
+
+    dev = device if device is not None else resolve_device(cell.device)
     return CellShape(backbone=cell.backbone, cut=cell.cut, image_size=cell.image_size, precision=cell.precision,
-                     n_classes=n_classes, n_train=n_fit - n_val, n_val=n_val, n_test=n_test, device=dev)
+                     n_classes=n_classes, n_train=n_fit - n_val, n_val=n_val, n_test=n_test, device=dev.type,
+                     free_bytes=available_memory_bytes(dev))
 
 
 def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> int:
@@ -345,20 +348,20 @@ def plan_memory(cell: Cell, device: torch.device, free: int | None = None) -> in
 
     method_cls = get_method(cell.method)
     config = cell.config
-    shape = cell_shape(cell, device)
-    need = method_cls.memory_bytes(config, shape)
     free = available_memory_bytes(device) if free is None else free
+    shape = replace(cell_shape(cell, device), free_bytes=free)
+    need = planned_memory_bytes(method_cls, config, shape)
     if need <= free:
         return need
     msg = (f"{describe(cell)} needs about {format_bytes(need)} of memory ({shape.n_images} images), "
            f"but {device.type} has {format_bytes(free)} free.")
     if hasattr(config, "n_components") and takes_n_components(config.projection):
-        k = largest_fitting(lambda k: method_cls.memory_bytes(replace(config, n_components=k), shape), free)
+        k = largest_fitting(lambda k: planned_memory_bytes(method_cls, replace(config, n_components=k), shape), free)
         msg += (f" The largest number of random features that fits is about k = {k:,}; use --n-components "
                 f"{k} or fewer" if k else " Even k = 1 does not fit")
         msg += ", or fewer images (--train-per-class, --test-per-class)."
     else:
-        msg += _fewer_images(lambda s: method_cls.memory_bytes(config, s), shape, cell, free)
+        msg += _fewer_images(lambda s: planned_memory_bytes(method_cls, config, s), shape, cell, free)
     raise CellError(msg)
 
 

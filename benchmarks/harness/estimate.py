@@ -33,7 +33,7 @@ from pathlib import Path
 
 from benchmarks.harness.cells import Cell, cell_shape, describe, format_bytes
 from benchmarks.harness.registry import REGISTRY, get_method, label, make_config
-from benchmarks.core.protocol import CellShape
+from benchmarks.core.protocol import CellShape, planned_memory_bytes
 from benchmarks.harness.results import RESULTS_FILE, read_rows
 
 #: Rough sustained GFLOP/s per phase, used when no earlier result measured them. The CPU
@@ -117,7 +117,7 @@ def estimate(cell: Cell, rates: dict[tuple, float] | None = None) -> dict:
         sources.add("measured" if rate else "default")
         seconds += f / 1e9 / (rate or DEFAULT_GFLOPS[shape.device][phase])
     return {"images": shape.n_images, "feature_dim": info["feature_dim"], "k": info["k"],
-            "memory_bytes": int(method_cls.memory_bytes(config, shape)), "time_s": seconds,
+            "memory_bytes": planned_memory_bytes(method_cls, config, shape), "time_s": seconds,
             "rate_source": "+".join(sorted(sources)), "device": shape.device}
 
 

@@ -33,7 +33,7 @@ from benchmarks.core.features import FeatureCache
 from benchmarks.harness.registry import REGISTRY, get_method
 from benchmarks.core.plugins import source as plugin_source
 from benchmarks.harness.predictions import ROW_KEY, Predictions
-from benchmarks.core.protocol import RunContext
+from benchmarks.core.protocol import RunContext, planned_memory_bytes
 from benchmarks.core.timing import Clock, peak_memory_bytes, reset_peak_memory
 
 Sink = Callable[[list[dict]], None]
@@ -216,7 +216,7 @@ def _estimate(method_cls, config, cell: Cell, device) -> dict:
         shape = cell_shape(cell, device)
         flops, _ = method_cls.flops(config, shape)
         return {"flops": {k: float(v) for k, v in flops.items()},
-                "memory_bytes": int(method_cls.memory_bytes(config, shape))}
+                "memory_bytes": planned_memory_bytes(method_cls, config, shape)}
     except Exception as err:  # a cost model that fails must not fail the cell; the row says why
         return {"error": f"{type(err).__name__}: {err}"[:300]}
 

@@ -40,12 +40,12 @@ import torch
 
 from benchmarks.core.backbones import build_backbone, extract_features, quantize_extractor
 from benchmarks.core.flops import PRECISION_BYTES, backbone_shape
+from benchmarks.methods.costs import kernel_solve_flops, logistic_flops, ridge_flops
 from benchmarks.methods.logistic import DEFAULT_CS, NonFiniteFit
 from benchmarks.methods.projections import KERNEL, projection_class, projection_names
 from benchmarks.core.protocol import CellShape, RunContext
 from projector._base import auto_alphas
 from projector._pcg import CG_FROM_ROWS, direct_bytes, iterative_bytes
-from projector._solvers import grid_solver_for
 
 
 def _require_finite(x: torch.Tensor, what: str, fix) -> None:
@@ -131,8 +131,9 @@ def _streamable(projection: str) -> bool:
     return projection != KERNEL and projection_class(projection).streamable
 
 
-def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device) -> bool:
-    """Whether the ridge is fitted by streaming for ``n_rows`` (train + validation + test) rows."""
+def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device, free: int | None = None) -> bool:
+    """Whether the ridge is fitted by streaming for ``n_rows`` (train + validation + test) rows, with ``free``
+    bytes of memory (default: what ``device`` has free now)."""
     if not _streamable(cfg.projection):
         if cfg.streaming:
             streamable = [n for n in projection_names() if n != KERNEL and _streamable(n)]
@@ -144,33 +145,8 @@ def use_streaming(cfg: RandomFeaturesConfig, n_rows: int, device) -> bool:
     from projector.projections import available_memory_bytes
     from projector.streaming import feature_matrix_bytes
 
-    return feature_matrix_bytes(n_rows, cfg.n_components) > _STREAM_MEMORY_FRACTION * available_memory_bytes(device)
-
-
-_CG_ITERATIONS = 100  # planned products with the Gram per conjugate-gradient solve (grid, refit)
-_LBFGS_ITERATIONS = 100  # planned L-BFGS iterations per fit of the logistic control (the measured rate absorbs it)
-
-
-def _kernel_solve_flops(n_fit: int, n: int, n_classes: int) -> float:
-    """The exact kernel's solves: a float32 Cholesky per alpha (13) on the direct path, or the
-    conjugate gradients' products with the Gram (every alpha and class; then the refit)."""
-    if n_fit < CG_FROM_ROWS:
-        return 13 * n**3 / 3.0
-    return _CG_ITERATIONS * 2.0 * (n**2 * 13 * n_classes + n_fit**2 * n_classes)
-
-
-def _ridge_flops(n: int, d: int, n_alphas: int, device: str = "cpu") -> float:
-    """The smaller Gram, then the grid's solves as :func:`projector._solvers.grid_solver_for` picks them:
-    one eigendecomposition (~9 m^3) or a Cholesky per alpha (m^3 / 3 each)."""
-    m = min(n, d)
-    return 2.0 * n * d * m + (9.0 * m**3 if grid_solver_for(m, n_alphas, device) == "eigh" else n_alphas * m**3 / 3)
-
-
-def _logistic_flops(n: int, n_final: int, d: int, n_classes: int, n_cs: int) -> float:
-    """The logistic control's fits: each C on the n training rows, then the chosen one on n_final rows (train +
-    validation with the refit; 0 without: the grid's fit is kept); an L-BFGS iteration is a product with X and
-    one with X^T."""
-    return _LBFGS_ITERATIONS * 4.0 * d * n_classes * (n_cs * n + n_final)
+    free = available_memory_bytes(device) if free is None else free
+    return feature_matrix_bytes(n_rows, cfg.n_components) > _STREAM_MEMORY_FRACTION * free
 
 
 class RandomFeatures:
@@ -199,13 +175,13 @@ class RandomFeatures:
         proj = config.projection
         n_fit = shape.n_train + shape.n_val
         if proj == KERNEL:  # one Gram of the train + validation rows, then the solves
-            k, fit = KERNEL_N_COMPONENTS, 2.0 * n_fit**2 * dim + _kernel_solve_flops(n_fit, shape.n_train,
+            k, fit = KERNEL_N_COMPONENTS, 2.0 * n_fit**2 * dim + kernel_solve_flops(n_fit, shape.n_train,
                                                                                      shape.n_classes)
         else:
             k = dim if proj == "none" else int(config.n_components)
             n, grid, dev = shape.n_train, len(config.alphas or ()), shape.device
-            fit = (_logistic_flops(n, n_fit if config.refit else 0, k, shape.n_classes, grid or len(DEFAULT_CS))
-                   if config.classifier == "logistic" else _ridge_flops(n, k, grid or len(auto_alphas(1.0)), dev))
+            fit = (logistic_flops(n, n_fit if config.refit else 0, k, shape.n_classes, grid or len(DEFAULT_CS))
+                   if config.classifier == "logistic" else ridge_flops(n, k, grid or len(auto_alphas(1.0)), dev))
         per_mac = 0 if proj == KERNEL else projection_class(proj).flops_per_mac
         flops = {"extract": float(fwd * n_fit), "fit": fit, "project": float(per_mac * n_fit * dim * max(k, 0))}
         return flops, {"feature_dim": dim, "k": k, "params": params}
@@ -231,10 +207,14 @@ class RandomFeatures:
             solve = n_all * k * 4 + (2 * n_fit * k * 8 if config.classifier == "logistic" else 2 * m**2 * 8)
             if _streamable(proj) and config.streaming is not False:
                 # The Gram, the grid's solve, a chunk of rows, and what grows with k alone: the
-                # training mean (k,) and the primal weights (k, classes), both float64.
+                # training mean (k,) and the primal weights (k, classes), both float64. The path is the
+                # one a run takes with the shape's free memory (unknown: the smaller of the two).
                 streamed = (min(n_fit, k) ** 2 * 4 + 2 * m**2 * 8 + (256 << 20)
                             + k * (shape.n_classes + 1) * 8)
-                solve = streamed if config.streaming else min(solve, streamed)
+                if shape.free_bytes is None and config.streaming is None:
+                    solve = min(solve, streamed)
+                elif use_streaming(config, n_all, shape.device, shape.free_bytes):
+                    solve = streamed
         return int(base + max(features, solve))
 
     def __init__(self, config: RandomFeaturesConfig | None = None):
