@@ -3,10 +3,13 @@ no backbone axes, backprop, and costs read from the network they build over thei
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from baselines._tuning import budget_epochs
-from benchmarks.core.flops import network_shape, trainer_memory_bytes
+from benchmarks.core.flops import activation_elements, network_shape
+from benchmarks.core.protocol import DEFAULT_BATCH_SIZE, CellShape
 
 
 class FromScratch:
@@ -27,10 +30,22 @@ class FromScratch:
     @classmethod
     def flops(cls, config, shape) -> tuple[dict[str, float], dict]:
         epochs = budget_epochs(config.epochs, getattr(config, "lr_grid", None), getattr(config, "tune_epochs", None))
-        fwd, params = network_shape(cls.network(config, shape), shape.image_size)
+        fwd, params, _ = _network_costs(cls, config, shape.n_classes, shape.image_size)
         return {"train": 3.0 * fwd * shape.n_train * epochs}, {"feature_dim": 0, "k": 0, "params": params}
 
     @classmethod
     def memory_bytes(cls, config, shape) -> int:
-        _, info = cls.flops(config, shape)
-        return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)
+        """The images (uint8), weights with their gradients and two optimiser moments, and a training batch's
+        activations (every layer's output, fp32)."""
+        _, params, activations = _network_costs(cls, config, shape.n_classes, shape.image_size)
+        batch = min(getattr(config, "batch_size", None) or DEFAULT_BATCH_SIZE, max(shape.n_train, 1))
+        return shape.n_images * 3 * shape.image_size**2 + params * 4 * 4 + batch * activations * 4
+
+
+@functools.lru_cache(maxsize=256)
+def _network_costs(cls, config, n_classes: int, image_size: int) -> tuple[int, int, int]:
+    """(forward FLOPs per image, parameters, activation elements per image) of the network ``cls`` builds, from
+    the meta device, once per configuration and shape (a refusal's search plans many sizes)."""
+    net = cls.network(config, CellShape(n_classes=n_classes, image_size=image_size))
+    fwd, params = network_shape(net, image_size)
+    return fwd, params, activation_elements(net, image_size)

@@ -50,6 +50,23 @@ def network_shape(net: torch.nn.Module, image_size: int) -> tuple[int, int]:
     return forward_flops(net, image_size), sum(p.numel() for p in net.parameters())
 
 
+def activation_elements(net: torch.nn.Module, image_size: int) -> int:
+    """Elements a training forward keeps per image for the backward pass: the outputs of every leaf module,
+    counted on the meta device (an upper bound where a module works in place)."""
+    meta, total = copy.deepcopy(net).to("meta").eval(), [0]
+
+    def count(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            total[0] += output[0].numel()
+
+    hooks = [m.register_forward_hook(count) for m in meta.modules() if not any(m.children())]
+    with torch.no_grad():
+        meta(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return total[0]
+
+
 def trainer_memory_bytes(param_count: int, image_size: int, batch_size: int = 256) -> int:
     """Weights, gradients and two optimiser moments, plus a rough activation allowance."""
     return param_count * 4 * 4 + batch_size * 3 * image_size**2 * 4 * 20

@@ -46,6 +46,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from benchmarks.core.timing import Clock
 
 
+#: Images per batch where neither the cell (``--batch-size``) nor a method's recipe says otherwise.
+DEFAULT_BATCH_SIZE = 128
+
+
 @dataclass
 class RunContext:
     """What the runner hands a method for one cell of a benchmark (values already resolved)."""
@@ -59,7 +63,7 @@ class RunContext:
     cut: str | None = None
     weights: str = "DEFAULT"
     precision: str = "fp32"
-    batch_size: int = 128
+    batch_size: int = DEFAULT_BATCH_SIZE
     progress: bool = True
     # Per-epoch rows (time-to-accuracy curves); the runner adds the common columns.
     emit: Callable[[dict], None] = field(default=lambda row: None)

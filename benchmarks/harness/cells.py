@@ -41,7 +41,7 @@ from benchmarks.core.devices import resolve_device  # noqa: F401 (re-exported: t
 from benchmarks.methods.projections import takes_n_components
 from benchmarks.harness.registry import REGISTRY, config_fields, get_method, make_config
 from benchmarks.core.plugins import normalise
-from benchmarks.core.protocol import CellShape, planned_memory_bytes
+from benchmarks.core.protocol import DEFAULT_BATCH_SIZE, CellShape, planned_memory_bytes
 from projector._validation import format_bytes, largest_fitting  # noqa: F401 (format_bytes: re-exported)
 
 #: Seeds are honoured as 32-bit numbers (numpy's and torch's generators, the projections' R).
@@ -73,7 +73,7 @@ class Cell:
     #: A fixed validation split of this many images per class, held out once from the training pool (the
     #: same at every size and seed; val_fraction unused), training images drawn from the rest with the seed.
     val_per_class: int | None = None
-    batch_size: int = 128
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "auto"
     seed: int = 0
     threads: int | None = None
