@@ -22,7 +22,7 @@ FREE = 22 << 30  # MemAvailable of the 24 GB machines the suites ran on
 # The suites whose committed rows measure each cell's own peak (results/quick predates that: its rows carry the
 # process's high-water mark, shared by consecutive cells). The learning curves join as they are committed.
 SUITES = ["study-cifar10", "study-fashion-mnist", "study-densenet-cuts", "precision", "airbench-full-cpu",
-          "airbench-vs-wrn22", "curve-effnet-cifar10", "curve-cifar10", "curve-fashion-mnist"]
+          "airbench-vs-wrn22", "curve-effnet-cifar10", "logit-iters", "curve-cifar10", "curve-fashion-mnist"]
 
 
 def _measured(suite: str):

@@ -172,15 +172,17 @@ def test_the_logistic_controls_planned_flops_follow_its_grid_and_rows_not_the_ri
         cell = make_cell({**base, **options})
         return RandomFeatures.flops(cell.config, cell_shape(cell))[0]["fit"]
 
-    assert fit(classifier="logistic", train_per_class=200) == pytest.approx(2 * fit(classifier="logistic",
-                                                                                    train_per_class=100))
+    # L-BFGS iterations ~ sqrt(n) (measured 46, 60, 177 a C at 500, 1,500, 15,000 images), each ~ n: n^1.5
+    assert fit(classifier="logistic", train_per_class=200) == pytest.approx(2**1.5 * fit(classifier="logistic",
+                                                                                         train_per_class=100))
     five = fit(classifier="logistic", train_per_class=100, alphas=[1e-3, 1e-2, 0.1, 1.0, 10.0])
     assert five == pytest.approx(5 / 2 * fit(classifier="logistic", train_per_class=100, alphas=[0.1, 1.0]))
     assert fit(classifier="ridge", train_per_class=100) != fit(classifier="logistic", train_per_class=100)
     # The ridge's solves as the ridge picks them: a Cholesky per alpha past ~n = 500 on CPU, eigh below.
     assert _ridge_flops(5000, 10000, 13) == pytest.approx(2 * 5000 * 10000 * 5000 + 13 * 5000**3 / 3)
     assert _ridge_flops(100, 10000, 13) == pytest.approx(2 * 100 * 10000 * 100 + 9 * 100**3)
-    assert _logistic_flops(10, 0, 3, 2, 4) * 2 == _logistic_flops(20, 0, 3, 2, 4)
+    assert _logistic_flops(10, 0, 3, 2, 4) * 2**1.5 == pytest.approx(_logistic_flops(20, 0, 3, 2, 4))
+    assert _logistic_flops(10**8, 0, 3, 2, 1) == pytest.approx(4 * 3 * 2 * 10**8 * 1000)  # LogisticControl's cap
     # Its memory: scikit-learn's float64 features and their standardised copy (13.9 GB measured at full
     # size, where the ridge's plan of 6.3 GiB had been taken for it).
     logistic, ridge = (make_cell({**base, "classifier": c, "train_per_class": 100}) for c in ("logistic", "ridge"))

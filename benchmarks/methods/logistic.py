@@ -25,6 +25,8 @@ class NonFiniteFit(RuntimeError):
 
 #: Inverse regularisation strengths tried on validation.
 DEFAULT_CS = tuple(10.0 ** np.arange(-3, 4))
+#: L-BFGS iterations at most per fit.
+MAX_ITER = 1000
 
 
 def _numpy(X) -> np.ndarray:
@@ -45,7 +47,7 @@ class LogisticControl:
     (``refit=False``: the grid's fit at that C, on the training rows alone). ``n_iter_``: L-BFGS iterations
     per C of the grid (and ``"final"`` for the refit); ``max_iter`` means it stopped before converging."""
 
-    def __init__(self, Cs: tuple[float, ...] | None = None, max_iter: int = 1000, refit: bool = True):
+    def __init__(self, Cs: tuple[float, ...] | None = None, max_iter: int = MAX_ITER, refit: bool = True):
         self.Cs = tuple(Cs) if Cs else DEFAULT_CS
         self.max_iter = max_iter
         self.refit = refit  # False: the model kept is the one fitted on the training rows at the chosen C
