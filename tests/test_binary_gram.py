@@ -225,13 +225,20 @@ def test_kernel_ridge_gives_identical_predictions_with_each_path():
 
 def test_perf_binary_gram_section_reports_each_path_and_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(perf_command, "QUICK", replace(perf_command.QUICK, bgram_n=40, bgram_m=300, bgram_repeats=1))
+    # Each path really runs on the section's matrix: its "int8" and "popcount" timings were once float32's
+    # ssyrk three times (a forced path that the float32 Gram it called never consulted).
+    ran = []
+    for path in ("int8", "popcount"):
+        real = getattr(B, f"_gram_{path}")
+        monkeypatch.setattr(B, f"_gram_{path}", lambda parts, *a, _real=real, _path=path, **k:
+                            ran.append((_path, sum(X.shape[0] for X in parts))) or _real(parts, *a, **k))
     threads = torch.get_num_threads()
     try:
         rc = main(["perf", "--quick", "--no-task", "--threads", "1", "--out", str(tmp_path),
                    "--sections", "binary-gram"])
     finally:
         torch.set_num_threads(threads)
-    assert rc == 0
+    assert rc == 0 and {("int8", 40), ("popcount", 40)} <= set(ran)
     df = pd.read_csv(tmp_path / "perf.csv")
     assert set(df["section"]) == {"binary_gram"} and (df["shape"] == "n=40 m=300 0/1").all()
     assert list(df["case"]) == ["int8 Gram vs float32 (ssyrk), speed-up", "popcount Gram vs float32 (ssyrk), speed-up",

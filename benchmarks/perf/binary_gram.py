@@ -1,7 +1,7 @@
 """``perf --sections binary_gram`` (or ``binary-gram``): the Gram ``X X^T`` of a 0/1 matrix in
 integer arithmetic against float32, timed in one run on the same matrix.
 
-Paths (:mod:`projector._binary_gram`, each forced in turn; all give the same counts, checked
+Paths (:mod:`projector._binary_gram`, each asked for by name; all give the same counts, checked
 here): ``int8`` (``torch._int_mm``, int32 accumulation: oneDNN's VNNI / AMX-INT8 kernels on
 CPU), ``popcount`` (bit-packed rows, ``numpy.bitwise_count``; CPU only) and the reference
 ``float32``, the path the exact kernel takes without them (BLAS ``ssyrk`` of a float32 copy,
@@ -70,9 +70,8 @@ def section_binary_gram(rep: Report, sz: Sizes, device) -> None:
     paths = ["float32", "int8"] + (["popcount"] if torch.device(device).type == "cpu" else [])
     Xf = X.float()
 
-    def run(path):
-        with BG.forced_gram_path(path):
-            return gram([X], None, rows=True)
+    def run(path):  # float32: gram's ssyrk in tiles; the others: the binary path itself, explicitly
+        return gram([X], None, rows=True) if path == "float32" else BG.rows_gram([X], path)
 
     runs = {p: (lambda p=p: run(p)) for p in paths}
     runs["gemm"] = lambda: torch.mm(Xf, Xf.T)
