@@ -38,6 +38,15 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+def int8_tier(device, flags: set[str]) -> str:
+    """``"amx"`` where the CPU has AMX-INT8, ``"vnni"`` where it has VNNI, else ``""``: which targets the
+    integer paths are held to (issue 22: the binary Gram >= 5x / >= 2x float32, the seeds' kernel <= 0.25x /
+    <= 0.5x its float32 floor)."""
+    if torch.device(device).type != "cpu":
+        return ""
+    return "amx" if "amx_int8" in flags else "vnni" if flags & {"avx512_vnni", "avx_vnni"} else ""
+
+
 def int8_metric(device, flags: set[str]) -> tuple[str, str]:
     """(metric, what the CPU has): the AMX target where the CPU has AMX-INT8, the VNNI one where
     it has VNNI, else the untargeted metric."""
@@ -46,11 +55,9 @@ def int8_metric(device, flags: set[str]) -> tuple[str, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     has = (f"CPU flags: {' '.join(sorted(flags)) or 'none of ' + ' '.join(_FLAGS)}; "
            f"torch CPU capability {capability}")
-    if "amx_int8" in flags:
-        return "binary_gram_int8_speedup_amx", "AMX-INT8; " + has
-    if flags & {"avx512_vnni", "avx_vnni"}:
-        return "binary_gram_int8_speedup_vnni", "VNNI, no AMX; " + has
-    return "binary_gram_int8_speedup", "neither VNNI nor AMX; " + has
+    tier = int8_tier(device, flags)
+    what = {"amx": "AMX-INT8; ", "vnni": "VNNI, no AMX; ", "": "neither VNNI nor AMX; "}[tier]
+    return "binary_gram_int8_speedup" + (f"_{tier}" if tier else ""), what + has
 
 
 def section_binary_gram(rep: Report, sz: Sizes, device) -> None:

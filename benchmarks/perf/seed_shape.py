@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.perf.binary_gram import cpu_flags, int8_tier
 from benchmarks.perf.common import Report, Sizes, timed
 from benchmarks.core.timing import PeakMemory, synchronize
 
@@ -213,9 +214,11 @@ def section_seed_shape(rep: Report, sz: Sizes, device, data_dir=None) -> None:
             note=f"{flops_k / t_k / 1e9:.0f} GFLOP/s counting the train Gram and test cross products "
                  f"({flops_k:.3g} flop; the floor's {flops_floor:.3g} at {flops_floor / t_floor / 1e9:.0f} GFLOP/s); "
                  f"{knote}; feature density {measured_density:.3f}; load {load0} -> {load1}", targeted=targeted)
+    cpu = torch.device(device).type == "cpu"
+    tier = int8_tier(device, cpu_flags() if cpu else set())  # an integer Gram's CPU is held to a lower ratio
     rep.add(sec, "exact kernel vs the floor (ssyrk of the same matrix), time", kshape, t_k / t_floor,
-            "seed_kernel_vs_floor", t_k, f"bare float32 ssyrk of the ({n_all}, {m}) matrix", t_floor,
-            note="both timed in this run", targeted=targeted)
+            "seed_kernel_vs_floor" + (f"_{tier}" if tier else ""), t_k, f"bare float32 ssyrk of the ({n_all}, {m}) "
+            "matrix", t_floor, note=f"both timed in this run; {tier.upper() or 'no VNNI or AMX'}", targeted=targeted)
     rep.add(sec, "exact kernel, peak memory", kshape, mem_k.delta_bytes / 1e9, "seed_kernel_peak_gb", t_k,
             peak_bytes=mem_k.delta_bytes, test_acc=acc_k,
             note=f"inputs included ({X.nbytes / 1e9:.2f} GB uint8); absolute process peak "
