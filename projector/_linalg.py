@@ -177,17 +177,19 @@ def _syrk_tiled_(C: torch.Tensor, A: torch.Tensor, rows: bool) -> None:
                     np.add(Cn[i0:i1, j0:j1], res.T, out=Cn[i0:i1, j0:j1])
 
 
+_SYMMETRIZE_TILE = 1024  # rows and columns of a tile (4 MB in float32)
+
+
 def _symmetrize_(C: torch.Tensor) -> torch.Tensor:
     """Copy the lower triangle of C over its upper one (CPU float32, after ``_syrk_``)."""
     if C.device.type == "cpu" and C.dtype == torch.float32:
-        N = C.shape[0]
-        step = max(1, (32 << 20) // max(4 * N, 1))
-        for r0 in range(0, N, step):
-            r1 = min(r0 + step, N)
+        N, T = C.shape[0], _SYMMETRIZE_TILE
+        for r0 in range(0, N, T):  # square tiles: a transposed copy that stays in cache (a whole panel's did not)
+            r1 = min(r0 + T, N)
             blk = C[r0:r1, r0:r1]
             blk.copy_(torch.tril(blk) + torch.tril(blk, -1).T)
-            if r1 < N:
-                C[r0:r1, r1:] = C[r1:, r0:r1].T
+            for c0 in range(r1, N, T):
+                C[r0:r1, c0:c0 + T].copy_(C[c0:c0 + T, r0:r1].T)
     return C
 
 

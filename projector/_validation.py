@@ -39,13 +39,21 @@ def _check_2d(X, who: str) -> torch.Tensor:
 
 
 def all_finite(T: torch.Tensor) -> bool:
-    """Whether every value of T is finite, over row chunks of ~16 MB: ``torch.isfinite`` of a whole
-    (46,342, 46,342) Gram took an 8.6 GB temporary beside its boolean result."""
+    """Whether every value of T is finite, by its min and max over row chunks of ~64 MB: ``torch.isfinite`` of a
+    whole (46,342, 46,342) Gram took an 8.6 GB temporary beside its boolean result, and chunk by chunk 15x the
+    time of one reduction."""
     if not (T.is_floating_point() or T.is_complex()) or T.numel() == 0:
         return True
+    if T.is_complex():
+        T = torch.view_as_real(T)
     rows = T.reshape(T.shape[0], -1) if T.ndim > 1 else T.reshape(-1, 1)
-    step = max(1, (16 << 20) // max(rows.shape[1] * rows.element_size(), 1))
-    return all(bool(torch.isfinite(rows[r0:r0 + step]).all()) for r0 in range(0, rows.shape[0], step))
+    step = max(1, (64 << 20) // max(rows.shape[1] * rows.element_size(), 1))
+    for r0 in range(0, rows.shape[0], step):
+        # one reduction, no temporary: NaN propagates through min and max, an infinity is one of them
+        lo, hi = torch.aminmax(rows[r0:r0 + step])
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return False
+    return True
 
 
 def _check_nonempty_finite(X: torch.Tensor, who: str, name: str = "X", min_samples: int = 1) -> None:

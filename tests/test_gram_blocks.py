@@ -179,3 +179,26 @@ def test_gram_past_2_31_elements():
     torch.testing.assert_close(K[check], exact, rtol=0, atol=0)
     torch.testing.assert_close(K[:, check].T, exact, rtol=0, atol=0)
     torch.testing.assert_close(K.diagonal(), Xf.sum(1), rtol=0, atol=0)
+
+
+def test_symmetrize_in_tiles_mirrors_the_lower_triangle(monkeypatch):
+    monkeypatch.setattr(L, "_SYMMETRIZE_TILE", 7)  # 7-row tiles over 30 rows: a ragged last one
+    C = torch.randn(30, 30, generator=torch.Generator().manual_seed(0))
+    lower = torch.tril(C)
+    out = L._symmetrize_(C.clone())
+    torch.testing.assert_close(out, lower + torch.tril(C, -1).T, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64])
+def test_all_finite_finds_one_bad_value(dtype):
+    from projector._validation import all_finite
+
+    T = torch.ones(3000, 50, dtype=dtype)
+    assert all_finite(T) and all_finite(T[:0]) and all_finite(torch.ones(5, dtype=torch.int64))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        U = T.clone()
+        U[-1, -1] = bad
+        assert not all_finite(U)
+        if dtype.is_complex:
+            U[-1, -1] = complex(1.0, bad)  # bad in the imaginary part only
+            assert not all_finite(U)
