@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
 
