@@ -9,8 +9,8 @@ A method is a class with
 * ``flops(config, shape)``: the floating-point operations of its counted phases for a cell
   of that shape (``{"extract": ..., "train": ...}``) and the sizes they came from, for
   dry-run estimates and measured rates;
-* ``memory_bytes(config, shape)``: the largest live memory it will need, planned before
-  anything is allocated;
+* ``memory_bytes(config, shape)``: the largest live memory its arrays will need, planned before
+  anything is allocated (the harness adds :data:`PROCESS_ALLOWANCE_BYTES` for the process itself);
 * ``label(config)``: a short name for a configuration (``sign+gaussian k=1000``, ``linear-probe``);
 
   each given the method's own ``Config`` (built once from the cell's options; JSON only at the
