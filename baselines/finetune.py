@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from baselines import _training, _tuning
-from benchmarks.core.flops import backbone_shape, trainer_memory_bytes
+from benchmarks.core.flops import backbone_shape, block_activations
+from benchmarks.core.protocol import DEFAULT_BATCH_SIZE
 
 MODES = ("linear-probe", "unfreeze")
 HEADS = ("pool", "flatten")
@@ -181,8 +182,20 @@ class FineTune:
 
     @classmethod
     def memory_bytes(cls, config: FineTuneConfig, shape) -> int:
+        """The images (uint8), the weights with gradients and two optimiser moments, and a batch's activations:
+        every layer output of the blocks that train (kept for the backward pass), and of the frozen ones, which
+        run without gradients, the largest layer's input and output (so the evaluation batches too)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = apply_preset(config)
         _, info = cls.flops(config, shape)
-        return shape.n_images * 3 * shape.image_size**2 + trainer_memory_bytes(info["params"], shape.image_size)
+        blocks = block_activations(shape.backbone, shape.cut, shape.image_size)
+        n = 0 if cfg.mode == "linear-probe" else min(cfg.unfreeze_blocks, len(blocks))
+        trained = sum(total for total, _ in blocks[len(blocks) - n:]) if n else 0
+        passing = 2 * max((largest for _, largest in blocks), default=0)
+        batch = cfg.batch_size or DEFAULT_BATCH_SIZE
+        return (shape.n_images * 3 * shape.image_size**2 + info["params"] * 4 * 4
+                + batch * (trained + passing) * 4)
 
     def __init__(self, config: FineTuneConfig | None = None):
         self.config = apply_preset(config or FineTuneConfig())

@@ -67,6 +67,24 @@ def activation_elements(net: torch.nn.Module, image_size: int) -> int:
     return total[0]
 
 
-def trainer_memory_bytes(param_count: int, image_size: int, batch_size: int = 256) -> int:
-    """Weights, gradients and two optimiser moments, plus a rough activation allowance."""
-    return param_count * 4 * 4 + batch_size * 3 * image_size**2 * 4 * 20
+@functools.lru_cache(maxsize=None)
+def block_activations(backbone: str, cut: str | None, image_size: int) -> tuple[tuple[int, int], ...]:
+    """Per kept block of ``backbone`` cut at ``cut``, in forward order: (the elements of every leaf module's
+    output, the largest one's), per image, from one forward on the meta device."""
+    ext = copy.deepcopy(truncate(backbone, skeleton(backbone), cut)).to("meta").eval()
+    counts = [[0, 0] for _ in ext.blocks]
+
+    def counter(i):
+        def count(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                counts[i][0] += output[0].numel()
+                counts[i][1] = max(counts[i][1], output[0].numel())
+        return count
+
+    hooks = [m.register_forward_hook(counter(i)) for i, block in enumerate(ext.blocks)
+             for m in block.modules() if not any(m.children())]
+    with torch.no_grad():
+        ext(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return tuple((total, largest) for total, largest in counts)
