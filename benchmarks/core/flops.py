@@ -50,29 +50,10 @@ def network_shape(net: torch.nn.Module, image_size: int) -> tuple[int, int]:
     return forward_flops(net, image_size), sum(p.numel() for p in net.parameters())
 
 
-def activation_elements(net: torch.nn.Module, image_size: int) -> int:
-    """Elements a training forward keeps per image for the backward pass: the outputs of every leaf module,
-    counted on the meta device (an upper bound where a module works in place)."""
-    meta, total = copy.deepcopy(net).to("meta").eval(), [0]
-
-    def count(module, inputs, output):
-        if isinstance(output, torch.Tensor):
-            total[0] += output[0].numel()
-
-    hooks = [m.register_forward_hook(count) for m in meta.modules() if not any(m.children())]
-    with torch.no_grad():
-        meta(torch.zeros(1, 3, image_size, image_size, device="meta"))
-    for hook in hooks:
-        hook.remove()
-    return total[0]
-
-
-@functools.lru_cache(maxsize=None)
-def block_activations(backbone: str, cut: str | None, image_size: int) -> tuple[tuple[int, int], ...]:
-    """Per kept block of ``backbone`` cut at ``cut``, in forward order: (the elements of every leaf module's
-    output, the largest one's), per image, from one forward on the meta device."""
-    ext = copy.deepcopy(truncate(backbone, skeleton(backbone), cut)).to("meta").eval()
-    counts = [[0, 0] for _ in ext.blocks]
+def _leaf_outputs(model: torch.nn.Module, groups, image_size: int) -> tuple[tuple[int, int], ...]:
+    """Per group of ``groups`` (submodules of ``model``, already on the meta device): (the elements of every leaf
+    module's output, the largest one's), per image, from one forward of ``model`` on the meta device."""
+    counts = [[0, 0] for _ in groups]
 
     def counter(i):
         def count(module, inputs, output):
@@ -81,10 +62,27 @@ def block_activations(backbone: str, cut: str | None, image_size: int) -> tuple[
                 counts[i][1] = max(counts[i][1], output[0].numel())
         return count
 
-    hooks = [m.register_forward_hook(counter(i)) for i, block in enumerate(ext.blocks)
-             for m in block.modules() if not any(m.children())]
-    with torch.no_grad():
-        ext(torch.zeros(1, 3, image_size, image_size, device="meta"))
-    for hook in hooks:
-        hook.remove()
+    hooks = [m.register_forward_hook(counter(i)) for i, group in enumerate(groups)
+             for m in group.modules() if not any(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
     return tuple((total, largest) for total, largest in counts)
+
+
+def activation_elements(net: torch.nn.Module, image_size: int) -> int:
+    """Elements a training forward keeps per image for the backward pass: the outputs of every leaf module,
+    counted on the meta device (an upper bound where a module works in place)."""
+    meta = copy.deepcopy(net).to("meta").eval()
+    return _leaf_outputs(meta, [meta], image_size)[0][0]
+
+
+@functools.lru_cache(maxsize=None)
+def block_activations(backbone: str, cut: str | None, image_size: int) -> tuple[tuple[int, int], ...]:
+    """Per kept block of ``backbone`` cut at ``cut``, in forward order: (the elements of every leaf module's
+    output, the largest one's), per image, from one forward on the meta device."""
+    ext = copy.deepcopy(truncate(backbone, skeleton(backbone), cut)).to("meta").eval()
+    return _leaf_outputs(ext, list(ext.blocks), image_size)
