@@ -122,7 +122,16 @@ def _side(label: str, config: pd.Series | None) -> dict:
         return {label: "(none with a validation accuracy)", f"{label} val": "", f"{label} test": "",
                 f"{label} train s": ""}
     return {label: name(config), f"{label} val": f"{config['val_acc']:.4f}", f"{label} test": f"{config['test_acc']:.4f}",
-            f"{label} train s": f"{config['train_total_s']:.1f}" if pd.notna(config["train_total_s"]) else ""}
+            f"{label} train s": _seconds(config)}
+
+
+def _seconds(config: pd.Series) -> str:
+    """The configuration's counted training time, said to be an upper bound where a seed of it was timed beside
+    other work (:mod:`benchmarks.report.load`)."""
+    if pd.isna(config["train_total_s"]):
+        return ""
+    busy = config.get("busy", 0.0)
+    return f"{config['train_total_s']:.1f}" + (" (timed beside other work: an upper bound)" if busy > 0 else "")
 
 
 def _compare(entry: Entry, gf: pd.DataFrame, bp: pd.DataFrame, folder: Path | None) -> None:

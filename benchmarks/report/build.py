@@ -17,7 +17,9 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
 * then time to accuracy, and the tables of every configuration (accuracy, time
   breakdown, tuning and model size per method x configuration x cut x precision,
   mean ± std over seeds), the failed cells with their errors, and the runs (commit,
-  dirty tree flagged, the highest load average seen at a row).
+  dirty tree flagged, the highest load average seen at a row). A time measured beside other work (a
+  cell's load above its threads, :mod:`benchmarks.report.load`) is said to be an upper bound wherever it
+  is shown.
 
 The rows, which of them count and the tables come from :mod:`benchmarks.report.tables`;
 this module only lays them out. Malformed rows are skipped with a warning on
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 import sys
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
 from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table
 from benchmarks.report.curve import figure as curve_figure
+from benchmarks.report.load import mark_busy
 from benchmarks.harness.metadata import read_metadata
 from benchmarks.report.reportdir import ReportFolder
 from benchmarks.harness.results import ResultsError
@@ -142,21 +144,13 @@ def _dirty(git: dict) -> str:
 
 
 def _highest_load(rows: pd.DataFrame) -> str:
-    """The highest 1-minute load average seen at a row of the run, over its threads: a run timed
-    beside other work shows a load well above its threads."""
-    loads, threads = [], []
-    for extra, t in zip(rows.get("extra", pd.Series(dtype=object)), rows.get("threads", pd.Series(dtype=object))):
-        try:
-            value = json.loads(extra).get("load_at_row") if isinstance(extra, str) and extra else None
-        except ValueError:
-            value = None
-        if value is not None:
-            loads.append(float(value))
-            threads.append(t)
-    if not loads:
+    """The highest 1-minute load average seen at a row of the run's cells (:func:`mark_busy`), over their
+    threads: a run timed beside other work shows a load well above its threads."""
+    loads = rows.get("highest_load", pd.Series(dtype=float)).dropna()
+    if loads.empty:
         return ""
-    t = pd.to_numeric(pd.Series(threads), errors="coerce").max()
-    return f"{max(loads):.2f}" + (f" ({int(t)} threads)" if pd.notna(t) else "")
+    t = pd.to_numeric(rows.get("threads", pd.Series(dtype=object)), errors="coerce").max()
+    return f"{loads.max():.2f}" + (f" ({int(t)} threads)" if pd.notna(t) else "")
 
 
 def build_report(results: str | Path, out: str | Path | None = None) -> Path:
@@ -171,6 +165,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
     warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
     df = load_results(csv, warn=warn)
     finals, epochs, failed = split_rows(df)
+    finals = mark_busy(finals, df)  # each cell's highest load: times measured beside other work are said so
     if finals.empty:
         failures = f" ({len(failed)} failed: their errors are in the file's error column)" if len(failed) else ""
         raise ResultsError(f"nothing to report: {csv} holds no finished cell{failures}. Run cells into it "

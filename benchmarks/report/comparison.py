@@ -24,7 +24,8 @@ at 96 px on the same images), shown in the tables. In a group:
   (``tune_s``) added. A configuration with a censored seed gets no speed-up (it never reached equal
   accuracy), and neither does a data group whose test split cannot separate its configurations
   (:mod:`benchmarks.report.answer`), nor one whose cells ran on more than one machine (``device_name``:
-  the CPU model; a ratio of times from two CPUs measures the CPUs).
+  the CPU model; a ratio of times from two CPUs measures the CPUs). ``timing`` says which side's times
+  were measured beside other work (:mod:`benchmarks.report.load`): upper bounds.
 
 Training time is ``train_total_s`` (the counted phases); ``tune_s`` is what choosing a
 hyperparameter grid on validation cost (the learning-rate grid of the trainers), shown beside it.
@@ -35,8 +36,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from benchmarks.report.load import busy_note
 from benchmarks.report.tables import BACKPROP, GRADIENT_FREE, GROUP, aggregate, split_sides
-from benchmarks.report.verdict import choose
+from benchmarks.report.verdict import choose, rows_of
 
 #: The columns that make two cells comparable (same data).
 DATA_GROUP = ["dataset", "n_train", "n_val", "n_test"]
@@ -143,7 +145,10 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
                          "speed-up at equal accuracy": speedup,
                          "the same, tuning included": speedup_tuned,
                          "backprop best (val)": round(bp_best, 4),
-                         "gradient-free time to backprop best": gf_time})
+                         "gradient-free time to backprop best": gf_time,
+                         "timing": "; ".join(f"{who}: {note}" for who, note in
+                                             (("backprop", busy_note(runs)), ("target", busy_note(rows_of(gf, best))))
+                                             if note)})
     return pd.DataFrame(rows)
 
 

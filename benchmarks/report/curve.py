@@ -10,7 +10,8 @@ its own:
   :func:`benchmarks.report.verdict.accuracy_variance`), counted training time, the model kept and the
   measured inference time per test image (``predict_s``: the whole pipeline, a kernel scoring against
   its kept training rows, which is what a user deploys; blank for trainers' rows written before they
-  timed their test scoring apart from evaluation).
+  timed their test scoring apart from evaluation), and ``timing``: how many seeds were timed beside
+  other work (:mod:`benchmarks.report.load`), blank where none was.
 * :func:`crossovers`: per dataset with two sizes or more, where the lead changes hands: the interval
   between the last size where the side ahead at the small sizes is significantly ahead and the first
   where the other side is; else "none detected in the range", with the sizes of each kind named.
@@ -27,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmarks.report.answer import Answer, Entry
+from benchmarks.report.load import busy_note
 from benchmarks.report.plots import Figure, legend_outside, pyplot, safe_name, to_png
 from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, LEVEL, accuracy_variance, name, rows_of
 
@@ -71,7 +73,8 @@ def curve_table(found: Answer, finals: pd.DataFrame) -> pd.DataFrame:
                              "val_acc": float(config["val_acc"]), "test_acc": float(config["test_acc"]),
                              "band_low": float(config["test_acc"] - half), "band_high": float(config["test_acc"] + half),
                              "train_s": float(mine["train_total_s"].mean()), "model_mb": float(mine["model_bytes"].mean()) / 1e6,
-                             "inference_ms_per_image": 1e3 * float(per_image), "verdict": e.verdict()})
+                             "inference_ms_per_image": 1e3 * float(per_image), "verdict": e.verdict(),
+                             "timing": busy_note(mine)})
     return pd.DataFrame(rows)
 
 
@@ -122,6 +125,8 @@ def crossovers(found: Answer) -> list[Crossover]:
     return out
 
 
+#: The panels whose values are times: a point timed beside other work is drawn hollow there.
+TIMED = ("train_s", "inference_ms_per_image")
 #: The panels of :func:`figure`: (column, axis label, log scale).
 PANELS = [("test_acc", "test accuracy", False), ("train_s", "counted training time (s, log)", True),
           ("model_mb", "model kept (MB, log)", True), ("inference_ms_per_image", "inference (ms per image, log)", True)]
@@ -147,6 +152,8 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
             ax.plot(mine["n_train"], mine[column], marker="o", color=colours[side], label=side)
             if column == "test_acc":
                 ax.fill_between(mine["n_train"], mine["band_low"], mine["band_high"], color=colours[side], alpha=0.2)
+            busy = mine[mine["timing"].astype(bool)] if column in TIMED and "timing" in mine else mine.iloc[:0]
+            ax.plot(busy["n_train"], busy[column], "o", markerfacecolor="white", color=colours[side])
         if column == "test_acc" and crossover is not None and crossover.low is not None:
             ax.axvspan(crossover.low, crossover.high, color="0.92", zorder=0, label="crossover")
         ax.set_xscale("log")
@@ -172,5 +179,7 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
     fig_info.caption = (f"Each side's configuration chosen on validation at each size; accuracy with its {LEVEL:.0%} "
                         "band (test images and seeds)"
                         + (", the crossover's interval shaded" if crossover is not None and crossover.low else "")
+                        + (". Hollow: timed beside other work (an upper bound)" if "timing" in rows and rows["timing"].astype(bool).any()
+                           else "")
                         + ". The configuration may change from one size to the next: the table below names it.")
     return fig_info

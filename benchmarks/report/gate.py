@@ -20,7 +20,8 @@ a failure, never a pass. Exit status 1 when:
 * a cell of A is missing from B, or failed in B.
 
 Time regressions (ratio above ``1 + --time-tolerance``, or a blank time in B) are
-warnings unless ``--fail-on-time``; cells only in B are warnings. Rows the reader
+warnings unless ``--fail-on-time``; cells only in B are warnings. A cell timed beside other work (its load
+above its threads, :mod:`benchmarks.report.load`) says so in its status: its time ratio is not the code's. Rows the reader
 had to skip (a torn or garbled file) are warnings; the cells they held then count
 as missing. The last line is always ``compare: N passed, M failed``, M counting
 every failure above.
@@ -40,6 +41,7 @@ import pandas as pd
 
 from benchmarks.report.answer import answer
 from benchmarks.report.curve import crossovers
+from benchmarks.report.load import mark_busy
 from benchmarks.report.tables import load_results, results_csv, split_rows
 
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
@@ -127,6 +129,7 @@ def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5
     errors += b_errors
     fa, _, faila = split_rows(a)
     fb, _, failb = split_rows(b)
+    fa, fb = mark_busy(fa, a), mark_busy(fb, b)
     if not errors and fa.empty:
         errors.append(f"A ({a_path}) has no successful final row: nothing to compare against.")
     if not b_errors and b.empty:
@@ -176,7 +179,9 @@ def _judge(pairs: pd.DataFrame, metric: str, tolerance: float, time_tolerance: f
 
 def _say_table(pairs: pd.DataFrame, metric: str, tolerance: float, time_tolerance: float, say) -> None:
     status = [("NOT COMPARED" if r.problem else "ACC REGRESSION" if r.acc_regressed else "")
-              + (" slower" if r.time_regressed else " no time" if r.time_missing else "") for r in pairs.itertuples()]
+              + (" slower" if r.time_regressed else " no time" if r.time_missing else "")
+              + "".join(f" ({side} timed beside other work)" for side in ("A", "B")
+                        if getattr(r, f"busy_{side.lower()}") > 0) for r in pairs.itertuples()]
     table = pd.DataFrame({
         "cell_key": pairs["cell_key"], "method": pairs["method_a"], "config": pairs["config_a"],
         "cut": pairs["cut_a"], "precision": pairs["precision_a"], "seed": pairs["seed_a"],

@@ -129,7 +129,8 @@ def choose(rows: pd.DataFrame) -> pd.Series | None:
     the report's order on ties), aggregated over seeds; None when none has a validation accuracy."""
     if rows.empty:
         return None
-    agg = aggregate(rows, ["val_acc", "test_acc", "train_total_s", "train_plus_tune_s"]).dropna(subset=["val_acc"])
+    columns = ["val_acc", "test_acc", "train_total_s", "train_plus_tune_s"] + [c for c in ("busy",) if c in rows]
+    agg = aggregate(rows, columns).dropna(subset=["val_acc"])
     return None if agg.empty else agg.loc[agg["val_acc"].idxmax()]
 
 

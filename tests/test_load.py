@@ -1,0 +1,96 @@
+"""Times measured beside other work are said to be upper bounds (benchmarks.report.load): a cell's highest
+1-minute load average over all of its rows, against its threads, marks it; the answer, the learning curve and
+time to accuracy say so beside the times, the curve draws such points hollow. Tried on a copy of the committed
+EfficientNet-Lite0 curve, alone on the machine when it ran, with one chosen cell's load raised."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.report.answer import answer
+from benchmarks.report.build import build_report
+from benchmarks.report.gate import compare
+from benchmarks.report.curve import curve_table
+from benchmarks.report.load import MARGIN, busy_note, highest_loads, mark_busy
+from benchmarks.report.tables import load_results, split_rows
+from benchmarks.report.verdict import rows_of
+
+REPO = Path(__file__).resolve().parent.parent
+EFFNET = REPO / "results" / "curve-effnet-cifar10"
+
+
+def _rows(*cells) -> pd.DataFrame:
+    """(cell_key, row_type, threads, extra) rows."""
+    return pd.DataFrame(cells, columns=["cell_key", "row_type", "threads", "extra"])
+
+
+def test_a_cell_is_busy_when_any_of_its_rows_saw_load_above_its_threads():
+    rows = _rows(("a", "epoch", 2, json.dumps({"load_at_start": 1.9, "load_at_row": 4.9})),
+                 ("a", "final", 2, json.dumps({"load_at_start": 1.9, "load_at_row": 2.0})),
+                 ("b", "final", 2, json.dumps({"load_at_start": 2.0 + MARGIN, "load_at_row": 2.1})),
+                 ("c", "final", 2, json.dumps({"load_at_start": 0.5, "load_at_row": 2.0 + MARGIN + 0.01})),
+                 ("d", "final", 2, ""),  # written before rows kept the load
+                 ("e", "final", 2, "{not json"))
+    assert highest_loads(rows).to_dict() == {"a": 4.9, "b": 3.0, "c": pytest.approx(3.01)}
+    marked = mark_busy(rows[rows["row_type"] == "final"], rows).set_index("cell_key")
+    assert marked.loc["a", "busy"] == 1.0  # an epoch's row counts: the final one alone looked quiet
+    assert marked.loc["b", "busy"] == 0.0  # at the margin, not over it
+    assert marked.loc["c", "busy"] == 1.0
+    assert marked[["busy", "highest_load"]].loc[["d", "e"]].isna().all().all()  # unknown, not quiet
+    note = busy_note(marked.reset_index())
+    assert note.startswith("2 of 5 timed beside other work (load up to 4.9 on 2 threads)")
+    assert busy_note(marked.loc[["b", "d"]].reset_index()) == ""
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    df = load_results(EFFNET)
+    finals, _, _ = split_rows(df)
+    return df, mark_busy(finals, df)
+
+
+def test_the_committed_curve_ran_alone_and_says_nothing(effnet):
+    _, finals = effnet
+    assert finals["busy"].notna().all() and not finals["busy"].any()
+    assert not curve_table(answer(finals, EFFNET), finals)["timing"].astype(bool).any()
+
+
+def _busy_copy(key: str, tmp_path: Path) -> Path:
+    """A copy of the committed curve where one epoch of cell ``key`` saw a load of 5.5 (another job, a minute)."""
+    copy = tmp_path / "curve"
+    shutil.copytree(EFFNET, copy, ignore=shutil.ignore_patterns("report"))
+    csv = pd.read_csv(copy / "results.csv", dtype=str, keep_default_na=False)
+    epoch = csv.index[(csv["cell_key"] == key) & (csv["row_type"] == "epoch")][0]
+    csv.at[epoch, "extra"] = json.dumps({**json.loads(csv.at[epoch, "extra"] or "{}"), "load_at_row": 5.5})
+    csv.to_csv(copy / "results.csv", index=False)
+    return copy
+
+
+def test_a_chosen_cell_timed_beside_other_work_is_said_so_in_the_report(effnet, tmp_path):
+    _, finals = effnet
+    chosen = answer(finals, EFFNET).entries[0].bp  # 500 images: backprop's validation-chosen configuration
+    copy = _busy_copy(rows_of(finals, chosen)["cell_key"].iloc[0], tmp_path)
+    md = build_report(copy, tmp_path / "report").read_text()
+    answer_table = md.split("## The answer\n")[1].split("## How it was decided")[0]
+    line = next(row for row in answer_table.splitlines() if row.startswith("| cifar10 | 500 |"))
+    assert "(timed beside other work: an upper bound)" in line
+    curve = md.split("## Learning curve")[1].split("## Plots")[0]
+    assert "1 of 2 timed beside other work (load up to 5.5 on 2 threads)" in curve
+    assert "Hollow: timed beside other work" in md
+    other = [row for row in answer_table.splitlines() if row.startswith("| cifar10 | 1500 |")]
+    assert other and "other work" not in other[0]
+
+
+def test_the_gate_says_which_side_was_timed_beside_other_work(effnet, tmp_path):
+    _, finals = effnet
+    key = finals.loc[finals["method"] == "finetune", "cell_key"].iloc[0]
+    out = io.StringIO()
+    assert compare(EFFNET, _busy_copy(key, tmp_path), out=out) == 0  # the same cells: it judges, it passes
+    lines = [line for line in out.getvalue().splitlines() if "timed beside other work" in line]
+    assert len(lines) == 1 and lines[0].startswith(key) and "(B timed beside other work)" in lines[0]
