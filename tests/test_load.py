@@ -17,7 +17,8 @@ from benchmarks.report.answer import answer
 from benchmarks.report.build import build_report
 from benchmarks.report.gate import compare
 from benchmarks.report.curve import curve_table
-from benchmarks.report.load import MARGIN, busy_note, highest_loads, mark_busy
+from benchmarks.harness.loadavg import MARGIN
+from benchmarks.report.load import busy_note, highest_loads, mark_busy
 from benchmarks.report.tables import load_results, split_rows
 from benchmarks.report.verdict import rows_of
 

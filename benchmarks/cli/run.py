@@ -89,6 +89,11 @@ def _add_what_args(p: argparse.ArgumentParser) -> None:
                    help="with --suite: first move the rows of cells this suite no longer has (an edited "
                         "suite's old configurations) from results.csv to results.superseded.csv, so that "
                         "the report counts this suite's cells only")
+    g.add_argument("--retime-busy", action="store_true",
+                   help="first move the rows of this run's finished cells that were timed beside other work "
+                        "(a load average more than one core above their threads at one of their rows) to "
+                        "results.superseded.csv, and their kept predictions to predictions/superseded/, so "
+                        "that they run again; with --dry-run, list them as 're-time'")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -246,26 +251,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_out_folder(out)
     if args.dry_run:
-        return _dry_run([cell], out, args.rates_from)
+        return _dry_run([cell], out, args.rates_from, args.retime_busy)
     from benchmarks.harness.executors import run_cells
     from benchmarks.core.features import FeatureCache
     from benchmarks.harness.runner import Runner
 
     runner = Runner(progress=args.progress, fail_fast=args.fail_fast, feature_cache=FeatureCache(args.cache_dir))
-    rows = run_cells([cell], out, runner, metadata={"arguments": vars(args)})
+    rows = run_cells([cell], out, runner, metadata={"arguments": vars(args)}, retime_busy=args.retime_busy)
     results_path = out / RESULTS_FILE
     print_table(rows or [r for r in _final_rows(results_path) if r["cell_key"] == cell.key()])
     print(f"results: {results_path}")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 
 
-def _dry_run(cells: list, out: Path, rates_from: list[str] = ()) -> int:
+def _dry_run(cells: list, out: Path, rates_from: list[str] = (), retime_busy: bool = False) -> int:
     """List the cells with their estimates and the verdict of the checks a run makes: exit 2 if any
     would be refused, as the run would."""
     from benchmarks.harness.estimate import print_plan
-    from benchmarks.harness.executors import preflight
+    from benchmarks.harness.executors import preflight, retime_keys
 
-    return 2 if print_plan(cells, out, preflight(cells, out), rates_from) else 0
+    retime = retime_keys(cells, out / RESULTS_FILE) if retime_busy else set()
+    return 2 if print_plan(cells, out, preflight(cells, out), rates_from, retime) else 0
 
 
 def run_suite(args: argparse.Namespace, options: dict) -> int:
@@ -279,8 +285,8 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
     check_out_folder(out)
     if args.dry_run:
-        return _dry_run(cells, out, args.rates_from)
-    from benchmarks.harness.executors import make_executor, run_cells
+        return _dry_run(cells, out, args.rates_from, args.retime_busy)
+    from benchmarks.harness.executors import make_executor, retime_keys, run_cells
     from benchmarks.core.features import FeatureCache
     from benchmarks.harness.results import finished_keys
     from benchmarks.harness.runner import Runner
@@ -289,12 +295,15 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     runner = Runner(progress=args.progress, fail_fast=args.fail_fast, feature_cache=FeatureCache(cache_dir))
     executor = make_executor(args.executor, address=args.address)
     done = finished_keys(out / RESULTS_FILE)
-    print(f"suite {suite.name}: {len(cells)} cells, {sum(c.key() in done for c in cells)} done before; "
+    again = retime_keys(cells, out / RESULTS_FILE) if args.retime_busy else set()
+    print(f"suite {suite.name}: {len(cells)} cells, {sum(c.key() in done for c in cells)} done before"
+          + (f" ({len(again)} of them timed beside other work, to be set aside and run again)" if again else "") + "; "
           f"results in {out / RESULTS_FILE}")
     rows = run_cells(cells, out, runner, executor, metadata={
         "suite": suite.name, "suite_file": str(suite.path), "settings": suite.settings,
         "grids": list(suite.grids), "overrides": overrides,
-        "address": args.address, "cache_dir": str(cache_dir)}, set_aside_others=args.set_aside_others)
+        "address": args.address, "cache_dir": str(cache_dir)}, set_aside_others=args.set_aside_others,
+        retime_busy=args.retime_busy)
     _print_summary(out / RESULTS_FILE, {c.key() for c in cells})
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:

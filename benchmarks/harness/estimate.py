@@ -126,13 +126,14 @@ def _fmt_time(s: float) -> str:
 
 
 def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | None] | None = None,
-               rates_from: list[str | Path] = ()) -> int:
+               rates_from: list[str | Path] = (), retime: set[str] = frozenset()) -> int:
     """The dry-run table: one line per cell, with totals; return the number of cells a run would refuse.
 
     ``errors``: per cell, what refuses it (:func:`benchmarks.harness.executors.preflight`, the checks a run
     makes), or None; a refused cell is listed as such, with the reason, and not estimated.
     ``rates_from``: other results folders (or files) whose measured rates are used where ``out_dir`` has
-    none yet (a new suite planned from an earlier one on the same machine)."""
+    none yet (a new suite planned from an earlier one on the same machine). ``retime``: finished cells a run
+    sets aside to run again (``--retime-busy``), listed as ``re-time`` and counted as to run."""
     errors = errors or [None] * len(cells)
     path = Path(out_dir) / RESULTS_FILE
     rates = Rates()
@@ -150,15 +151,18 @@ def print_plan(cells: list[Cell], out_dir: str | Path, errors: list[Exception | 
                   f"{describe(cell)}\n     {type(error).__name__}: {error}")
             continue
         est = estimate(cell, rates)
-        if key in measured:
+        if key in measured and key not in retime:
             status, t = "done", f"{measured[key]:.0f} s*"
+        elif key in measured:
+            status, t = "re-time", "~" + _fmt_time(est["time_s"])
+            total_todo += est["time_s"]
         else:
             status, t = "to run", "~" + _fmt_time(est["time_s"])
             total_todo += est["time_s"]
         k = "inf" if est["k"] == -1 else est["k"] or ""
         print(f"{i:>3d}  {key:16s}  {est['images']:>7d}  {est['feature_dim'] or '':>8}  {k:>6}  "
               f"{format_bytes(est['memory_bytes']):>9s}  {t:>8s}  {status:8s}  {describe(cell)}")
-    n_done = sum(c.key() in measured for c in cells)
+    n_done = sum(c.key() in measured and c.key() not in retime for c in cells)
     n_refused = sum(e is not None for e in errors)
     source = (f"rates measured in {', '.join(str(p) for p in [*rates_from, path])}, where they were; elsewhere "
               "the default rates" if rates else "default rates (benchmarks.harness.estimate.DEFAULT_GFLOPS)")

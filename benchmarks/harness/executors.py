@@ -40,6 +40,7 @@ from benchmarks.harness.metadata import write_metadata
 from benchmarks.harness.cells import Cell, describe, validate
 from benchmarks.core.data import open_dataset
 from benchmarks.harness.predictions import ROW_KEY, KeepPredictions
+from benchmarks.harness.loadavg import busy_cells
 from benchmarks.harness.runner import DataChanged, Runner, failed_row, folder_fingerprints
 
 RAY_INSTALL_HINT = "pip install 'gradfree[ray]'"
@@ -288,12 +289,21 @@ def preflight(cells: list[Cell], out_dir: str | Path) -> list[Exception | None]:
     return errors
 
 
+def retime_keys(cells: list[Cell], results_path: str | Path) -> set[str]:
+    """The keys of the finished cells of ``cells`` in ``results_path`` that were timed beside other work."""
+    rows = res.read_rows(results_path)
+    done = {r["cell_key"] for r in rows if r.get("row_type") == "final" and r.get("status") == "ok"}
+    return busy_cells(rows) & done & {c.key() for c in cells}
+
+
 def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,
-              metadata: dict | None = None, set_aside_others: bool = False) -> list[dict]:
+              metadata: dict | None = None, set_aside_others: bool = False, retime_busy: bool = False) -> list[dict]:
     """Validate every cell, check that the data of every cell not done yet is there, claim
     ``out_dir``'s results file, write the run's metadata, run the cells not done yet; return their
     final rows. The one entry point of the CLI and of suites.
     ``set_aside_others``: first move the rows of cells not in ``cells`` to ``results.superseded.csv``.
+    ``retime_busy``: first move there the rows of the finished cells of ``cells`` that were timed beside other
+    work (:func:`benchmarks.harness.loadavg.busy_cells`), so that they run again.
     Unless ``runner.checkpoint_dir`` is set, the trainers checkpoint in ``out_dir/checkpoints/``
     (:mod:`benchmarks.core.checkpoint`); what finished cells left there is deleted."""
     import dataclasses
@@ -306,6 +316,8 @@ def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = No
     with ResultsFile(Path(out_dir)) as results:
         if set_aside_others:
             results.set_aside_cells({c.key() for c in cells})
+        if retime_busy:
+            results.set_aside_to_retime(retime_keys(cells, results.path))  # before the finished keys are read
         for notice in results.notices:
             print(f"note: {notice}")
         runner.fingerprints = folder_fingerprints(res.read_rows(results.path))

@@ -17,6 +17,7 @@ read as this row's).
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,24 @@ def write_predictions(out_dir: str | Path, cell_key: str, predictions: Predictio
     path = path_of(out_dir, cell_key)
     atomic_write_bytes(path, predictions.to_bytes())
     return path
+
+
+def move_aside_predictions(out_dir: str | Path, cell_key: str) -> Path | None:
+    """Move ``OUT/predictions/<cell_key>.npz`` into ``OUT/predictions/superseded/`` (named by the run that wrote
+    it, never over another file): the predictions of a cell whose rows were set aside to run again. Return
+    where it went; None when the cell kept none."""
+    path = path_of(out_dir, cell_key)
+    if not path.is_file():
+        return None
+    old = read_predictions(out_dir, cell_key)
+    folder = path.parent / "superseded"
+    folder.mkdir(exist_ok=True)
+    stem = f"{cell_key}.{old.run_id if old is not None and old.run_id else 'unknown-run'}"
+    target, n = folder / f"{stem}.npz", 1
+    while target.exists():
+        target, n = folder / f"{stem}.{n}.npz", n + 1
+    os.replace(path, target)  # same folder tree: atomic, the file whole in one place or the other
+    return target
 
 
 def read_predictions(out_dir: str | Path, cell_key: str, run_id: str | None = None) -> Predictions | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.core.atomic import atomic_write_bytes, create_new, not_writable, read_fd, write_failure
 from benchmarks.harness.csvscan import Scan, scan_rows
+from benchmarks.harness.predictions import move_aside_predictions
 from benchmarks.harness.results import (_HEADER, INTERRUPTED_FILE, LOCK_FILE, RESULTS_FILE, SCHEMA, SUPERSEDED_FILE,
                                         ResultsError, _append_bytes, _dangling_message, _foreign_message,
                                         _read_only_message, check_out_folder, finished_keys, now, read_rows)
@@ -89,8 +90,22 @@ class ResultsFile:
     def set_aside_cells(self, keep: set[str]) -> list[str]:
         """Move every row (final, epoch, failed) of a cell whose key is not in ``keep`` to
         :data:`SUPERSEDED_FILE`, side file first; return the cell keys moved. Under the claim only."""
+        return self._set_aside(lambda key: key not in keep, "that this suite no longer has")
+
+    def set_aside_to_retime(self, keys: set[str]) -> list[str]:
+        """Move every row of the cells ``keys`` (finished, but timed beside other work:
+        :mod:`benchmarks.harness.loadavg`) to :data:`SUPERSEDED_FILE`, so that they run again; their kept test
+        predictions go to ``predictions/superseded/``. Return the cell keys moved. Under the claim only."""
+        moved = self._set_aside(lambda key: key in keys, "timed beside other work, to be timed again")
+        for key in moved:
+            move_aside_predictions(self.out_dir, key)
+        return moved
+
+    def _set_aside(self, moving, why: str) -> list[str]:
+        """Move every row of the cells whose key ``moving(key)`` holds to :data:`SUPERSEDED_FILE` (side file
+        first, then the rewrite: a crash between them leaves each row once in results.csv)."""
         if self._claim_key is None:
-            raise RuntimeError("set_aside_cells needs the folder's claim: use it inside `with ResultsFile(...)`.")
+            raise RuntimeError("setting rows aside needs the folder's claim: use it inside `with ResultsFile(...)`.")
         if not self.path.exists():
             return []
         fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
@@ -100,10 +115,10 @@ class ResultsFile:
             scan = scan_rows(data)
             if scan.bad:
                 raise ResultsError(f"{self.path} has malformed bytes; open it for a run first (it repairs them).")
-            move = [(s, e, r) for s, e, r in scan.rows if r.get("cell_key", "") not in keep]
+            move = [(s, e, r) for s, e, r in scan.rows if moving(r.get("cell_key", ""))]
             if not move:
                 return []
-            kept = [(s, e, r) for s, e, r in scan.rows if r.get("cell_key", "") in keep]
+            kept = [(s, e, r) for s, e, r in scan.rows if not moving(r.get("cell_key", ""))]
             new = data[:scan.body_start] + b"".join(data[s:e] for s, e, _ in kept)
             after = scan_rows(new)
             if after.bad or [r for _, _, r in after.rows] != [r for _, _, r in kept]:
@@ -115,8 +130,7 @@ class ResultsFile:
         finally:
             os.close(fd)
         cells = sorted({r.get("cell_key", "") for _, _, r in move})
-        self.notices.append(f"{self.path}: moved {len(move)} row(s) of {len(cells)} cell(s) that this suite no "
-                            f"longer has to {side}")
+        self.notices.append(f"{self.path}: moved {len(move)} row(s) of {len(cells)} cell(s) {why} to {side}")
         return cells
 
     # -- checks and the claim ------------------------------------------------

@@ -113,17 +113,7 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
         keys = set(zip(bp["cell_key"], bp["run_id"]))
         curves = epochs[[k in keys for k in zip(epochs["cell_key"], epochs["run_id"])]] if not epochs.empty else epochs
         for config_key, runs in bp.groupby(GROUP, sort=False, dropna=False):
-            times, censored, bests, tunes = [], [], [], []
-            for _, run in runs.iterrows():
-                curve = curves[(curves["cell_key"] == run["cell_key"]) & (curves["run_id"] == run["run_id"])]
-                curve = curve.dropna(subset=["train_time_s", "val_acc"])
-                if curve.empty:
-                    continue
-                seconds, cens = _curve_times(curve, target)
-                times.append(seconds)
-                tunes.append(0.0 if pd.isna(run["tune_s"]) else float(run["tune_s"]))
-                censored.append(cens)
-                bests.append(float(curve["val_acc"].max()))
+            times, censored, bests, tunes = _seed_curves(runs, curves, target)
             if not times:
                 continue
             speedup = _speedup(np.array(times), target_s, censored, no_claim)
@@ -150,6 +140,23 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
                                              (("backprop", busy_note(runs)), ("target", busy_note(rows_of(gf, best))))
                                              if note)})
     return pd.DataFrame(rows)
+
+
+def _seed_curves(runs: pd.DataFrame, curves: pd.DataFrame, target: float) -> tuple[list, list, list, list]:
+    """Per seed of one backprop configuration (``runs``: its final rows) with a curve among ``curves``: its time
+    to ``target``, whether that is censored, its best validation accuracy and its tuning time."""
+    times, censored, bests, tunes = [], [], [], []
+    for _, run in runs.iterrows():
+        curve = curves[(curves["cell_key"] == run["cell_key"]) & (curves["run_id"] == run["run_id"])]
+        curve = curve.dropna(subset=["train_time_s", "val_acc"])
+        if curve.empty:
+            continue
+        seconds, cens = _curve_times(curve, target)
+        times.append(seconds)
+        tunes.append(0.0 if pd.isna(run["tune_s"]) else float(run["tune_s"]))
+        censored.append(cens)
+        bests.append(float(curve["val_acc"].max()))
+    return times, censored, bests, tunes
 
 
 def _speedup(times: np.ndarray, target_s: float, censored: list[bool], no_claim: bool | str) -> str:
