@@ -108,8 +108,17 @@ def test_no_speed_up_is_named_between_cells_timed_on_two_cpu_models(tmp_path):
     finals, epochs, _ = split_rows(load_results(tmp_path))
     row = time_to_accuracy_table(finals, epochs).iloc[0]
     assert row["speed-up at equal accuracy"] == row["the same, tuning included"] == \
-        "none (the data group ran on 2 machines: AMD EPYC (2 logical cores); Intel Xeon (2 logical cores))"
+        "none (measured on 2 CPU models: AMD EPYC (2 logical cores); Intel Xeon (2 logical cores))"
     same = tmp_path / "same"
     append_rows(same / "results.csv", [{**r, "device_name": "AMD EPYC (2 logical cores)"} for r in rows])
     finals, epochs, _ = split_rows(load_results(same))
     assert time_to_accuracy_table(finals, epochs).iloc[0]["speed-up at equal accuracy"] == "0.5x"
+    # Per configuration: one that ran on the target's CPU keeps its ratio beside one that did not.
+    probe = [{**r, "cell_key": "lp-0", "method_config": json.dumps({"mode": "linear-probe"}),
+              "device_name": "Intel Xeon (2 logical cores)"} for r in _ft(0, [(5.0, 0.72)], 0.70)]
+    mixed = tmp_path / "mixed"
+    append_rows(mixed / "results.csv", [{**r, "device_name": "AMD EPYC (2 logical cores)"} for r in rows] + probe)
+    finals, epochs, _ = split_rows(load_results(mixed))
+    table = time_to_accuracy_table(finals, epochs).set_index("backprop")["speed-up at equal accuracy"]
+    assert sorted(table) == ["0.5x", "none (measured on 2 CPU models: AMD EPYC (2 logical cores); Intel Xeon "
+                                     "(2 logical cores))"]

@@ -5,8 +5,8 @@ Every row records the machine's 1-minute load average in ``extra`` (``load_at_st
 A cell alone on the machine keeps it near its own threads. A cell whose load went more than :data:`MARGIN`
 (one core's worth) over its threads at any of its rows is *busy*: its accuracy stands, its times are upper
 bounds. The load average lags by a minute and counts niced work that barely slowed the cell, so the flag
-errs toward saying too much. The report says so beside such times (:mod:`benchmarks.report.load`); ``gradfree
-run --retime-busy`` sets such cells aside so that they run again.
+errs toward saying too much. The report says so beside such times (:mod:`benchmarks.report.conditions`);
+``gradfree run --retime-busy`` sets such cells aside so that they run again.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.report.comparison import data_groups
+from benchmarks.report.conditions import machines
 from benchmarks.report.tables import BACKPROP, GRADIENT_FREE, aggregate, cut_index, split_sides
 from benchmarks.report.verdict import (ALPHA, LEVEL, PAIRED, TIE, Comparison, NotComparable, choose, compare_configs,
                                 holm, name, oracle, rows_of)
@@ -44,6 +45,7 @@ class Entry:
     spread: str = ""  # best against worst configuration, when it decides "cannot separate"
     oracle: str = ""
     has: dict = field(default_factory=dict)  # side -> whether the group has cells of it
+    machines: list[str] = field(default_factory=list)  # the CPU models the two chosen configurations ran on
 
     def verdict(self) -> str:
         """``not compared: <problem>``, ``cannot separate``, or the comparison's verdict (empty without one)."""
@@ -110,6 +112,9 @@ class Answer:
                 c = e.comparison
                 out.append(f"{where}: {chosen}: {c.interval()} points ({'paired' if c.kind == PAIRED else 'unpaired'}"
                            f", Holm p = {c.p_holm:.3g}): {e.verdict()}.")
+            if len(e.machines) > 1:
+                out[-1] += (f" Their times were measured on {len(e.machines)} CPU models ({'; '.join(e.machines)}): "
+                            "no ratio of them is a speed-up.")
         return out
 
 
@@ -127,7 +132,7 @@ def _side(label: str, config: pd.Series | None) -> dict:
 
 def _seconds(config: pd.Series) -> str:
     """The configuration's counted training time, said to be an upper bound where a seed of it was timed beside
-    other work (:mod:`benchmarks.report.load`)."""
+    other work (:mod:`benchmarks.report.conditions`)."""
     if pd.isna(config["train_total_s"]):
         return ""
     busy = config.get("busy", 0.0)
@@ -142,6 +147,7 @@ def _compare(entry: Entry, gf: pd.DataFrame, bp: pd.DataFrame, folder: Path | No
         entry.oracle = f"{name(best)} ({best['test_acc']:.4f})"
     if entry.gf is None or entry.bp is None:
         return
+    entry.machines = machines(pd.concat([rows_of(gf, entry.gf), rows_of(bp, entry.bp)]))
     try:
         entry.comparison = compare_configs(rows_of(gf, entry.gf), rows_of(bp, entry.bp), folder)
     except NotComparable as err:

@@ -18,7 +18,7 @@ model. Writes ``report.md`` (tables + PNG links) and a self-contained
   breakdown, tuning and model size per method x configuration x cut x precision,
   mean ± std over seeds), the failed cells with their errors, and the runs (commit,
   dirty tree flagged, the highest load average seen at a row). A time measured beside other work (a
-  cell's load above its threads, :mod:`benchmarks.report.load`) is said to be an upper bound wherever it
+  cell's load above its threads, :mod:`benchmarks.report.conditions`) is said to be an upper bound wherever it
   is shown.
 
 The rows, which of them count and the tables come from :mod:`benchmarks.report.tables`;
@@ -49,7 +49,7 @@ from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
 from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table
 from benchmarks.report.curve import figure as curve_figure
-from benchmarks.report.load import mark_busy
+from benchmarks.report.conditions import mark_busy
 from benchmarks.harness.metadata import read_metadata
 from benchmarks.report.reportdir import ReportFolder
 from benchmarks.harness.results import ResultsError

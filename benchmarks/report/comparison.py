@@ -23,9 +23,10 @@ at 96 px on the same images), shown in the tables. In a group:
   seed, as mean ± std over seeds; beside it the same ratio with each side's tuning time
   (``tune_s``) added. A configuration with a censored seed gets no speed-up (it never reached equal
   accuracy), and neither does a data group whose test split cannot separate its configurations
-  (:mod:`benchmarks.report.answer`), nor one whose cells ran on more than one machine (``device_name``:
-  the CPU model; a ratio of times from two CPUs measures the CPUs). ``timing`` says which side's times
-  were measured beside other work (:mod:`benchmarks.report.load`): upper bounds.
+  (:mod:`benchmarks.report.answer`), nor a configuration whose seeds and the target's ran on more than one
+  CPU model (``device_name``: a ratio of times from two CPUs measures the CPUs; the sessions of a long suite
+  may land on different machines). ``timing`` says which side's times
+  were measured beside other work (:mod:`benchmarks.report.conditions`): upper bounds.
 
 Training time is ``train_total_s`` (the counted phases); ``tune_s`` is what choosing a
 hyperparameter grid on validation cost (the learning-rate grid of the trainers), shown beside it.
@@ -36,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmarks.report.load import busy_note
+from benchmarks.report.conditions import busy_note, machines
 from benchmarks.report.tables import BACKPROP, GRADIENT_FREE, GROUP, aggregate, split_sides
 from benchmarks.report.verdict import choose, rows_of
 
@@ -104,10 +105,8 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
             continue
         target, target_s = float(best["val_acc"]), float(best["train_total_s"])
         target_tuned_s = float(best["train_plus_tune_s"])
-        no_claim = group in (unseparable or [])
-        machines = sorted({str(m) for m in cells.get("device_name", pd.Series(dtype=object)).dropna() if str(m)})
-        if len(machines) > 1:  # times from two CPU models are no ratio
-            no_claim = f"none (the data group ran on {len(machines)} machines: {'; '.join(machines)})"
+        unseparated = group in (unseparable or [])
+        target_rows = rows_of(gf, best)
         gf_agg = aggregate(gf, ["val_acc", "train_total_s"])
         gf_agg = gf_agg.dropna(subset=["val_acc", "train_total_s"])
         keys = set(zip(bp["cell_key"], bp["run_id"]))
@@ -116,6 +115,8 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
             times, censored, bests, tunes = _seed_curves(runs, curves, target)
             if not times:
                 continue
+            on = machines(pd.concat([runs, target_rows]))  # times from two CPU models make no ratio
+            no_claim = f"none (measured on {len(on)} CPU models: {'; '.join(on)})" if len(on) > 1 else unseparated
             speedup = _speedup(np.array(times), target_s, censored, no_claim)
             speedup_tuned = _speedup(np.array(times) + np.array(tunes), target_tuned_s, censored, no_claim)
             bp_best = float(np.mean(bests))
@@ -137,7 +138,7 @@ def time_to_accuracy_table(finals: pd.DataFrame, epochs: pd.DataFrame,
                          "backprop best (val)": round(bp_best, 4),
                          "gradient-free time to backprop best": gf_time,
                          "timing": "; ".join(f"{who}: {note}" for who, note in
-                                             (("backprop", busy_note(runs)), ("target", busy_note(rows_of(gf, best))))
+                                             (("backprop", busy_note(runs)), ("target", busy_note(target_rows)))
                                              if note)})
     return pd.DataFrame(rows)
 

@@ -11,7 +11,8 @@ its own:
   measured inference time per test image (``predict_s``: the whole pipeline, a kernel scoring against
   its kept training rows, which is what a user deploys; blank for trainers' rows written before they
   timed their test scoring apart from evaluation), and ``timing``: how many seeds were timed beside
-  other work (:mod:`benchmarks.report.load`), blank where none was.
+  other work (:mod:`benchmarks.report.conditions`), blank where none was; ``cpu``: the CPU models it ran
+  on (times from two make no ratio: the figure's caption says so).
 * :func:`crossovers`: per dataset with two sizes or more, where the lead changes hands: the interval
   between the last size where the side ahead at the small sizes is significantly ahead and the first
   where the other side is; else "none detected in the range", with the sizes of each kind named.
@@ -28,7 +29,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmarks.report.answer import Answer, Entry
-from benchmarks.report.load import busy_note
+from benchmarks.report.conditions import busy_note, machines
 from benchmarks.report.plots import Figure, legend_outside, pyplot, safe_name, to_png
 from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, LEVEL, accuracy_variance, name, rows_of
 
@@ -74,7 +75,7 @@ def curve_table(found: Answer, finals: pd.DataFrame) -> pd.DataFrame:
                              "band_low": float(config["test_acc"] - half), "band_high": float(config["test_acc"] + half),
                              "train_s": float(mine["train_total_s"].mean()), "model_mb": float(mine["model_bytes"].mean()) / 1e6,
                              "inference_ms_per_image": 1e3 * float(per_image), "verdict": e.verdict(),
-                             "timing": busy_note(mine)})
+                             "timing": busy_note(mine), "cpu": "; ".join(machines(mine))})
     return pd.DataFrame(rows)
 
 
@@ -179,7 +180,16 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
     fig_info.caption = (f"Each side's configuration chosen on validation at each size; accuracy with its {LEVEL:.0%} "
                         "band (test images and seeds)"
                         + (", the crossover's interval shaded" if crossover is not None and crossover.low else "")
-                        + (". Hollow: timed beside other work (an upper bound)" if "timing" in rows and rows["timing"].astype(bool).any()
-                           else "")
+                        + _conditions(rows)
                         + ". The configuration may change from one size to the next: the table below names it.")
     return fig_info
+
+
+def _conditions(rows: pd.DataFrame) -> str:
+    """The caption's clauses on how the curve's times were measured: hollow points timed beside other work,
+    and the CPU models when more than one."""
+    timing = rows["timing"] if "timing" in rows else pd.Series(dtype=str)
+    busy = ". Hollow: timed beside other work (an upper bound)" if timing.astype(bool).any() else ""
+    cpus = sorted({c for cell in rows.get("cpu", ()) for c in str(cell).split("; ") if c})
+    return busy + ((f". Its times were measured on {len(cpus)} CPU models ({'; '.join(cpus)}): the table below "
+                    "says which; compare times within one") if len(cpus) > 1 else "")

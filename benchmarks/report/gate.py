@@ -20,9 +20,9 @@ a failure, never a pass. Exit status 1 when:
 * a cell of A is missing from B, or failed in B.
 
 Time regressions (ratio above ``1 + --time-tolerance``, or a blank time in B) are
-warnings unless ``--fail-on-time``; cells only in B are warnings. A cell timed beside other work (its load
-above its threads, :mod:`benchmarks.report.load`) says so in its status: its time ratio is not the code's. Rows the reader
-had to skip (a torn or garbled file) are warnings; the cells they held then count
+warnings unless ``--fail-on-time``; cells only in B are warnings. A cell timed beside other
+work (its load above its threads, :mod:`benchmarks.report.conditions`) says so in its status: its
+time ratio is not the code's. Rows the reader had to skip (a torn or garbled file) are warnings; the cells they held then count
 as missing. The last line is always ``compare: N passed, M failed``, M counting
 every failure above.
 
@@ -41,7 +41,7 @@ import pandas as pd
 
 from benchmarks.report.answer import answer
 from benchmarks.report.curve import crossovers
-from benchmarks.report.load import mark_busy
+from benchmarks.report.conditions import mark_busy
 from benchmarks.report.tables import load_results, results_csv, split_rows
 
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]

@@ -1,5 +1,6 @@
-"""Times measured beside other work, in the report: which cells (:mod:`benchmarks.harness.loadavg`, where the
-rule is) and how to say so beside their times."""
+"""The conditions a time was measured in, for the report: beside other work or alone (the cells' load averages;
+the rule is in :mod:`benchmarks.harness.loadavg`), and on which CPU model (``device_name``): a time measured
+beside other work is an upper bound, and two times measured on two CPU models make no ratio."""
 
 from __future__ import annotations
 
@@ -40,3 +41,9 @@ def busy_note(rows: pd.DataFrame) -> str:
     threads = pd.to_numeric(busy["threads"], errors="coerce").max()
     return (f"{len(busy)} of {len(rows)} timed beside other work (load up to {busy['highest_load'].max():.1f} on "
             f"{int(threads)} threads): times are upper bounds")
+
+
+def machines(rows: pd.DataFrame) -> list[str]:
+    """The CPU models (``device_name``) the cells of ``rows`` ran on, sorted."""
+    names = rows.get("device_name", pd.Series(dtype=object)).dropna()
+    return sorted({str(m) for m in names if str(m)})
