@@ -220,3 +220,23 @@ def test_the_progress_eta_weighs_cells_by_their_estimates(monkeypatch, capsys):
     assert ratio > 10
     expected = executors._fmt_s(60.0 * ratio)
     assert line.rstrip().endswith(f"ETA {expected})"), line
+
+
+def test_a_resumed_cell_does_not_scale_the_eta(monkeypatch, capsys):
+    # The first cell of a resumed suite ran only its last epochs: its few minutes against its whole plan
+    # would make the ETA a fraction of the plan (seen: 41 min for 8 h of cells).
+    from benchmarks.harness import executors
+    from benchmarks.harness.estimate import estimate
+
+    base = {"dataset": "cifar10", "weights": "none", "image_size": 32, "train_per_class": 500, "device": "cpu"}
+    ridge = make_cell({**base, "method": "random-features", "projection": "none", "encoder": "none"})
+    resumed, train = (make_cell({**base, "method": "finetune", "mode": "unfreeze", "epochs": e}) for e in (30, 20))
+    clock = iter([0.0, 30.0, 90.0])
+    monkeypatch.setattr(executors.time, "perf_counter", lambda: next(clock))
+    progress = executors._Progress([resumed, ridge, train])
+    progress.finished(1, "resumed: ok", resumed, {"extra": {"resumed_from": ["main@27"]}})
+    planned = estimate(ridge)["time_s"] + estimate(train)["time_s"]
+    assert capsys.readouterr().out.rstrip().endswith(f"ETA {executors._fmt_s(planned)} (planned))")
+    progress.finished(2, "ridge: ok", ridge, {"extra": "{}"})  # 60 s for the ridge, alone
+    expected = executors._fmt_s(60.0 / estimate(ridge)["time_s"] * estimate(train)["time_s"])
+    assert capsys.readouterr().out.rstrip().endswith(f"ETA {expected})")

@@ -29,6 +29,7 @@ Ray is imported here only, and only when the Ray executor is built.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -53,27 +54,50 @@ class _Progress:
     The ETA weighs each cell by its dry-run estimate (:func:`benchmarks.harness.estimate.estimate`, the
     rates measured in the folder): a suite of one-minute ridges and hour-long trainings is not a count of
     cells. The seconds still to go are the estimate of the cells left, scaled by how the finished cells'
-    elapsed time compares with their estimate."""
+    elapsed time compares with their estimate. A cell resumed from a checkpoint ran only its last epochs: it
+    is left out of that scale (its time since the cell before it, and its estimate), else the first cell of
+    a resumed suite would make the ETA a fraction of the plan; until a whole cell has finished the ETA is the
+    plan itself."""
 
     def __init__(self, cells: list[Cell], rates: dict | None = None):
         self.total, self.start, self.done = len(cells), time.perf_counter(), 0
         self.weights = {c.key(): _planned_s(c, rates) for c in cells}
         self.planned_left, self.planned_done = sum(self.weights.values()), 0.0
+        self.last, self.resumed_s = self.start, 0.0  # the previous finish; the time resumed cells took
 
-    def finished(self, n_done: int, line: str, cell: Cell | None = None) -> None:
+    def finished(self, n_done: int, line: str, cell: Cell | None = None, row: dict | None = None) -> None:
         self.done += 1
-        elapsed = time.perf_counter() - self.start
+        now = time.perf_counter()
+        elapsed, since = now - self.start, now - self.last
+        self.last = now
         weight = self.weights.get(cell.key(), 0.0) if cell is not None else 0.0
-        self.planned_done, self.planned_left = self.planned_done + weight, max(self.planned_left - weight, 0.0)
+        self.planned_left = max(self.planned_left - weight, 0.0)
+        if _resumed(row):
+            self.resumed_s += since
+        else:
+            self.planned_done += weight
         left = self.total - n_done
         if not left:
             eta = ""
         elif self.planned_done > 0:
-            eta = f", ETA {_fmt_s(elapsed / self.planned_done * self.planned_left)}"
+            eta = f", ETA {_fmt_s((elapsed - self.resumed_s) / self.planned_done * self.planned_left)}"
+        elif self.planned_left > 0:
+            eta = f", ETA {_fmt_s(self.planned_left)} (planned)"
         else:
             eta = f", ETA {_fmt_s(elapsed / self.done * left)}"
         print(f"[{n_done}/{self.total}] {line} ({_fmt_s(elapsed)} elapsed, "
               f"{self.done / elapsed * 60:.2g} cells/min{eta})")
+
+
+def _resumed(row: dict | None) -> bool:
+    """Whether a final row's cell was resumed from a checkpoint (``extra``'s ``resumed_from``)."""
+    extra = (row or {}).get("extra")
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            return False
+    return bool(isinstance(extra, dict) and extra.get("resumed_from"))
 
 
 def _planned_s(cell: Cell, rates: dict | None) -> float:
@@ -121,7 +145,7 @@ class LocalExecutor:
             row = runner.run_cell(cell, results.append)
             rows.append(row)
             status = row["status"] if row["status"] == "ok" else f"FAILED: {row.get('error')}"
-            progress.finished(i, f"{describe(cell)}: {status}", cell)
+            progress.finished(i, f"{describe(cell)}: {status}", cell, row)
         return rows
 
 
@@ -234,7 +258,7 @@ class RayExecutor:
                     final = next((r for r in rows if r["row_type"] in ("final", "failed")), rows[-1])
                     finals.append(final)
                     status = final["status"] if final["status"] == "ok" else f"FAILED: {final.get('error')}"
-                    progress.finished(len(todo) - len(pending), f"{describe(cell)}: {status}", cell)
+                    progress.finished(len(todo) - len(pending), f"{describe(cell)}: {status}", cell, final)
         except (KeyboardInterrupt, DataChanged):
             for ref in pending:
                 ray.cancel(ref, force=True)
