@@ -218,6 +218,22 @@ def test_an_unreadable_or_foreign_checkpoint_is_discarded(data_dir, tmp_path, mo
         assert ckpt.CellCheckpoint(tmp_path / "c", "key-a", "config-a").load() == state
 
 
+def test_a_refused_checkpoint_names_what_changed(tmp_path):
+    # Seen: a cell's checkpoint from a commit before its trainer had eval_every was refused as "another
+    # configuration, data, device or torch version", with nothing to tell which.
+    parts = dict(config={"epochs": 48, "eval_every": None}, data="abc", device="cpu", torch="2.14.1")
+    ckpt.CellCheckpoint(tmp_path / "a", "k", ckpt.config_hash(**parts), made_with=parts).stage("lr=0.1").save({})
+    now = {**parts, "config": {"epochs": 48, "eval_every": 4}, "torch": "2.15.0"}
+    later = ckpt.CellCheckpoint(tmp_path / "a", "k", ckpt.config_hash(**now), made_with=now).stage("lr=0.1")
+    with pytest.warns(ckpt.CheckpointWarning) as seen:
+        assert later.load() is None
+    assert "(config.eval_every: 4, the checkpoint's None; torch: '2.15.0', the checkpoint's '2.14.1')" in \
+        str(seen[0].message)
+    ckpt.CellCheckpoint(tmp_path / "b", "k", "old-hash").save({})  # written before the parts were kept
+    with pytest.warns(ckpt.CheckpointWarning, match=r"torch version; discarded"):
+        assert ckpt.CellCheckpoint(tmp_path / "b", "k", ckpt.config_hash(**now), made_with=now).load() is None
+
+
 def test_a_restored_clock_counts_the_time_before_and_after_once():
     now = [0.0]
     clock = Clock("cpu", timer=lambda: now[0])

@@ -55,22 +55,45 @@ class CheckpointWarning(UserWarning):
 
 def config_hash(**parts) -> str:
     """A short hash of what a checkpoint must have been made with to be resumed from."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return hashlib.sha256(_made_with(parts).encode()).hexdigest()[:16]
+
+
+def _made_with(parts: dict) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def _differences(saved: str | None, now: str | None) -> str:
+    """What differs between two :func:`_made_with` texts, one level into nested settings (``config.eval_every:
+    4, the checkpoint's None``); '' when either is unknown (a checkpoint written before they were kept)."""
+    try:
+        old, new = json.loads(saved), json.loads(now)
+    except (TypeError, ValueError):
+        return ""
+    out = []
+    for part in sorted(set(old) | set(new)):
+        a, b = old.get(part), new.get(part)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{part}.{k}: {b.get(k)!r}, the checkpoint's {a.get(k)!r}"
+                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{part}: {b!r}, the checkpoint's {a!r}")
+    return "; ".join(out)
 
 
 class CellCheckpoint:
     """The checkpoint files of one cell: one per training *stage*, in ``folder``."""
 
     def __init__(self, folder: str | Path, cell_key: str, config: str, stage: str = "main",
-                 resumed: list | None = None):
+                 resumed: list | None = None, made_with: dict | str | None = None):
         self.folder, self.cell_key, self.config, self.name = Path(folder), cell_key, config, stage
         #: ``"stage@epoch"`` of every stage resumed from a file, for the cell's final row
         self.resumed = [] if resumed is None else resumed
+        #: the parts ``config`` hashes (:func:`config_hash`), kept in the file so that a refusal names what changed
+        self.made_with = made_with if made_with is None or isinstance(made_with, str) else _made_with(made_with)
 
     def stage(self, name: str) -> "CellCheckpoint":
         """The checkpoint of another training of the same cell (a value of a learning-rate grid)."""
-        return CellCheckpoint(self.folder, self.cell_key, self.config, name, self.resumed)
+        return CellCheckpoint(self.folder, self.cell_key, self.config, name, self.resumed, self.made_with)
 
     @property
     def path(self) -> Path:
@@ -81,7 +104,7 @@ class CellCheckpoint:
         """Replace this stage's file by ``state`` (plain containers of tensors, numbers and strings)."""
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "cell_key": self.cell_key, "config": self.config, "stage": self.name,
-                    "state": state}, buffer)
+                    "made_with": self.made_with, "state": state}, buffer)
         atomic_write_bytes(self.path, buffer.getvalue())
 
     def load(self, **expect) -> dict | None:
@@ -98,7 +121,8 @@ class CellCheckpoint:
             elif (saved.get("cell_key"), saved.get("stage")) != (self.cell_key, self.name):
                 why = f"another cell's ({saved.get('cell_key')}, {saved.get('stage')})"
             elif saved.get("config") != self.config:
-                why = "another configuration, data, device or torch version"
+                changed = _differences(saved.get("made_with"), self.made_with)
+                why = f"another configuration, data, device or torch version{f' ({changed})' if changed else ''}"
             else:
                 state = saved["state"]
                 differ = {k: (state.get(k), v) for k, v in expect.items() if state.get(k) != v}

@@ -152,8 +152,9 @@ class Runner:
                        "load_at_row": load_average(), **row}])
 
             if self.checkpoint_dir is not None:
-                checkpoint = CellCheckpoint(self.checkpoint_dir / cell.key(), cell.key(), config_hash(
-                    config=ran, data=common["data_fingerprint"], device=str(device), torch=torch.__version__))
+                parts = dict(config=ran, data=common["data_fingerprint"], device=str(device), torch=torch.__version__)
+                checkpoint = CellCheckpoint(self.checkpoint_dir / cell.key(), cell.key(), config_hash(**parts),
+                                            made_with=parts)
             ctx = RunContext(data=data, clock=clock, device=device, seed=cell.seed,
                              backbone=cell.backbone, cut=common["cut"] or None, weights=cell.weights,
                              precision=cell.precision, batch_size=cell.batch_size,
