@@ -62,29 +62,29 @@ def test_the_committed_curve_ran_alone_and_says_nothing(effnet):
     assert not curve_table(answer(finals, EFFNET), finals)["timing"].astype(bool).any()
 
 
-def _copy(tmp_path: Path, edit) -> Path:
-    """A copy of the committed curve whose results.csv (as strings) went through ``edit``."""
-    copy = tmp_path / "curve"
-    shutil.copytree(EFFNET, copy, ignore=shutil.ignore_patterns("report"))
-    csv = pd.read_csv(copy / "results.csv", dtype=str, keep_default_na=False)
-    edit(csv)
-    csv.to_csv(copy / "results.csv", index=False)
-    return copy
+XEON = "Intel Xeon (2 logical cores)"
 
 
-def _busy_copy(key: str, tmp_path: Path) -> Path:
-    """A copy of the committed curve where one epoch of cell ``key`` saw a load of 5.5 (another job, a minute)."""
-    def edit(csv):
-        epoch = csv.index[(csv["cell_key"] == key) & (csv["row_type"] == "epoch")][0]
-        csv.at[epoch, "extra"] = json.dumps({**json.loads(csv.at[epoch, "extra"] or "{}"), "load_at_row": 5.5})
-    return _copy(tmp_path, edit)
-
-
-def test_a_chosen_cell_timed_beside_other_work_is_said_so_in_the_report(effnet, tmp_path):
+@pytest.fixture(scope="module")
+def edited(effnet, tmp_path_factory):
+    """A copy of the committed curve where one seed of backprop's chosen configuration at 500 images saw a load
+    of 5.5 at one epoch (another job, for a minute) and ran on another CPU model; its key, and its report."""
     _, finals = effnet
     chosen = answer(finals, EFFNET).entries[0].bp  # 500 images: backprop's validation-chosen configuration
-    copy = _busy_copy(rows_of(finals, chosen)["cell_key"].iloc[0], tmp_path)
-    md = build_report(copy, tmp_path / "report").read_text()
+    key = rows_of(finals, chosen)["cell_key"].iloc[0]
+    tmp = tmp_path_factory.mktemp("conditions")
+    copy = tmp / "curve"
+    shutil.copytree(EFFNET, copy, ignore=shutil.ignore_patterns("report"))
+    csv = pd.read_csv(copy / "results.csv", dtype=str, keep_default_na=False)
+    epoch = csv.index[(csv["cell_key"] == key) & (csv["row_type"] == "epoch")][0]
+    csv.at[epoch, "extra"] = json.dumps({**json.loads(csv.at[epoch, "extra"] or "{}"), "load_at_row": 5.5})
+    csv["device_name"] = csv["device_name"].mask(csv["cell_key"] == key, XEON)
+    csv.to_csv(copy / "results.csv", index=False)
+    return copy, key, build_report(copy, tmp / "report").read_text()
+
+
+def test_a_chosen_cell_timed_beside_other_work_is_said_so_in_the_report(edited):
+    _, _, md = edited
     answer_table = md.split("## The answer\n")[1].split("## How it was decided")[0]
     line = next(row for row in answer_table.splitlines() if row.startswith("| cifar10 | 500 |"))
     assert "(timed beside other work: an upper bound)" in line
@@ -95,29 +95,22 @@ def test_a_chosen_cell_timed_beside_other_work_is_said_so_in_the_report(effnet, 
     assert other and "other work" not in other[0]
 
 
-def test_the_gate_says_which_side_was_timed_beside_other_work(effnet, tmp_path):
-    _, finals = effnet
-    key = finals.loc[finals["method"] == "finetune", "cell_key"].iloc[0]
+def test_the_gate_says_which_side_was_timed_beside_other_work(edited):
+    copy, key, _ = edited
     out = io.StringIO()
-    assert compare(EFFNET, _busy_copy(key, tmp_path), out=out) == 0  # the same cells: it judges, it passes
+    assert compare(EFFNET, copy, out=out) == 0  # the same cells: it judges, it passes
     lines = [line for line in out.getvalue().splitlines() if "timed beside other work" in line]
     assert len(lines) == 1 and lines[0].startswith(key) and "(B timed beside other work)" in lines[0]
 
 
-def test_times_from_two_cpu_models_are_said_to_make_no_ratio(effnet, tmp_path):
+def test_times_from_two_cpu_models_are_said_to_make_no_ratio(edited):
     # Issue 23, item 9: a long suite's sessions may land on another CPU model.
-    _, finals = effnet
-    chosen = answer(finals, EFFNET).entries[0].bp
-    key = rows_of(finals, chosen)["cell_key"].iloc[0]
-    xeon = "Intel Xeon (2 logical cores)"
-    copy = _copy(tmp_path, lambda csv: csv.__setitem__("device_name", csv["device_name"].mask(csv["cell_key"] == key,
-                                                                                              xeon)))
-    md = build_report(copy, tmp_path / "report").read_text()
+    _, _, md = edited
     top = md.split("## The answer\n")[1].split("|")[0]
     [at500] = [line for line in top.splitlines() if line.startswith("cifar10, 500 training")]
-    assert f"measured on 2 CPU models (AMD EPYC (2 logical cores); {xeon}): no ratio of them is a speed-up" in at500
+    assert f"measured on 2 CPU models (AMD EPYC (2 logical cores); {XEON}): no ratio of them is a speed-up" in at500
     assert "CPU models" not in top.replace(at500, "")
     assert "Its times were measured on 2 CPU models" in md
     curve = md.split("## Learning curve")[1].split("## Plots")[0]
     [row] = [line for line in curve.splitlines() if line.startswith("| cifar10 | 500 | backprop |")]
-    assert f"AMD EPYC (2 logical cores); {xeon}" in row
+    assert f"AMD EPYC (2 logical cores); {XEON}" in row
