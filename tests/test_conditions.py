@@ -18,7 +18,7 @@ from benchmarks.report.build import build_report
 from benchmarks.report.gate import compare
 from benchmarks.report.curve import curve_table
 from benchmarks.harness.loadavg import MARGIN
-from benchmarks.report.conditions import busy_note, highest_loads, mark_busy
+from benchmarks.report.conditions import busy_note, earlier_attempts, mark_busy
 from benchmarks.report.tables import load_results, split_rows
 from benchmarks.report.verdict import rows_of
 
@@ -27,33 +27,48 @@ EFFNET = REPO / "results" / "curve-effnet-cifar10"
 
 
 def _rows(*cells) -> pd.DataFrame:
-    """(cell_key, row_type, threads, extra) rows."""
-    return pd.DataFrame(cells, columns=["cell_key", "row_type", "threads", "extra"])
+    """(cell_key, run_id, row_type, threads, extra) rows, all ok."""
+    return pd.DataFrame(cells, columns=["cell_key", "run_id", "row_type", "threads", "extra"]).assign(status="ok")
 
 
-def test_a_cell_is_busy_when_any_of_its_rows_saw_load_above_its_threads():
-    rows = _rows(("a", "epoch", 2, json.dumps({"load_at_start": 1.9, "load_at_row": 4.9})),
-                 ("a", "final", 2, json.dumps({"load_at_start": 1.9, "load_at_row": 2.0})),
-                 ("b", "final", 2, json.dumps({"load_at_start": 2.0 + MARGIN, "load_at_row": 2.1})),
-                 ("c", "final", 2, json.dumps({"load_at_start": 0.5, "load_at_row": 2.0 + MARGIN + 0.01})),
-                 ("d", "final", 2, ""),  # written before rows kept the load
-                 ("e", "final", 2, "{not json"))
-    assert highest_loads(rows).to_dict() == {"a": 4.9, "b": 3.0, "c": pytest.approx(3.01)}
+def _load(start: float, row: float, **more) -> str:
+    return json.dumps({"load_at_start": start, "load_at_row": row, **more})
+
+
+def test_a_cell_is_busy_when_a_row_of_its_run_saw_load_above_its_threads():
+    rows = _rows(("a", "r2", "epoch", 2, _load(1.9, 4.9)), ("a", "r2", "final", 2, _load(1.9, 2.0)),
+                 ("b", "r2", "final", 2, _load(2.0 + MARGIN, 2.1)),
+                 ("c", "r2", "final", 2, _load(0.5, 2.0 + MARGIN + 0.01)),
+                 ("d", "r2", "final", 2, ""),  # written before rows kept the load
+                 ("e", "r2", "final", 2, "{not json"),
+                 ("f", "r1", "failed", 2, _load(5.0, 5.0)), ("f", "r2", "final", 2, _load(2.0, 2.0)))
     marked = mark_busy(rows[rows["row_type"] == "final"], rows).set_index("cell_key")
+    assert marked["highest_load"].dropna().to_dict() == {"a": 4.9, "b": 3.0, "c": pytest.approx(3.01), "f": 2.0}
     assert marked.loc["a", "busy"] == 1.0  # an epoch's row counts: the final one alone looked quiet
     assert marked.loc["b", "busy"] == 0.0  # at the margin, not over it
     assert marked.loc["c", "busy"] == 1.0
+    assert marked.loc["f", "busy"] == 0.0  # a failed attempt before it is another run: not its time
     assert marked[["busy", "highest_load"]].loc[["d", "e"]].isna().all().all()  # unknown, not quiet
     note = busy_note(marked.reset_index())
-    assert note.startswith("2 of 5 timed beside other work (load up to 4.9 on 2 threads)")
+    assert note.startswith("2 of 6 timed beside other work (load up to 4.9 on 2 threads)")
     assert busy_note(marked.loc[["b", "d"]].reset_index()) == ""
+
+
+def test_a_resumed_cell_counts_the_epochs_of_the_attempt_it_resumed():
+    # Its first epochs were timed in the interrupted run (results.interrupted.csv); the run that finished it
+    # wrote them again from the checkpoint, with today's load.
+    earlier = _rows(("a", "r1", "epoch", 2, _load(2.0, 4.4)), ("b", "r1", "epoch", 2, _load(2.0, 4.4)))
+    rows = _rows(("a", "r2", "final", 2, _load(2.0, 2.0, resumed_from=["main@44"])),
+                 ("b", "r2", "final", 2, _load(2.0, 2.0)))  # b's checkpoint was refused: it ran whole in r2
+    marked = mark_busy(rows, rows, earlier).set_index("cell_key")
+    assert marked["busy"].to_dict() == {"a": 1.0, "b": 0.0}
 
 
 @pytest.fixture(scope="module")
 def effnet():
     df = load_results(EFFNET)
     finals, _, _ = split_rows(df)
-    return df, mark_busy(finals, df)
+    return df, mark_busy(finals, df, earlier_attempts(EFFNET))
 
 
 def test_the_committed_curve_ran_alone_and_says_nothing(effnet):

@@ -51,10 +51,12 @@ def _set_loads(path: Path, loads: dict[str, float]) -> None:
 def test_the_rule_is_the_threads_plus_one_core():
     assert is_busy(3.01, "2") and not is_busy(3.0, 2) and not is_busy(0.4, "1")
     assert is_busy(5.0, "") is None and is_busy(5.0, None) is None  # threads unknown: not said either way
-    rows = [{"cell_key": "a", "threads": "1", "extra": json.dumps({"load_at_start": 0.9, "load_at_row": 2.5})},
-            {"cell_key": "b", "threads": "1", "extra": json.dumps({"load_at_start": 0.9, "load_at_row": 1.9})},
-            {"cell_key": "c", "threads": "", "extra": json.dumps({"load_at_row": 9.0})},
-            {"cell_key": "d", "threads": "1", "extra": json.dumps({"load_at_row": True})}]  # not a load
+    final = {"row_type": "final", "status": "ok", "run_id": "r1", "threads": "1"}
+    rows = [{**final, "cell_key": "a", "extra": json.dumps({"load_at_start": 0.9, "load_at_row": 2.5})},
+            {**final, "cell_key": "b", "extra": json.dumps({"load_at_start": 0.9, "load_at_row": 1.9})},
+            {**final, "cell_key": "c", "threads": "", "extra": json.dumps({"load_at_row": 9.0})},
+            {**final, "cell_key": "d", "extra": json.dumps({"load_at_row": True})},  # not a load
+            {**final, "cell_key": "e", "status": "failed", "extra": json.dumps({"load_at_row": 9.0})}]  # not done
     assert busy_cells(rows) == {"a"}
 
 

@@ -315,9 +315,8 @@ def preflight(cells: list[Cell], out_dir: str | Path) -> list[Exception | None]:
 
 def retime_keys(cells: list[Cell], results_path: str | Path) -> set[str]:
     """The keys of the finished cells of ``cells`` in ``results_path`` that were timed beside other work."""
-    rows = res.read_rows(results_path)
-    done = {r["cell_key"] for r in rows if r.get("row_type") == "final" and r.get("status") == "ok"}
-    return busy_cells(rows) & done & {c.key() for c in cells}
+    earlier = res.read_rows(Path(results_path).parent / res.INTERRUPTED_FILE)
+    return busy_cells(res.read_rows(results_path), earlier) & {c.key() for c in cells}
 
 
 def run_cells(cells: list[Cell], out_dir: str | Path, runner: Runner | None = None, executor=None,

@@ -3,7 +3,8 @@
 Every row records the machine's 1-minute load average in ``extra`` (``load_at_start`` when its cell began,
 ``load_at_row`` when the row was written; an epoch's row too, :func:`benchmarks.harness.metadata.load_average`).
 A cell alone on the machine keeps it near its own threads. A cell whose load went more than :data:`MARGIN`
-(one core's worth) over its threads at any of its rows is *busy*: its accuracy stands, its times are upper
+(one core's worth) over its threads at any of its rows (of the run that finished it, and of the interrupted
+attempts it resumed from: :func:`cell_loads`) is *busy*: its accuracy stands, its times are upper
 bounds. The load average lags by a minute and counts niced work that barely slowed the cell, so the flag
 errs toward saying too much. The report says so beside such times (:mod:`benchmarks.report.conditions`);
 ``gradfree run --retime-busy`` sets such cells aside so that they run again.
@@ -41,16 +42,40 @@ def is_busy(load: float, threads) -> bool | None:
     return None if not math.isfinite(t) else load > t + MARGIN
 
 
-def busy_cells(rows: Iterable[dict]) -> set[str]:
-    """The keys of the cells among ``rows`` (as :func:`benchmarks.harness.results.read_rows` gives them: every
-    row of a cell, final and epoch rows alike) that were timed beside other work."""
+def _resumed(extra) -> bool:
+    try:
+        found = json.loads(extra) if isinstance(extra, str) and extra else extra
+    except ValueError:
+        return False
+    return bool(isinstance(found, dict) and found.get("resumed_from"))
+
+
+def cell_loads(rows: Iterable[dict], earlier: Iterable[dict] = ()) -> dict[str, tuple[float, object]]:
+    """Per cell with a successful final row among ``rows`` (as :func:`benchmarks.harness.results.read_rows` gives
+    them, or a DataFrame's records): (the highest load its rows recorded, its threads). Its rows: those of the
+    run that finished it (final and epoch rows), and, when it resumed from a checkpoint (``resumed_from``), the
+    rows of its earlier attempts in ``earlier`` (``results.interrupted.csv``): the epochs it did not run again
+    were timed then. Cells whose rows recorded no load are absent."""
+    rows = list(rows)
+    finals = {r.get("cell_key"): r for r in rows if r.get("row_type") == "final" and r.get("status") == "ok"}
     highest: dict[str, float] = {}
-    threads: dict[str, str] = {}
-    for r in rows:
-        key = r.get("cell_key") or ""
-        loads = row_loads(r.get("extra"))
-        if key and loads:
+
+    def see(key, extra) -> None:
+        loads = row_loads(extra)
+        if loads:
             highest[key] = max(highest.get(key, -math.inf), *loads)
-        if key and r.get("threads") not in (None, ""):
-            threads[key] = r["threads"]
-    return {key for key, load in highest.items() if is_busy(load, threads.get(key))}
+
+    for r in rows:
+        final = finals.get(r.get("cell_key"))
+        if final is not None and r.get("run_id") == final.get("run_id"):
+            see(r["cell_key"], r.get("extra"))
+    for r in earlier:
+        final = finals.get(r.get("cell_key"))
+        if final is not None and _resumed(final.get("extra")):
+            see(r["cell_key"], r.get("extra"))
+    return {key: (load, finals[key].get("threads")) for key, load in highest.items()}
+
+
+def busy_cells(rows: Iterable[dict], earlier: Iterable[dict] = ()) -> set[str]:
+    """The keys of the finished cells among ``rows`` that were timed beside other work (:func:`cell_loads`)."""
+    return {key for key, (load, threads) in cell_loads(rows, earlier).items() if is_busy(load, threads)}

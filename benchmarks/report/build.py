@@ -49,7 +49,7 @@ from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
 from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table
 from benchmarks.report.curve import figure as curve_figure
-from benchmarks.report.conditions import mark_busy
+from benchmarks.report.conditions import earlier_attempts, mark_busy
 from benchmarks.harness.metadata import read_metadata
 from benchmarks.report.reportdir import ReportFolder
 from benchmarks.harness.results import ResultsError
@@ -165,7 +165,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
     warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
     df = load_results(csv, warn=warn)
     finals, epochs, failed = split_rows(df)
-    finals = mark_busy(finals, df)  # each cell's highest load: times measured beside other work are said so
+    finals = mark_busy(finals, df, earlier_attempts(csv.parent))  # times measured beside other work are said so
     if finals.empty:
         failures = f" ({len(failed)} failed: their errors are in the file's error column)" if len(failed) else ""
         raise ResultsError(f"nothing to report: {csv} holds no finished cell{failures}. Run cells into it "

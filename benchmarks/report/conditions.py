@@ -4,28 +4,29 @@ beside other work is an upper bound, and two times measured on two CPU models ma
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from benchmarks.harness.loadavg import is_busy, row_loads
+from benchmarks.harness.loadavg import cell_loads, is_busy
+from benchmarks.harness.results import INTERRUPTED_FILE, read_rows
 
 
-def highest_loads(rows: pd.DataFrame) -> pd.Series:
-    """The highest load average each cell's rows recorded (final and epoch rows alike), by ``cell_key``;
-    cells without one are absent."""
-    pairs = [(key, max(loads)) for key, extra in zip(rows.get("cell_key", ()), rows.get("extra", ()))
-             if (loads := row_loads(extra))]
-    if not pairs:
-        return pd.Series(dtype=float)
-    return pd.DataFrame(pairs, columns=["cell_key", "load"]).groupby("cell_key")["load"].max()
+def earlier_attempts(folder: str | Path) -> pd.DataFrame:
+    """The rows of the interrupted attempts kept beside a results file (``results.interrupted.csv``; empty
+    when there is none): where a cell resumed, its first epochs were timed in them."""
+    return pd.DataFrame(read_rows(Path(folder) / INTERRUPTED_FILE))
 
 
-def mark_busy(finals: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """``finals`` with ``highest_load`` (over all of the cell's ``rows``) and ``busy``: 1.0 where the cell was
-    timed beside other work, 0.0 where it was not, NaN where its load or threads are not known. A mean over
-    seeds of ``busy`` above 0 says some seed was."""
+def mark_busy(finals: pd.DataFrame, rows: pd.DataFrame, earlier: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``finals`` with ``highest_load`` (over the cell's ``rows``, and over ``earlier`` attempts, the rows of
+    ``results.interrupted.csv``, where it resumed from one: :func:`benchmarks.harness.loadavg.cell_loads`) and
+    ``busy``: 1.0 where the cell was timed beside other work, 0.0 where it was not, NaN where its load or threads
+    are not known. A mean over seeds of ``busy`` above 0 says some seed was."""
     out = finals.copy()
-    highest = highest_loads(rows)
-    out["highest_load"] = out["cell_key"].map(highest) if len(highest) else float("nan")
+    loads = cell_loads(rows.to_dict("records"), [] if earlier is None else earlier.to_dict("records"))
+    out["highest_load"] = pd.Series([loads.get(k, (float("nan"), None))[0] for k in out["cell_key"]],
+                                    index=out.index, dtype=float)
     threads = out["threads"] if "threads" in out else pd.Series(None, index=out.index, dtype=object)
     busy = [None if pd.isna(load) else is_busy(load, t) for load, t in zip(out["highest_load"], threads)]
     out["busy"] = pd.Series([float("nan") if b is None else float(b) for b in busy], index=out.index, dtype=float)

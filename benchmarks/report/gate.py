@@ -41,7 +41,7 @@ import pandas as pd
 
 from benchmarks.report.answer import answer
 from benchmarks.report.curve import crossovers
-from benchmarks.report.conditions import mark_busy
+from benchmarks.report.conditions import earlier_attempts, mark_busy
 from benchmarks.report.tables import load_results, results_csv, split_rows
 
 AXES = ["method", "config", "dataset", "backbone", "cut", "precision", "seed", "image_size", "n_train", "n_test"]
@@ -129,7 +129,8 @@ def compare(a_path, b_path, tolerance: float = 0.01, time_tolerance: float = 0.5
     errors += b_errors
     fa, _, faila = split_rows(a)
     fb, _, failb = split_rows(b)
-    fa, fb = mark_busy(fa, a), mark_busy(fb, b)
+    fa, fb = (mark_busy(f, rows, earlier_attempts(results_csv(path).parent))
+              for f, rows, path in ((fa, a, a_path), (fb, b, b_path)))
     if not errors and fa.empty:
         errors.append(f"A ({a_path}) has no successful final row: nothing to compare against.")
     if not b_errors and b.empty:
