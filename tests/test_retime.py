@@ -17,7 +17,7 @@ import pytest
 from benchmarks.cli import main
 from benchmarks.harness.loadavg import busy_cells, is_busy
 from benchmarks.harness.predictions import path_of, read_predictions
-from benchmarks.harness.results import read_rows
+from benchmarks.harness.results import append_rows, read_rows
 from tiny_data import restore_torch_threads, tiny_cifar10, tiny_settings  # noqa: F401 (autouse fixture)
 
 SUITE = tiny_settings("retime") + """
@@ -70,6 +70,10 @@ def test_retime_busy_runs_the_busy_cells_again_and_keeps_what_it_replaced(tmp_pa
     busy, quiet = finals["128"]["cell_key"], finals["256"]["cell_key"]
     _set_loads(out / "results.csv", {busy: 4.5, quiet: 0.5})
     before = read_rows(out / "results.csv")
+    # An interrupted attempt of each (kept in results.interrupted.csv, as a repair leaves them).
+    attempts = [{**r, "row_type": "epoch", "run_id": "r0"} for r in before]
+    append_rows(out / "results.interrupted.csv", attempts)
+    interrupted = read_rows(out / "results.interrupted.csv")
     old_run = read_predictions(out, busy).run_id
 
     capsys.readouterr()
@@ -80,7 +84,9 @@ def test_retime_busy_runs_the_busy_cells_again_and_keeps_what_it_replaced(tmp_pa
     assert main(args) == 0 and read_rows(out / "results.csv") == before  # without the flag: nothing runs again
 
     assert main([*args, "--retime-busy"]) == 0
-    assert read_rows(out / "results.superseded.csv") == [r for r in before if r["cell_key"] == busy]
+    # its rows, then its attempt's: the new run starts whole, and the load it is judged by is its own
+    assert read_rows(out / "results.superseded.csv") == [r for r in before + interrupted if r["cell_key"] == busy]
+    assert [r["cell_key"] for r in read_rows(out / "results.interrupted.csv")] == [quiet]
     after = read_rows(out / "results.csv")
     assert [r for r in after if r["cell_key"] == quiet] == [r for r in before if r["cell_key"] == quiet]
     [again] = [r for r in after if r["cell_key"] == busy]

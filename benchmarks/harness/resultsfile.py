@@ -99,22 +99,27 @@ class ResultsFile:
         moved = self._set_aside(lambda key: key in keys, "timed beside other work, to be timed again")
         for key in moved:
             move_aside_predictions(self.out_dir, key)
+        # and the attempts they had resumed from: the new run starts whole, and its load is its own
+        self._set_aside(lambda key: key in moved, "interrupted before being timed again",
+                        self.out_dir / INTERRUPTED_FILE)
         return moved
 
-    def _set_aside(self, moving, why: str) -> list[str]:
-        """Move every row of the cells whose key ``moving(key)`` holds to :data:`SUPERSEDED_FILE` (side file
-        first, then the rewrite: a crash between them leaves each row once in results.csv)."""
+    def _set_aside(self, moving, why: str, source: Path | None = None) -> list[str]:
+        """Move every row of ``source`` (results.csv by default) of the cells whose key ``moving(key)`` holds
+        to :data:`SUPERSEDED_FILE` (side file first, then the rewrite: a crash between them leaves each row
+        once in ``source``)."""
+        source = self.path if source is None else source
         if self._claim_key is None:
             raise RuntimeError("setting rows aside needs the folder's claim: use it inside `with ResultsFile(...)`.")
-        if not self.path.exists():
+        if not source.exists():
             return []
-        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(source, os.O_RDWR | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             data = read_fd(fd)
             scan = scan_rows(data)
             if scan.bad:
-                raise ResultsError(f"{self.path} has malformed bytes; open it for a run first (it repairs them).")
+                raise ResultsError(f"{source} has malformed bytes; open it for a run first (it repairs them).")
             move = [(s, e, r) for s, e, r in scan.rows if moving(r.get("cell_key", ""))]
             if not move:
                 return []
@@ -126,11 +131,11 @@ class ResultsFile:
                                    "it is. Please report this, with the file.")
             side = self.out_dir / SUPERSEDED_FILE
             self._set_aside_rows(side, [data[s:e] for s, e, _ in move])
-            self._rewrite(fd, new)
+            self._rewrite(fd, new, source)
         finally:
             os.close(fd)
         cells = sorted({r.get("cell_key", "") for _, _, r in move})
-        self.notices.append(f"{self.path}: moved {len(move)} row(s) of {len(cells)} cell(s) {why} to {side}")
+        self.notices.append(f"{source}: moved {len(move)} row(s) of {len(cells)} cell(s) {why} to {side}")
         return cells
 
     # -- checks and the claim ------------------------------------------------
@@ -255,13 +260,15 @@ class ResultsFile:
         finally:
             os.close(fd)
 
-    def _rewrite(self, fd: int, new: bytes) -> None:
-        """Replace the file open as ``fd`` by ``new``, atomically, keeping its mode (and a symbolic link)."""
+    def _rewrite(self, fd: int, new: bytes, path: Path | None = None) -> None:
+        """Replace the file open as ``fd`` (``path``, results.csv by default) by ``new``, atomically, keeping its
+        mode (and a symbolic link)."""
+        path = self.path if path is None else path
         try:
-            atomic_write_bytes(self.path, new, stat.S_IMODE(os.fstat(fd).st_mode))
+            atomic_write_bytes(path, new, stat.S_IMODE(os.fstat(fd).st_mode))
         except OSError as err:
-            raise ResultsError(f"{write_failure(Path(os.path.realpath(self.path)), err, self.out_dir)} "
-                               f"{self.path} was left as it was.") from err
+            raise ResultsError(f"{write_failure(Path(os.path.realpath(path)), err, self.out_dir)} "
+                               f"{path} was left as it was.") from err
 
     def _set_aside_rows(self, side: Path, lines: list[bytes]) -> None:
         # A crash between this append and the rewrite would set the rows aside twice: skip duplicates.
