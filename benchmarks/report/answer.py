@@ -20,8 +20,9 @@ CANNOT_SEPARATE = "cannot separate"
 NOTE = (f"Each side's answer is its configuration with the best mean validation accuracy (the test split chooses "
         f"nothing); their test accuracies are compared. Difference: gradient-free minus backprop, in points, "
         f"with its {LEVEL:.0%} interval: paired (a bootstrap over the test images, resampled jointly for both "
-        "sides, and over each side's seeds; p from McNemar's exact mid-p test) where both kept their test "
-        "predictions on the same images, else unpaired (binomial standard errors plus the spread over seeds; "
+        "sides, and over each side's seeds; p: the difference over that bootstrap's standard error; McNemar's "
+        "exact mid-p test beside it for reference, the largest over the pairings of the two sides' seeds) where "
+        "both kept their test predictions on the same images, else unpaired (binomial standard errors plus the spread over seeds; "
         f"results written before predictions were kept). p-values are corrected by Holm over every comparison "
         f"below (each data group and each cut); a difference is a win only if its interval excludes 0 and its "
         f"Holm p is below {ALPHA}, else a tie. 'Cannot separate': even the best and the worst configuration of "
@@ -81,6 +82,7 @@ class Answer:
                 **_side("gradient-free", e.gf), **_side("backprop", e.bp),
                 "gf − bp, points [95% interval]": c.interval() if c else "",
                 "p": f"{c.p:.3g}" if c else "", "p (Holm)": f"{c.p_holm:.3g}" if c and not np.isnan(c.p_holm) else "",
+                "McNemar p (largest over seed pairs)": f"{c.mcnemar:.3g}" if c and not np.isnan(c.mcnemar) else "",
                 "comparison": ("paired" if c.kind == PAIRED else "unpaired") if c else "",
                 "verdict": e.verdict(),
                 "oracle: best on test (not a selection)": e.oracle})
