@@ -17,6 +17,10 @@ from benchmarks.report.verdict import (ALPHA, LEVEL, PAIRED, TIE, Comparison, No
                                 holm, name, oracle, rows_of)
 
 CANNOT_SEPARATE = "cannot separate"
+#: The answer table's first columns: what a reader looks for, before the details.
+ANSWER_FIRST = ("dataset", "n_train", "n_val", "n_test", "cut", "gradient-free", "gradient-free test",
+                "gradient-free train s", "backprop", "backprop test", "backprop train s", "gf − bp, points [95% interval]",
+                "verdict")
 NOTE = (f"Each side's answer is its configuration with the best mean validation accuracy (the test split chooses "
         f"nothing); their test accuracies are compared. Difference: gradient-free minus backprop, in points, "
         f"with its {LEVEL:.0%} interval: paired (a bootstrap over the test images, resampled jointly for both "
@@ -68,9 +72,9 @@ class Answer:
         return [e.group for e in self.entries if e.cut is None and not e.separable]
 
     def table(self, per_cut: bool = False) -> pd.DataFrame:
-        """One row per data group (``per_cut``: per cut): each side's configuration, validation and test
-        accuracy and training seconds, the difference's interval, p, Holm's p, the kind of comparison, the
-        verdict and the oracle."""
+        """One row per data group (``per_cut``: per cut), the answer first: the group, each side's
+        configuration, test accuracy and training seconds, the difference's interval and the verdict; then each
+        side's validation accuracy, p, Holm's p, McNemar's p, the kind of comparison and the oracle."""
         rows = []
         for e in self.entries:
             if (e.cut is not None) != per_cut:
@@ -86,7 +90,9 @@ class Answer:
                 "comparison": ("paired" if c.kind == PAIRED else "unpaired") if c else "",
                 "verdict": e.verdict(),
                 "oracle: best on test (not a selection)": e.oracle})
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        first = [c for c in ANSWER_FIRST if c in table.columns]
+        return table[first + [c for c in table.columns if c not in first]]
 
     def lines(self) -> list[str]:
         """One sentence per data group: the answer, for the report's top and ``gradfree compare``."""
