@@ -1,0 +1,35 @@
+"""Issue 23, item 11: the published findings are read from committed files. Every interval the README and
+results/README.md state is one a committed report states (``gradfree report results/NAME`` recomputes it),
+and every file they link is there (figures are named by their content: a report made again with another
+figure leaves a stale link otherwise)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = [REPO / "README.md", REPO / "results" / "README.md"]
+INTERVAL = re.compile(r"\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]")
+LINK = re.compile(r"\]\(([^)#\s]+)\)")
+
+
+def _plain(text: str) -> str:
+    return text.replace("−", "-").replace("\\", "")  # the READMEs' minus sign; the reports' Markdown escapes
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_interval_stated_is_a_committed_reports(doc):
+    reports = "\n".join(_plain(p.read_text()) for p in (REPO / "results").glob("*/report/report.md"))
+    stated = INTERVAL.findall(_plain(doc.read_text()))
+    assert stated, f"{doc.name} states no interval: the pattern no longer matches how it writes them"
+    assert [i for i in stated if i not in reports] == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_file_linked_is_there(doc):
+    links = [link for link in LINK.findall(doc.read_text()) if "://" not in link]
+    assert links
+    assert [link for link in links if not (doc.parent / link).exists()] == []
