@@ -4,6 +4,7 @@ EfficientNet-Lite0 curve (three sizes of CIFAR-10, both sides, kept predictions)
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -100,6 +101,10 @@ def test_the_report_draws_the_curve_and_says_the_crossover(effnet, tmp_path):
     assert "## Learning curve" in md and "cifar10: crossover" in md
     (png,) = (tmp_path / "report").glob("learning_curve__cifar10.*.png")
     assert png.stat().st_size > 10_000 and f"]({png.name})" in md
+    # its table as a reader wants it: rounded, the band one interval (no 0.5115999999999999)
+    table = md.split("## Learning curve")[1].split("## Plots")[0]
+    assert "| 95% band |" in table and "\\[0.6707, 0.6926\\]" in table
+    assert not re.search(r"\d\.\d{6}", table)
 
 
 def test_compare_says_the_crossover_after_the_answer_for_reference(effnet):

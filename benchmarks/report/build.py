@@ -47,7 +47,7 @@ from benchmarks.report import plots
 from benchmarks.report.answer import NOTE as ANSWER_NOTE
 from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
-from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table
+from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table, shown
 from benchmarks.report.curve import figure as curve_figure
 from benchmarks.report.conditions import earlier_attempts, mark_busy
 from benchmarks.harness.metadata import read_metadata
@@ -81,7 +81,8 @@ TUNING_NOTE = ("What each configuration chose on the validation split, per seed:
 SIZE_NOTE = ("What is kept after training: backbone up to the cut + ridge weights for random features (R is "
              "regenerated from its seed, its would-be size shown for reference); the whole network for backprop.")
 TIME_NOTE = ("Training time (`train_total_s`) is the sum of the counted phases (extract, encode, project, fit "
-             "for random features on train + validation images; train for backprop). Warm-up, evaluation and "
+             "for random features: on the training and validation images, the fit on the training images for each "
+             "alpha and, unless refit=False, again on both; train for backprop). Warm-up, evaluation and "
              "test prediction are measured but not counted. A cell whose features came from the feature cache "
              "is charged the seconds their extraction took when it ran (marked `cached`).")
 
@@ -194,7 +195,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
             ("The answer", answer_text, found.table()),
             ("How it was decided", ANSWER_NOTE, None),
             ("The answer per cut", "The same, within each cut both sides ran at.", found.table(per_cut=True)),
-            *([("Learning curve", lambda value: "\n\n".join([*map(value, crossings), CURVE_NOTE]), curve)]
+            *([("Learning curve", lambda value: "\n\n".join([*map(value, crossings), CURVE_NOTE]), shown(curve))]
               if crossings else []),
         ]
         after: list[Section] = [

@@ -79,6 +79,20 @@ def curve_table(found: Answer, finals: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def shown(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`curve_table` as the report shows it: accuracies to 4 decimals, the band as one interval, seconds
+    to 0.1, megabytes to 0.01, milliseconds to 0.001 (the figure draws the numbers themselves)."""
+    if table.empty:
+        return table
+    out = table.drop(columns=["band_low", "band_high"])
+    out.insert(out.columns.get_loc("test_acc") + 1, "95% band",
+               [f"[{lo:.4f}, {hi:.4f}]" if pd.notna(lo) else "" for lo, hi in zip(table["band_low"], table["band_high"])])
+    for column, digits in (("val_acc", 4), ("test_acc", 4), ("train_s", 1), ("model_mb", 2),
+                           ("inference_ms_per_image", 3)):
+        out[column] = [f"{v:.{digits}f}" if pd.notna(v) else "" for v in table[column]]
+    return out
+
+
 @dataclass
 class Crossover:
     """Where the lead changes hands along one dataset's sizes (``low``, ``high``: the sizes bracketing it,
