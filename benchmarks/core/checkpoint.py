@@ -80,6 +80,17 @@ def _differences(saved: str | None, now: str | None) -> str:
     return "; ".join(out)
 
 
+def was_resumed(extra) -> bool:
+    """Whether a final row (its ``extra``: a dict, or its JSON text) belongs to a cell resumed from a checkpoint
+    (the runner's ``resumed_from``, the ``stage@epoch`` of :attr:`CellCheckpoint.resumed`)."""
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra else {}
+        except ValueError:
+            return False
+    return bool(isinstance(extra, dict) and extra.get("resumed_from"))
+
+
 class CellCheckpoint:
     """The checkpoint files of one cell: one per training *stage*, in ``folder``."""
 

@@ -29,7 +29,6 @@ Ray is imported here only, and only when the Ray executor is built.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from pathlib import Path
@@ -72,7 +71,7 @@ class _Progress:
         self.last = now
         weight = self.weights.get(cell.key(), 0.0) if cell is not None else 0.0
         self.planned_left = max(self.planned_left - weight, 0.0)
-        if _resumed(row):
+        if ckpt.was_resumed((row or {}).get("extra")):
             self.resumed_s += since
         else:
             self.planned_done += weight
@@ -87,17 +86,6 @@ class _Progress:
             eta = f", ETA {_fmt_s(elapsed / self.done * left)}"
         print(f"[{n_done}/{self.total}] {line} ({_fmt_s(elapsed)} elapsed, "
               f"{self.done / elapsed * 60:.2g} cells/min{eta})")
-
-
-def _resumed(row: dict | None) -> bool:
-    """Whether a final row's cell was resumed from a checkpoint (``extra``'s ``resumed_from``)."""
-    extra = (row or {}).get("extra")
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except ValueError:
-            return False
-    return bool(isinstance(extra, dict) and extra.get("resumed_from"))
 
 
 def _planned_s(cell: Cell, rates: dict | None) -> float:

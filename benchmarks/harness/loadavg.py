@@ -16,6 +16,8 @@ import json
 import math
 from collections.abc import Iterable
 
+from benchmarks.core.checkpoint import was_resumed
+
 #: Load above the cell's threads, at any of its rows, that marks its times as measured beside other work.
 MARGIN = 1.0
 
@@ -42,14 +44,6 @@ def is_busy(load: float, threads) -> bool | None:
     return None if not math.isfinite(t) else load > t + MARGIN
 
 
-def _resumed(extra) -> bool:
-    try:
-        found = json.loads(extra) if isinstance(extra, str) and extra else extra
-    except ValueError:
-        return False
-    return bool(isinstance(found, dict) and found.get("resumed_from"))
-
-
 def cell_loads(rows: Iterable[dict], earlier: Iterable[dict] = ()) -> dict[str, tuple[float, object]]:
     """Per cell with a successful final row among ``rows`` (as :func:`benchmarks.harness.results.read_rows` gives
     them, or a DataFrame's records): (the highest load its rows recorded, its threads). Its rows: those of the
@@ -71,7 +65,7 @@ def cell_loads(rows: Iterable[dict], earlier: Iterable[dict] = ()) -> dict[str, 
             see(r["cell_key"], r.get("extra"))
     for r in earlier:
         final = finals.get(r.get("cell_key"))
-        if final is not None and _resumed(final.get("extra")):
+        if final is not None and was_resumed(final.get("extra")):
             see(r["cell_key"], r.get("extra"))
     return {key: (load, finals[key].get("threads")) for key, load in highest.items()}
 
