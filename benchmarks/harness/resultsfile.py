@@ -100,8 +100,11 @@ class ResultsFile:
         for key in moved:
             move_aside_predictions(self.out_dir, key)
         # and the attempts they had resumed from: the new run starts whole, and its load is its own
-        self._set_aside(lambda key: key in moved, "interrupted before being timed again",
-                        self.out_dir / INTERRUPTED_FILE)
+        try:
+            self._set_aside(lambda key: key in moved, "interrupted before being timed again",
+                            self.out_dir / INTERRUPTED_FILE)
+        except ResultsError as err:  # a torn side file: left as it is (its rows then count against the new run)
+            self.notices.append(f"{self.out_dir / INTERRUPTED_FILE}: left as it is ({err})")
         return moved
 
     def _set_aside(self, moving, why: str, source: Path | None = None) -> list[str]:
