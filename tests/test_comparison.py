@@ -55,7 +55,7 @@ def test_time_to_accuracy_censors_a_curve_that_misses_and_bounds_the_speed_up(re
     row = table.iloc[0]
     # The target is the best gradient-free *validation* accuracy: k = 4000, 0.75, in 20 s.
     assert row["target (val)"] == 0.75 and "k=4000" in row["target set by"] and row["target time"] == "20.0 s"
-    assert row["backprop time to target"] == "90.0 s, not reached in 90.0 s"
+    assert row["backprop time to target"] == "60.0–90.0 s, not reached in 90.0 s"  # crossed between 60 and 90 s
     assert row["censored"] == 1 and row["seeds"] == 2
     # One seed never reached the target: no speed-up, since it is not at equal accuracy (issue 23, item 7).
     assert row["speed-up at equal accuracy"].startswith("none (1 of 2 seeds never reached the target")
@@ -68,9 +68,22 @@ def test_a_curve_that_reaches_the_target_early_is_timed_at_that_epoch(tmp_path):
     append_rows(tmp_path / "results.csv", rows)
     finals, epochs, _ = split_rows(load_results(tmp_path))
     row = time_to_accuracy_table(finals, epochs).iloc[0]
-    assert row["backprop time to target"] == "5.0 s" and row["censored"] == 0
-    assert row["speed-up at equal accuracy"] == "0.5x"
+    assert row["backprop time to target"] == "0.0–5.0 s" and row["censored"] == 0
+    assert row["speed-up at equal accuracy"] == "0.0–0.5x"
     assert row["gradient-free time to backprop best"].startswith("not reached")
+
+
+def test_the_time_to_target_is_the_span_between_two_validation_points(tmp_path):
+    # Validation runs every few epochs (eval_every): the curve crossed the target somewhere between the point
+    # before and the point that reached it; the speed-up is that span over the target's time.
+    rows = [_rf(0, 4000, 0.75, 0.74, 20.0)]
+    rows += _ft(0, [(30.0, 0.60), (60.0, 0.76)], 0.75)
+    rows += [{**r, "seed": 1, "cell_key": "ft-1"} for r in _ft(1, [(50.0, 0.70), (100.0, 0.80)], 0.79)]
+    append_rows(tmp_path / "results.csv", rows)
+    finals, epochs, _ = split_rows(load_results(tmp_path))
+    row = time_to_accuracy_table(finals, epochs).iloc[0]
+    assert row["backprop time to target"] == "30.0–60.0 s, 50.0–100 s"
+    assert row["speed-up at equal accuracy"] == "2.0–4.0x ± 1.4"  # (1.5, 2.5) to (3, 5) times the 20 s
 
 
 def test_other_data_is_another_group(tmp_path):
@@ -112,7 +125,7 @@ def test_no_speed_up_is_named_between_cells_timed_on_two_cpu_models(tmp_path):
     same = tmp_path / "same"
     append_rows(same / "results.csv", [{**r, "device_name": "AMD EPYC (2 logical cores)"} for r in rows])
     finals, epochs, _ = split_rows(load_results(same))
-    assert time_to_accuracy_table(finals, epochs).iloc[0]["speed-up at equal accuracy"] == "0.5x"
+    assert time_to_accuracy_table(finals, epochs).iloc[0]["speed-up at equal accuracy"] == "0.0–0.5x"
     # Per configuration: one that ran on the target's CPU keeps its ratio beside one that did not.
     probe = [{**r, "cell_key": "lp-0", "method_config": json.dumps({"mode": "linear-probe"}),
               "device_name": "Intel Xeon (2 logical cores)"} for r in _ft(0, [(5.0, 0.72)], 0.70)]
@@ -120,5 +133,5 @@ def test_no_speed_up_is_named_between_cells_timed_on_two_cpu_models(tmp_path):
     append_rows(mixed / "results.csv", [{**r, "device_name": "AMD EPYC (2 logical cores)"} for r in rows] + probe)
     finals, epochs, _ = split_rows(load_results(mixed))
     table = time_to_accuracy_table(finals, epochs).set_index("backprop")["speed-up at equal accuracy"]
-    assert sorted(table) == ["0.5x", "none (measured on 2 CPU models: AMD EPYC (2 logical cores); Intel Xeon "
+    assert sorted(table) == ["0.0–0.5x", "none (measured on 2 CPU models: AMD EPYC (2 logical cores); Intel Xeon "
                                      "(2 logical cores))"]
