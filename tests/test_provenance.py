@@ -50,12 +50,15 @@ def test_the_report_flags_a_dirty_tree_and_shows_the_highest_load_at_a_row():
     import pandas as pd
 
     from benchmarks.report.build import _dirty, _highest_load
+    from benchmarks.report.conditions import mark_busy
 
     assert _dirty({"commit": "abc", "dirty": False}) == ""
     assert _dirty({"commit": "abc", "dirty": True, "diff_sha1": "0123456789abcdef"}) == "YES (diff 0123456789)"
     assert _dirty({"commit": None, "dirty": None}) == "unknown"
     rows = pd.DataFrame({"extra": [json.dumps({"load_at_row": 1.9}), json.dumps({"load_at_row": 4.2}), "", "{bad"],
-                         "threads": [2, 2, 2, 2]})
+                         "threads": [2, 2, 2, 2], "cell_key": list("abcd"), "run_id": "r", "row_type": "final",
+                         "status": "ok"})
+    rows = mark_busy(rows, rows)
     assert _highest_load(rows) == "4.20 (2 threads)"
     assert _highest_load(rows.iloc[2:]) == ""
 
