@@ -286,7 +286,7 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     check_out_folder(out)
     if args.dry_run:
         return _dry_run(cells, out, args.rates_from, args.retime_busy)
-    from benchmarks.harness.executors import make_executor, retime_keys, run_cells
+    from benchmarks.harness.executors import make_executor, run_cells
     from benchmarks.core.features import FeatureCache
     from benchmarks.harness.results import finished_keys
     from benchmarks.harness.runner import Runner
@@ -295,10 +295,8 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     runner = Runner(progress=args.progress, fail_fast=args.fail_fast, feature_cache=FeatureCache(cache_dir))
     executor = make_executor(args.executor, address=args.address)
     done = finished_keys(out / RESULTS_FILE)
-    again = retime_keys(cells, out / RESULTS_FILE) if args.retime_busy else set()
-    print(f"suite {suite.name}: {len(cells)} cells, {sum(c.key() in done for c in cells)} done before"
-          + (f" ({len(again)} of them timed beside other work, to be set aside and run again)" if again else "") + "; "
-          f"results in {out / RESULTS_FILE}")
+    print(f"suite {suite.name}: {len(cells)} cells, {sum(c.key() in done for c in cells)} done before; "
+          f"results in {out / RESULTS_FILE}")  # (--retime-busy: run_cells says which it set aside)
     rows = run_cells(cells, out, runner, executor, metadata={
         "suite": suite.name, "suite_file": str(suite.path), "settings": suite.settings,
         "grids": list(suite.grids), "overrides": overrides,
