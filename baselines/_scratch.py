@@ -12,6 +12,20 @@ from benchmarks.core.flops import activation_elements, network_shape
 from benchmarks.core.protocol import DEFAULT_BATCH_SIZE, CellShape
 
 
+def batch_note(cls, config) -> str:
+    """``", batch 128"`` when ``config`` trains with another batch than its published recipe's (a suite's
+    ``batch_size`` setting reaches every trainer that has one: WRN-22's 512 and airbench94's 1,024 become
+    the setting's unless its grid names its own), ``", the cell's batch"`` for None there; empty for the
+    recipe's own and for a trainer whose default is the cell's batch (None), so that a label never names
+    a published recipe that did not run."""
+    fields = getattr(cls.Config, "__dataclass_fields__", {})
+    default = fields["batch_size"].default if "batch_size" in fields else None
+    batch = getattr(config, "batch_size", None)
+    if default is None or batch == default:
+        return ""
+    return f", batch {batch}" if batch is not None else ", the cell's batch"
+
+
 class FromScratch:
     """Base of a from-scratch trainer; a subclass defines ``name``, ``Config`` and :meth:`network`."""
 
@@ -20,7 +34,7 @@ class FromScratch:
 
     @classmethod
     def label(cls, config) -> str:
-        return cls.name
+        return cls.name + batch_note(cls, config)
 
     @classmethod
     def network(cls, config, shape) -> nn.Module:

@@ -58,7 +58,7 @@ from torch import nn
 
 from baselines import _training, _tuning
 from baselines._divergence import TrainingDiverged, non_finite
-from baselines._scratch import FromScratch
+from baselines._scratch import FromScratch, batch_note
 from baselines.airbench_net import AirbenchNet, whitening_filters
 from baselines.airbench_opt import Lookahead, lookahead_decay, lr_factor, make_optimizer  # noqa: F401 (public)
 from benchmarks.core import checkpoint as ckpt
@@ -200,9 +200,8 @@ class Airbench(FromScratch):
     @classmethod
     def label(cls, config: AirbenchConfig) -> str:
         epochs = config.epochs
-        if epochs == AirbenchConfig.epochs:
-            return "airbench94"
-        return f"airbench94 {epochs:g} epoch{'' if epochs == 1 else 's'}"
+        steps = "" if epochs == AirbenchConfig.epochs else f" {epochs:g} epoch{'' if epochs == 1 else 's'}"
+        return "airbench94" + steps + batch_note(cls, config)
 
     @classmethod
     def network(cls, config: AirbenchConfig, shape) -> nn.Module:

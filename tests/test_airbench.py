@@ -269,3 +269,16 @@ def test_clock_excludes_evaluation(monkeypatch):
     assert 1000.0 <= ctx.clock.totals["predict_s"] < 2000.0  # the test split, once: the inference time
     assert ctx.clock.counted_s < 1000.0 and all(r["train_time_s"] < 1000.0 for r in rows)
     assert ctx.clock.uncounted == {"warmup_s", "eval_s", "predict_s"}
+
+
+def test_a_label_never_names_the_published_recipe_where_another_batch_ran():
+    from baselines.small_cnn import SmallCNN
+    from baselines.wrn22 import WRN22OneCycle
+
+    assert Airbench.label(AirbenchConfig()) == "airbench94"
+    assert Airbench.label(AirbenchConfig(batch_size=128)) == "airbench94, batch 128"
+    assert Airbench.label(AirbenchConfig(epochs=48, batch_size=512)) == "airbench94 48 epochs, batch 512"
+    assert Airbench.label(AirbenchConfig(batch_size=None)) == "airbench94, the cell's batch"
+    assert WRN22OneCycle.label(WRN22OneCycle.Config()) == "wrn22"
+    assert WRN22OneCycle.label(WRN22OneCycle.Config(batch_size=128)) == "wrn22, batch 128"
+    assert SmallCNN.label(SmallCNN.Config(batch_size=128)) == "small_cnn"  # its default is the cell's batch

@@ -126,6 +126,35 @@ def test_every_shipped_suite_expands_to_valid_cells(name, monkeypatch):
         assert {c.dataset for c in cells} == {"fashion-mnist"} and {c.image_size for c in cells} == {96}
 
 
+def test_a_trainer_given_the_settings_batch_instead_of_its_recipes_is_noted_by_a_dry_run(tmp_path, capsys):
+    # [settings] reach every cell: a batch size meant for feature extraction would make airbench94's 1,024
+    # into 128 unsaid (it did, in curve-cifar10's first grids). A grid naming its own, or a trainer whose
+    # default is the cell's batch (small_cnn), is no note.
+    path = _suite(tmp_path, """
+        [settings]
+        batch_size = 128
+        image_size = 32
+        [[grid]]
+        method = "airbench"
+        [[grid]]
+        method = "airbench"
+        batch_size = 1024
+        [[grid]]
+        method = ["small_cnn", "wrn22"]
+    """)
+    notes = suites.recipe_notes(load_suite(path))
+    assert len(notes) == 2
+    assert "[[grid]] 1 (airbench)" in notes[0] and "batch_size = 128" in notes[0] and "batch_size = 1024" in notes[0]
+    assert "[[grid]] 3 (wrn22)" in notes[1] and "512" in notes[1]
+    assert main(["run", "--suite", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.count("note: [[grid]]") == 2
+
+
+@pytest.mark.parametrize("name", sorted(suites.suite_paths()))
+def test_no_shipped_suite_gives_a_trainer_the_settings_batch_unsaid(name):
+    assert suites.recipe_notes(load_suite(name)) == []
+
+
 def test_suites_command_lists_names_and_counts(capsys):
     assert main(["suites"]) == 0
     out = capsys.readouterr().out

@@ -282,6 +282,8 @@ def run_suite(args: argparse.Namespace, options: dict) -> int:
     overrides = _suite_overrides(args, options, suites.suite_methods(suite))
     suite = suites.apply_overrides(suite, overrides)
     cells = suites.expand(suite)
+    for note in suites.recipe_notes(suite):
+        print(note, file=sys.stderr)
     out = Path(args.out) if args.out != DEFAULT_OUT else Path("results") / suite.name
     check_out_folder(out)
     if args.dry_run:

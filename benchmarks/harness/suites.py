@@ -35,7 +35,7 @@ from typing import Any
 from benchmarks.core.backbones import BackboneError, list_cuts
 from benchmarks.harness.cells import ALIASES, Cell, CellError, canonical, config_fields, make_cell
 from benchmarks.core.datasets import remembered_identities
-from benchmarks.harness.registry import REGISTRY
+from benchmarks.harness.registry import REGISTRY, get_method
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -249,6 +249,30 @@ def _expand(suite: Suite) -> list[Cell]:
             cells.setdefault(cell.key(), cell)
     # Cells sharing data, backbone, cut and precision next to each other: the feature cache hits.
     return sorted(cells.values(), key=_feature_order)
+
+
+def recipe_notes(suite: Suite) -> list[str]:
+    """A line for each grid whose trainer takes its batch size from ``[settings]`` where its recipe has its
+    own (a setting reaches every cell: ``batch_size = 128`` meant for feature extraction makes airbench94's
+    1,024 and WRN-22's 512 into 128): the cells are what they are (their key holds the batch), but a
+    reader of the suite should not take them for the published recipe, and the report labels them so."""
+    if "batch_size" not in suite.settings:
+        return []
+    setting, notes = suite.settings["batch_size"], []
+    for i, grid in enumerate(suite.grids, 1):
+        methods = grid.get("method", suite.settings.get("method"))
+        for method in (methods if isinstance(methods, list) else [methods]):
+            if "batch_size" in grid or not isinstance(method, str):
+                continue
+            try:
+                fields = getattr(get_method(method).Config, "__dataclass_fields__", {})
+            except ValueError:
+                continue  # an unknown method: the expansion says so
+            recipe = fields["batch_size"].default if "batch_size" in fields else None
+            if recipe is not None and setting != recipe:
+                notes.append(f"note: [[grid]] {i} ({method}) trains with [settings] batch_size = {setting}, not "
+                             f"its recipe's {recipe}; give that grid its own batch_size = {recipe} to run the recipe.")
+    return notes
 
 
 def _feature_order(cell: Cell) -> tuple:
