@@ -7,14 +7,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from benchmarks.report.answer import Answer, Entry, answer
 from benchmarks.report.build import build_report
-from benchmarks.report.curve import crossovers, curve_table, figure
+from benchmarks.report.curve import configurations_by_size, crossovers, curve_table, every_configuration, figure
 from benchmarks.report.tables import load_results, split_rows
-from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, TIE, Comparison
+from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, TIE, Comparison, accuracy_variance
 
 REPO = Path(__file__).resolve().parent.parent
 EFFNET = REPO / "results" / "curve-effnet-cifar10"
@@ -101,10 +102,26 @@ def test_the_report_draws_the_curve_and_says_the_crossover(effnet, tmp_path):
     assert "## Learning curve" in md and "cifar10: crossover" in md
     (png,) = (tmp_path / "report").glob("learning_curve__cifar10.*.png")
     assert png.stat().st_size > 10_000 and f"]({png.name})" in md
+    (every,) = (tmp_path / "report").glob("every_configuration__cifar10.*.png")  # right after it
+    assert md.index(f"]({every.name})") > md.index(f"]({png.name})")
     # its table as a reader wants it: rounded, the band one interval (no 0.5115999999999999)
     table = md.split("## Learning curve")[1].split("## Plots")[0]
     assert "| 95% band |" in table and "\\[0.6707, 0.6926\\]" in table
     assert not re.search(r"\d\.\d{6}", table)
+
+
+def test_every_configuration_is_drawn_at_each_size_with_its_band(effnet):
+    finals, found = effnet
+    drawn = configurations_by_size(finals, "cifar10")
+    assert len(drawn) == len(finals.groupby(["method", "config", "n_train"]))
+    assert drawn.groupby("series")["n_train"].nunique().max() == 3  # a configuration's line through the sizes
+    for row in drawn.itertuples():
+        seeds = finals[(finals["config"] == row.config) & (finals["n_train"] == row.n_train)]["test_acc"]
+        mean, var = accuracy_variance(seeds, int(row.n_test))
+        assert row.test_acc == pytest.approx(mean) and row.half == pytest.approx(1.959964 * np.sqrt(var), rel=1e-4)
+    assert configurations_by_size(finals, "no-such-data").empty
+    fig = every_configuration(finals, curve_table(found, finals), "cifar10")
+    assert fig.png is not None and "nothing is chosen" in fig.caption
 
 
 def test_compare_says_the_crossover_after_the_answer_for_reference(effnet):

@@ -47,8 +47,7 @@ from benchmarks.report import plots
 from benchmarks.report.answer import NOTE as ANSWER_NOTE
 from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
-from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_table, shown
-from benchmarks.report.curve import figure as curve_figure
+from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_figures, curve_table, shown
 from benchmarks.report.conditions import earlier_attempts, mark_busy
 from benchmarks.harness.metadata import read_metadata
 from benchmarks.report.reportdir import ReportFolder
@@ -179,7 +178,7 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
         curve = curve_table(found, finals)
         crossers = crossovers(found)  # the datasets with two sizes or more
         crossings = [c.line() for c in crossers]
-        figures = [curve_figure(curve, c.dataset, c) for c in crossers] + plots.make_all(finals, epochs)
+        figures = curve_figures(finals, curve, crossers) + plots.make_all(finals, epochs)
         files = {fig.name: folder.figure_name(fig.name, fig.png) for fig in figures if fig.png is not None}
         suites = ", ".join(sorted(s for s in df["suite"].unique() if s)) or "(single runs)"
         datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d))

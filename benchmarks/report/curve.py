@@ -18,6 +18,9 @@ its own:
   where the other side is; else "none detected in the range", with the sizes of each kind named.
 * :func:`figure`: accuracy, training time, model size and inference time against the training-set
   size, both sides' chosen configurations, with bands.
+* :func:`every_configuration`: every configuration's test accuracy against the size
+  (:func:`configurations_by_size`), the chosen ones ringed: the method under test beside its controls,
+  for reading, not choosing.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from scipy import stats
 
 from benchmarks.report.answer import Answer, Entry
 from benchmarks.report.conditions import busy_note, machines
-from benchmarks.report.plots import Figure, legend_outside, pyplot, safe_name, to_png
+from benchmarks.report.plots import Figure, legend_outside, pyplot, safe_name, side_palette, to_png
+from benchmarks.report.tables import aggregate, side as side_of
 from benchmarks.report.verdict import BP_AHEAD, GF_AHEAD, LEVEL, accuracy_variance, name, rows_of
 
 SIDES = {"gradient-free": "gf", "backprop": "bp"}
@@ -157,7 +161,7 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
         fig_info.note = "fewer than two training-set sizes: no curve."
         return fig_info
     plt, sns = pyplot()
-    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     colours = {"gradient-free": sns.color_palette("crest", 3)[1], "backprop": sns.color_palette("flare", 3)[1]}
     sizes = sorted(rows["n_train"].unique())
@@ -171,10 +175,7 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
             ax.plot(busy["n_train"], busy[column], "o", markerfacecolor="white", color=colours[side])
         if column == "test_acc" and crossover is not None and crossover.low is not None:
             ax.axvspan(crossover.low, crossover.high, color="0.92", zorder=0, label="crossover")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(sizes))  # the sizes measured, as plain numbers
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _size_axis(ax, sizes)
         if log and rows[column].gt(0).any():
             values = rows[column][rows[column] > 0]
             ax.set_yscale("log")  # at least a factor 4 shown, so that a flat line looks flat
@@ -185,7 +186,6 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel(label)
-        ax.set_xlabel("training images (log)")
     legend_outside(axes.flat[1])
     if crossover is not None and crossover.low is not None:
         axes.flat[0].legend(fontsize=7, loc="lower right")
@@ -197,6 +197,79 @@ def figure(table: pd.DataFrame, dataset: str, crossover: Crossover | None = None
                         + _conditions(rows)
                         + ". The configuration may change from one size to the next: the table below names it.")
     return fig_info
+
+
+def _size_axis(ax, sizes) -> None:
+    """A log x axis labelled at the training-set sizes measured, as plain numbers."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sizes))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training images (log)")
+
+
+def configurations_by_size(finals: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Every configuration of ``dataset`` at each training-set size: its mean test accuracy over seeds and
+    ``half``, the half-width of its 95 % band (binomial on the test images plus the spread over seeds, as
+    :func:`benchmarks.report.verdict.accuracy_variance`), ``series`` naming it as the tables do (with its
+    cut where the results hold several)."""
+    rows = finals[(finals["dataset"] == dataset) & (finals["n_train"] > 0)] if not finals.empty else finals
+    agg = aggregate(rows, ["test_acc", "n_test"]).dropna(subset=["test_acc"]) if not rows.empty else rows
+    if agg.empty:
+        return pd.DataFrame(columns=["series", "method", "n_train", "test_acc", "half"])
+    one_cut = agg["cut"].replace("", np.nan).nunique() <= 1  # (a from-scratch trainer has none)
+    agg["series"] = [f"{r['method']}: {r['config']}" if one_cut else name(r) for _, r in agg.iterrows()]
+    spread = agg["test_acc_std"].fillna(0.0) ** 2 / agg["seeds"]
+    agg["half"] = stats.norm.ppf((1 + LEVEL) / 2) * np.sqrt(
+        agg["test_acc"] * (1 - agg["test_acc"]) / agg["n_test"] + spread)
+    return agg
+
+
+def every_configuration(finals: pd.DataFrame, table: pd.DataFrame, dataset: str) -> Figure:
+    """Every configuration's test accuracy against the training-set size for ``dataset``
+    (:func:`configurations_by_size`), one line per configuration as the report's tables name it, the two
+    sides in two hue families; ringed: each side's configuration chosen on validation at that size
+    (``table``, :func:`curve_table`). Where each configuration stands, the method under test beside its
+    controls: nothing is chosen on it."""
+    fig_info = Figure("every_configuration__" + safe_name(dataset), f"Every configuration against the "
+                      f"training-set size ({dataset})")
+    agg = configurations_by_size(finals, dataset)
+    if agg["n_train"].nunique() < 2:
+        fig_info.note = "fewer than two training-set sizes: no curve."
+        return fig_info
+    plt, sns = pyplot()
+    palette = side_palette(agg["series"], agg["method"], sns)
+    markers, taken = {}, {}  # within a side, each configuration its own marker (its hues are close)
+    for series, method in dict(zip(agg["series"], agg["method"])).items():
+        n = taken[side_of(method)] = taken.get(side_of(method), -1) + 1
+        markers[series] = "osD^vP*Xph<>"[n % 12]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for series, mine in agg.groupby("series", sort=False):
+        mine = mine.sort_values("n_train")
+        ax.errorbar(mine["n_train"], mine["test_acc"], yerr=mine["half"], marker=markers[series],
+                    color=palette[series], label=series, capsize=2, markersize=5, linewidth=1.2)
+    chosen = table[table["dataset"] == dataset] if not table.empty else table
+    if not chosen.empty:
+        ax.scatter(chosen["n_train"], chosen["test_acc"], s=180, facecolors="none", edgecolors="black",
+                   linewidths=1.2, zorder=5, label="chosen on validation (the curve)")
+    _size_axis(ax, sorted(agg["n_train"].unique()))
+    ax.set_ylabel("test accuracy")
+    ax.set_title(fig_info.title)
+    legend_outside(ax)
+    fig_info.png = to_png(fig)
+    fig_info.caption = (f"Test accuracy of every configuration, mean over seeds with its {LEVEL:.0%} band (test images "
+                        "and seeds); blue-green gradient-free, orange-red backprop; ringed: each side's configuration "
+                        "chosen on validation at that size. A configuration whose budget a suite sets by size "
+                        "(epochs, patience) is named, and drawn, apart at each size. For reading where each stands, "
+                        "the method under test beside its controls: nothing is chosen here.")
+    return fig_info
+
+
+def curve_figures(finals: pd.DataFrame, table: pd.DataFrame, found: list[Crossover]) -> list[Figure]:
+    """For each dataset of ``found`` (:func:`crossovers`): its :func:`figure`, then :func:`every_configuration`."""
+    return [f for c in found for f in (figure(table, c.dataset, c), every_configuration(finals, table, c.dataset))]
 
 
 def _conditions(rows: pd.DataFrame) -> str:

@@ -86,7 +86,7 @@ def log_x(ax) -> None:
     plain_decades(ax.xaxis)
 
 
-def _side_palette(series: pd.Series, methods: pd.Series, sns) -> dict[str, tuple]:
+def side_palette(series: pd.Series, methods: pd.Series, sns) -> dict[str, tuple]:
     """A colour per series, the two sides in two hue families (gradient-free blue-green, backprop
     orange-red, a method this gradfree cannot place grey), so that a glance tells them apart."""
     names = list(dict.fromkeys(series))
@@ -129,7 +129,7 @@ def versus_size(finals: pd.DataFrame, y: str, name: str, title: str, ylabel: str
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     sns.lineplot(data=agg, x=agg["model_bytes"] / 1e6, y=y, hue="series", style="method", markers=True,
                  dashes=False, sort=False, estimator=None, ax=ax, markersize=8,
-                 palette=_side_palette(agg["series"], agg["method"], sns))
+                 palette=side_palette(agg["series"], agg["method"], sns))
     ax.errorbar(agg["model_bytes"] / 1e6, agg[y], yerr=agg[f"{y}_std"].fillna(0), fmt="none", ecolor="0.4",
                 elinewidth=1, capsize=3)
     n_cuts = agg["cut"].replace("", np.nan).nunique()
@@ -232,7 +232,7 @@ def pareto(finals: pd.DataFrame, x: str = "train_total_s", name: str = "pareto_a
     agg["cut layer"] = [_short_cut(c) if c else "(none)" for c in agg["cut"]]
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     sns.scatterplot(data=agg, x=x, y="test_acc", hue="series", style="cut layer" if cuts > 1 else None, s=80,
-                    ax=ax, palette=_side_palette(agg["series"], agg["method"], sns))
+                    ax=ax, palette=side_palette(agg["series"], agg["method"], sns))
     ax.errorbar(agg[x], agg["test_acc"], xerr=agg[f"{x}_std"].fillna(0), yerr=agg["test_acc_std"].fillna(0),
                 fmt="none", ecolor="0.5", elinewidth=1, capsize=2)
     ax.step(front[x], front["test_acc"], where="post", color="black", lw=1.2, ls="--", label="Pareto front")
@@ -301,7 +301,7 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
     curves["curve"] = curves["cell_key"].astype(str) + "/" + curves["run_id"].astype(str)
     both = pd.concat([curves[["series", "method"]], gf.assign(series=_series(gf))[["series", "method"]]
                       if not gf.empty else curves[["series", "method"]].iloc[:0]])
-    palette = _side_palette(both["series"], both["method"], sns)
+    palette = side_palette(both["series"], both["method"], sns)
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     sns.lineplot(data=curves, x="train_time_s", y="val_acc", hue="series", units="curve", estimator=None,
                  marker="o", ax=ax, sort=True, palette={k: palette[k] for k in curves["series"].unique()})
