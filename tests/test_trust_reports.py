@@ -117,10 +117,23 @@ def test_a_new_report_removes_only_the_figures_the_previous_one_wrote(two_result
     assert {(f["name"], f["sha256"]) for f in listed} == set(second.items())
 
 
+def _older_report(folder: Path) -> None:
+    """A report as an older gradfree wrote it (before Session 9): no manifest, figures under fixed names
+    linked from a report.md that opens with its title, and a report.html titled so."""
+    folder.mkdir(parents=True)
+    figures = ["acc_vs_size.png", "pareto_acc_vs_time.png", "time_breakdown.png", "time_to_accuracy.png"]
+    for i, name in enumerate(figures):
+        (folder / name).write_bytes(_png((i, 100, 200)))
+    (folder / "report.md").write_text("# gradfree report: quick\n\nGenerated from `results/quick/results.csv`.\n\n"
+                                      + "".join(f"![{n}]({n})\n\n" for n in figures))
+    (folder / "report.html").write_text("<!DOCTYPE html>\n<html><head><title>gradfree report: quick</title></head>"
+                                        + "".join(f'<img src="{n}">' for n in figures) + "</html>\n")
+
+
 def test_a_report_an_older_gradfree_wrote_is_replaced_and_the_users_files_stay(tmp_path):
-    # The committed quick report was written without a manifest, under fixed names.
     results = tmp_path / "quick"
-    shutil.copytree(QUICK, results)
+    shutil.copytree(QUICK, results, ignore=shutil.ignore_patterns("report"))
+    _older_report(results / "report")
     old = _state(results / "report")
     user = _user_files(results / "report", old_name="by_cut.png")  # not a figure of that report
     assert main(["report", str(results)]) == 0
