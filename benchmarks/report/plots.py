@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from benchmarks.report.comparison import data_groups, in_group, pareto_front, targets
+from benchmarks.report.comparison import data_groups, in_group, pareto_front, targets, with_final
 from benchmarks.report.tables import BACKPROP, COUNTED_PHASES, GRADIENT_FREE, GROUP, aggregate, cut_index, side, split_sides
 
 
@@ -280,7 +280,7 @@ def time_to_accuracy_data(finals: pd.DataFrame, epochs: pd.DataFrame) -> tuple[p
     accuracy (only trainers write them: backprop, or a method this gradfree does not know), and the
     final rows of the gradient-free methods. A final row of an unknown method is no point: nothing
     says it is gradient-free."""
-    curves = epochs.dropna(subset=["train_time_s", "val_acc"]) if not epochs.empty else epochs
+    curves = with_final(epochs, finals)  # each line ends at the model kept, validated as it is scored
     points = split_sides(finals)[GRADIENT_FREE]
     points = points.dropna(subset=["train_total_s", "val_acc"]) if not points.empty else points
     return curves, points
@@ -328,7 +328,9 @@ def time_to_accuracy(finals: pd.DataFrame, epochs: pd.DataFrame, name: str = "ti
     ax.set_title(fig_info.title)
     legend_outside(ax)
     fig_info.png = to_png(fig)
-    fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed). "
+    fig_info.caption = ("Lines: validation accuracy after each epoch of the backprop methods (one line per seed), "
+                        "the last point the model kept, validated as it is scored (airbench94: with test-time "
+                        "augmentation). "
                         "Stars: random features, at their whole training time, with their validation accuracy "
                         "at the selected alpha. Dotted: the mean validation accuracy of the gradient-free "
                         "configuration chosen on validation in each data group, the target; red crosses: "
