@@ -343,3 +343,23 @@ def test_reporting_modules_import_without_circles():
     assert graph["benchmarks.report.gate"] & mine == {"benchmarks.report.tables"}
     assert graph["benchmarks.report.build"] & mine == {"benchmarks.report.tables", "benchmarks.report.plots"}
     assert not graph["benchmarks.report.tables"] & mine
+
+
+def test_a_report_of_an_unfinished_suite_says_so_before_its_answer(tmp_path, capsys):
+    # The quick suite's run planned 10 cells (runs/*/metadata.json); with one cell's rows gone, 9 finished:
+    # the answer is of those 9 and can change, and the report says it first (and on the terminal).
+    folder = tmp_path / "quick"
+    shutil.copytree(QUICK.parent, folder, ignore=shutil.ignore_patterns("report"))
+    with open(QUICK, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    gone = next(r["cell_key"] for r in rows if r["row_type"] == "final" and r["method"] == "small_cnn")
+    with open(folder / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["cell_key"] != gone)
+    md = build_report(folder).read_text()
+    said = "Unfinished: suite quick planned 10 cells"
+    assert said in md and "9 that have" in md and md.index(said) < md.index("fashion-mnist, 2000 training")
+    assert said in capsys.readouterr().err
+    assert "Unfinished" not in build_report(QUICK.parent, tmp_path / "whole").read_text()

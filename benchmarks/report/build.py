@@ -47,6 +47,7 @@ from benchmarks.report import plots
 from benchmarks.report.answer import NOTE as ANSWER_NOTE
 from benchmarks.report.answer import answer
 from benchmarks.report.comparison import time_to_accuracy_table
+from benchmarks.report.completeness import unfinished
 from benchmarks.report.curve import CURVE_NOTE, crossovers, curve_figures, curve_table, shown
 from benchmarks.report.conditions import earlier_attempts, mark_busy
 from benchmarks.harness.metadata import read_metadata
@@ -173,7 +174,6 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
         raise ResultsError(f"nothing to report: {csv} holds no finished cell{failures}. Run cells into it "
                            "(`gradfree run ... --out FOLDER`), or give another results folder.")
     with ReportFolder(out) as folder:
-        walls = cell_walls(csv.parent)
         found = answer(finals, csv.parent)
         curve = curve_table(found, finals)
         crossers = crossovers(found)  # the datasets with two sizes or more
@@ -181,13 +181,10 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
         figures = curve_figures(finals, curve, crossers) + plots.make_all(finals, epochs)
         files = {fig.name: folder.figure_name(fig.name, fig.png) for fig in figures if fig.png is not None}
         suites = ", ".join(sorted(s for s in df["suite"].unique() if s)) or "(single runs)"
-        datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d))
-
-        def summary(value: Callable[[str], str]) -> str:  # the data's names through ``value``, the Markdown's or not
-            return (f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {value(suites)}; dataset(s): "
-                    f"{value(datasets)}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}")
-
-        lines = found.lines() or ["No data group has both sides."]
+        partial = unfinished(csv.parent, finals, failed)  # said first, on the terminal too
+        for line in partial:
+            warn(line)
+        lines = [*partial, *(found.lines() or ["No data group has both sides."])]
 
         def answer_text(value: Callable[[str], str]) -> str:  # names from the data, shown literally
             return "\n\n".join(value(line) for line in lines)  # one paragraph per data group
@@ -199,22 +196,36 @@ def build_report(results: str | Path, out: str | Path | None = None) -> Path:
             *([("Learning curve", lambda value: "\n\n".join([*map(value, crossings), CURVE_NOTE]), shown(curve))]
               if crossings else []),
         ]
-        after: list[Section] = [
-            ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs, found.unseparable())),
-            ("Summary", summary, summary_table(df)),
-            ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
-            ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
-            ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
-            ("Model size", SIZE_NOTE, size_table(finals)),
-            ("Failed cells", "", failed_table(failed)),
-            ("Runs", RUNS_NOTE, pd.DataFrame(_run_info(csv, finals, walls))),
-        ]
+        after = _details(csv, df, (finals, epochs, failed), cell_walls(csv.parent), found.unseparable(), suites)
         title = f"gradfree report: {suites}"
         md = _markdown(title, csv, first, figures, files, after)
         page = _page(title, csv, first, figures, after)
         folder.replace({files[f.name]: f.png for f in figures if f.png is not None},
                        {"report.md": md.encode(), "report.html": page.encode()}, warn)
     return out / "report.md"
+
+
+def _details(csv: Path, df: pd.DataFrame, rows: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+             walls: dict[tuple[str, str], float], unseparable: list[dict], suites: str) -> list[Section]:
+    """The sections after the figures: time to accuracy, then every configuration's numbers, the failed
+    cells and the runs (``rows``: the final, epoch and failed rows)."""
+    finals, epochs, failed = rows
+    datasets = ", ".join(sorted(d for d in finals["dataset"].unique() if d))
+
+    def summary(value: Callable[[str], str]) -> str:  # the data's names through ``value``, the Markdown's or not
+        return (f"{len(finals)} finished cells, {len(failed)} failed, suite(s): {value(suites)}; dataset(s): "
+                f"{value(datasets)}. Mean ± std over seeds (std blank with one seed). {wall_note(walls, finals)}")
+
+    return [
+        ("Time to accuracy", TTA_NOTE, time_to_accuracy_table(finals, epochs, unseparable)),
+        ("Summary", summary, summary_table(df)),
+        ("Accuracy", SELECTION_NOTE, accuracy_table(finals)),
+        ("Time breakdown (seconds)", TIME_NOTE, time_table(finals)),
+        ("Hyperparameters chosen on validation", TUNING_NOTE, tuning_table(finals)),
+        ("Model size", SIZE_NOTE, size_table(finals)),
+        ("Failed cells", "", failed_table(failed)),
+        ("Runs", RUNS_NOTE, pd.DataFrame(_run_info(csv, finals, walls))),
+    ]
 
 
 RUNS_NOTE = ("Each run: its commit, and a dirty tree flagged with the hash of its diff (a published study "
