@@ -363,3 +363,7 @@ def test_a_report_of_an_unfinished_suite_says_so_before_its_answer(tmp_path, cap
     assert said in md and "9 that have" in md and md.index(said) < md.index("fashion-mnist, 2000 training")
     assert said in capsys.readouterr().err
     assert "Unfinished" not in build_report(QUICK.parent, tmp_path / "whole").read_text()
+    compare(QUICK.parent, folder)  # the gate judges cells (the missing one fails it); its answer says so too
+    shown = capsys.readouterr().out
+    b = shown[shown.index("B's answer"):]
+    assert said in b and b.index(said) < b.index("fashion-mnist, 2000 training") and said not in shown[:-len(b)]

@@ -40,6 +40,7 @@ import sys
 import pandas as pd
 
 from benchmarks.report.answer import answer
+from benchmarks.report.completeness import unfinished
 from benchmarks.report.curve import crossovers
 from benchmarks.report.conditions import earlier_attempts, mark_busy
 from benchmarks.report.tables import load_results, results_csv, split_rows
@@ -201,8 +202,9 @@ def _say_answers(sets, say) -> None:
     """Each side's answer, shown for reference (the gate judges cells, not answers)."""
     for name, path, finals in sets:
         try:
-            found = answer(finals, results_csv(path).parent)
-            lines = found.lines() + [c.line() for c in crossovers(found)]
+            folder = results_csv(path).parent
+            found = answer(finals, folder)
+            lines = unfinished(folder, finals) + found.lines() + [c.line() for c in crossovers(found)]
         except (ValueError, KeyError, TypeError) as err:
             lines = []
             say(f"warning: {name}'s answer could not be worked out ({err}).")
