@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from benchmarks.report.comparison import pareto_front, time_to_accuracy_table
+from benchmarks.report.comparison import pareto_front, time_to_accuracy_table, with_final
 from benchmarks.report.build import build_report
 from benchmarks.harness.results import append_rows
 from benchmarks.report.tables import load_results, split_rows
@@ -100,6 +100,9 @@ def test_the_model_kept_is_validated_as_it_is_scored_at_the_end_of_its_curve(tmp
     row = time_to_accuracy_table(finals, epochs).iloc[0]
     assert row["backprop time to target"] == "60.0–90.0 s, 0.0–40.0 s" and row["censored"] == 0
     assert row["backprop best (val)"] == pytest.approx((0.77 + 0.76) / 2)
+    drawn = with_final(epochs, finals)  # the best-epoch seed's curve stays as it ran (no rise at its end)
+    assert list(drawn[drawn["cell_key"] == "ft-1"]["val_acc"]) == [0.76, 0.74]
+    assert list(drawn[drawn["cell_key"] == "ft-0"]["val_acc"]) == [0.60, 0.70, 0.77]
 
 
 def test_other_data_is_another_group(tmp_path):
