@@ -9,7 +9,7 @@ from torch import nn
 
 from baselines._tuning import budget_epochs
 from benchmarks.core.flops import activation_elements, network_shape
-from benchmarks.core.protocol import DEFAULT_BATCH_SIZE, CellShape
+from benchmarks.core.protocol import DEFAULT_BATCH_SIZE, CellShape, recipe_batch_size
 
 
 def batch_note(cls, config) -> str:
@@ -18,9 +18,7 @@ def batch_note(cls, config) -> str:
     the setting's unless its grid names its own), ``", the cell's batch"`` for None there; empty for the
     recipe's own and for a trainer whose default is the cell's batch (None), so that a label never names
     a published recipe that did not run."""
-    fields = getattr(cls.Config, "__dataclass_fields__", {})
-    default = fields["batch_size"].default if "batch_size" in fields else None
-    batch = getattr(config, "batch_size", None)
+    default, batch = recipe_batch_size(cls), getattr(config, "batch_size", None)
     if default is None or batch == default:
         return ""
     return f", batch {batch}" if batch is not None else ", the cell's batch"

@@ -103,6 +103,13 @@ class CellShape:
 PROCESS_ALLOWANCE_BYTES = 768 << 20
 
 
+def recipe_batch_size(method_cls) -> int | None:
+    """The batch size a method's recipe trains with when none is asked for (its ``Config``'s default:
+    airbench94's 1,024, WRN-22's 512); None where the default is the cell's batch, or it has none."""
+    fields = getattr(getattr(method_cls, "Config", None), "__dataclass_fields__", {})
+    return fields["batch_size"].default if "batch_size" in fields else None
+
+
 def planned_memory_bytes(method_cls, config: Any, shape: CellShape) -> int:
     """A cell's planned peak memory: its method's arrays, plus :data:`PROCESS_ALLOWANCE_BYTES`."""
     return int(method_cls.memory_bytes(config, shape)) + PROCESS_ALLOWANCE_BYTES

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core.backbones import BackboneError, list_cuts
+from benchmarks.core.protocol import recipe_batch_size
 from benchmarks.harness.cells import ALIASES, Cell, CellError, canonical, config_fields, make_cell
 from benchmarks.core.datasets import remembered_identities
 from benchmarks.harness.registry import REGISTRY, get_method
@@ -265,10 +266,9 @@ def recipe_notes(suite: Suite) -> list[str]:
             if "batch_size" in grid or not isinstance(method, str):
                 continue
             try:
-                fields = getattr(get_method(method).Config, "__dataclass_fields__", {})
+                recipe = recipe_batch_size(get_method(method))
             except ValueError:
                 continue  # an unknown method: the expansion says so
-            recipe = fields["batch_size"].default if "batch_size" in fields else None
             if recipe is not None and setting != recipe:
                 notes.append(f"note: [[grid]] {i} ({method}) trains with [settings] batch_size = {setting}, not "
                              f"its recipe's {recipe}; give that grid its own batch_size = {recipe} to run the recipe.")

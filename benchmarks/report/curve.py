@@ -60,7 +60,6 @@ def _curve_entries(found: Answer) -> dict[str, list[Entry]]:
 def curve_table(found: Answer, finals: pd.DataFrame) -> pd.DataFrame:
     """One row per dataset x training-set size x side with a chosen configuration (columns in the module's
     docstring); empty when no dataset has a training-set size."""
-    z = stats.norm.ppf((1 + LEVEL) / 2)
     rows = []
     for dataset, entries in _curve_entries(found).items():
         for e in entries:
@@ -69,9 +68,8 @@ def curve_table(found: Answer, finals: pd.DataFrame) -> pd.DataFrame:
                 if config is None:
                     continue
                 mine = rows_of(finals, config)
-                acc = mine["test_acc"].dropna()
                 n_test = int(mine["n_test"].max()) if mine["n_test"].notna().any() else 0
-                half = z * np.sqrt(accuracy_variance(acc, n_test)[1]) if len(acc) and n_test > 0 else np.nan
+                half = _half_band(mine)
                 per_image = mine["predict_s"].mean() / n_test if n_test > 0 else np.nan
                 rows.append({"dataset": dataset, "n_train": int(e.group["n_train"]), "side": side,
                              "configuration": name(config), "seeds": int(config["seeds"]),
@@ -221,10 +219,17 @@ def configurations_by_size(finals: pd.DataFrame, dataset: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["series", "method", "n_train", "test_acc", "half"])
     one_cut = agg["cut"].replace("", np.nan).nunique() <= 1  # (a from-scratch trainer has none)
     agg["series"] = [f"{r['method']}: {r['config']}" if one_cut else name(r) for _, r in agg.iterrows()]
-    spread = agg["test_acc_std"].fillna(0.0) ** 2 / agg["seeds"]
-    agg["half"] = stats.norm.ppf((1 + LEVEL) / 2) * np.sqrt(
-        agg["test_acc"] * (1 - agg["test_acc"]) / agg["n_test"] + spread)
+    agg["half"] = [_half_band(rows_of(rows, r)) for _, r in agg.iterrows()]
     return agg
+
+
+def _half_band(mine: pd.DataFrame) -> float:
+    """The half-width of the 95 % band of one configuration's seeds' test accuracy (``mine``: their rows):
+    :func:`benchmarks.report.verdict.accuracy_variance` on its test images; NaN without either."""
+    acc = mine["test_acc"].dropna()
+    n_test = int(mine["n_test"].max()) if mine["n_test"].notna().any() else 0
+    return stats.norm.ppf((1 + LEVEL) / 2) * np.sqrt(accuracy_variance(acc, n_test)[1]) if len(acc) and n_test > 0 \
+        else np.nan
 
 
 def every_configuration(finals: pd.DataFrame, table: pd.DataFrame, dataset: str) -> Figure:
